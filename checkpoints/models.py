@@ -1,0 +1,236 @@
+"""The mirror of LangGraph checkpoint stores.
+
+Rows here are derived from the sources by `sync_checkpoints`; the sources stay
+the truth. Byte figures are serialized bytes measured by SQL on the source
+(DESIGN.md §3), so each one can be checked against the source with SQL.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from checkpoints.dburl import redact
+
+
+class Source(models.Model):
+    KIND_CHOICES = [("postgres", "PostgreSQL"), ("sqlite", "SQLite")]
+
+    name = models.SlugField(unique=True, help_text="Short name used in URLs and commands.")
+    url = models.TextField(help_text="Database URL of the LangGraph checkpoint store (read-only for syncing).")
+    kind = models.CharField(max_length=16, choices=KIND_CHOICES, help_text="Detected from the URL.")
+    layout = models.CharField(max_length=32, blank=True, help_text="Schema layout detected at the last sync.")
+    created_at = models.DateTimeField(auto_now_add=True, help_text="When the source was registered.")
+    last_sync_started_at = models.DateTimeField(null=True, blank=True, help_text="Start of the last sync that finished.")
+    last_sync_at = models.DateTimeField(null=True, blank=True, help_text="End of the last sync, successful or not.")
+    last_sync_ok = models.BooleanField(null=True, help_text="Whether the last sync succeeded.")
+    last_success_started_at = models.DateTimeField(
+        null=True, blank=True, help_text="Start of the last successful sync (sweeps compare against it)."
+    )
+    last_error = models.TextField(blank=True, help_text="Error of the last sync, empty when it succeeded.")
+    references_unknown = models.BooleanField(
+        default=False,
+        help_text="Some values could not be decoded (encrypted, corrupt): references may be missing.",
+    )
+    undecodable_values = models.BigIntegerField(default=0, help_text="Values the last sync could not decode.")
+    sync_state = models.JSONField(default=dict, blank=True, help_text="Watermarks of the incremental sync.")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def display_url(self):
+        return redact(self.url)
+
+
+class Thread(models.Model):
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="threads", help_text="Where the thread lives.")
+    thread_id = models.TextField(help_text="LangGraph thread_id, exactly as stored.")
+    checkpoints = models.IntegerField(default=0, help_text="Checkpoint rows in all namespaces.")
+    first_checkpoint_at = models.DateTimeField(null=True, blank=True, help_text="Time of the oldest checkpoint.")
+    last_checkpoint_at = models.DateTimeField(null=True, blank=True, help_text="Time of the newest checkpoint.")
+    latest_checkpoint_id = models.CharField(max_length=64, blank=True, help_text="Latest checkpoint in the root namespace.")
+    logical_bytes = models.BigIntegerField(default=0, help_text="Serialized bytes of the latest root checkpoint's state.")
+    stored_bytes = models.BigIntegerField(default=0, help_text="Serialized bytes of all of the thread's rows.")
+    external_bytes = models.BigIntegerField(default=0, help_text="Bytes of the referenced external objects, when checked.")
+    tags = models.JSONField(default=dict, blank=True, help_text="Scalar user metadata of the latest root checkpoint.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "thread_id"], name="thread_unique_per_source")]
+        indexes = [
+            models.Index(fields=["source", "last_checkpoint_at"], name="thread_activity_idx"),
+            models.Index(fields=["last_checkpoint_at"], name="thread_last_idx"),
+            models.Index(fields=["stored_bytes"], name="thread_stored_idx"),
+            models.Index(fields=["checkpoints"], name="thread_count_idx"),
+            models.Index(fields=["thread_id"], name="thread_id_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.source.name}/{self.thread_id}"
+
+
+class Tag(models.Model):
+    """One (key, value) of a thread's tags: browsing by tag is an index lookup."""
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="+", help_text="Source of the thread.")
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="tag_rows", help_text="Tagged thread.")
+    key = models.CharField(max_length=200, help_text="Metadata key.")
+    value = models.CharField(max_length=500, help_text="Value as text: strings as is, booleans true/false, numbers as JSON.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["thread", "key"], name="tag_unique_key_per_thread")]
+        indexes = [models.Index(fields=["key", "value"], name="tag_key_value_idx")]
+
+    def __str__(self):
+        return f"{self.key}:{self.value}"
+
+
+class Checkpoint(models.Model):
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="+", help_text="Source of the row.")
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="checkpoint_rows", help_text="Thread.")
+    checkpoint_ns = models.TextField(blank=True, default="", help_text="Namespace: '' for the root graph, node:task for subgraphs.")
+    checkpoint_id = models.CharField(max_length=64, help_text="uuid6 of the checkpoint.")
+    parent_checkpoint_id = models.CharField(max_length=64, blank=True, default="", help_text="Parent checkpoint id, if any.")
+    created_at = models.DateTimeField(help_text="Time encoded in the uuid6 id (UTC).")
+    step = models.IntegerField(null=True, blank=True, help_text="metadata.step")
+    origin = models.CharField(max_length=32, blank=True, help_text="metadata.source: input, loop, update or fork.")
+    metadata = models.JSONField(default=dict, blank=True, help_text="Checkpoint metadata (secrets redacted on display).")
+    row_bytes = models.BigIntegerField(default=0, help_text="Checkpoint row: checkpoint plus metadata, serialized.")
+    blob_bytes = models.BigIntegerField(default=0, help_text="Blob rows named by its channel_versions.")
+    write_bytes = models.BigIntegerField(default=0, help_text="Its pending-write rows.")
+    write_count = models.IntegerField(default=0, help_text="Number of its pending-write rows.")
+    logical_bytes = models.BigIntegerField(default=0, help_text="row + blobs + writes.")
+    new_bytes = models.BigIntegerField(default=0, help_text="row + writes + blob rows its parent does not name.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["thread", "checkpoint_ns", "checkpoint_id"], name="checkpoint_unique_key"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["source", "created_at"], name="checkpoint_source_time_idx"),
+            models.Index(fields=["created_at"], name="checkpoint_time_idx"),
+            models.Index(fields=["logical_bytes"], name="checkpoint_size_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.thread_id}/{self.checkpoint_ns}/{self.checkpoint_id}"
+
+
+class BlobReference(models.Model):
+    """An external object named by checkpoint state or writes."""
+
+    STORE_CHOICES = [("s3", "S3"), ("minio", "MinIO"), ("file", "File"), ("foreign", "Foreign")]
+
+    uri = models.TextField(unique=True, help_text="The URI exactly as found in state.")
+    store = models.CharField(
+        max_length=16, choices=STORE_CHOICES,
+        help_text="Configured store it falls in; foreign URIs are never HEADed, signed or swept.",
+    )
+    size = models.BigIntegerField(null=True, blank=True, help_text="Object size at the last check.")
+    content_type = models.CharField(max_length=200, blank=True, help_text="Content type at the last check.")
+    last_modified = models.DateTimeField(null=True, blank=True, help_text="Server LastModified at the last check.")
+    etag = models.CharField(max_length=200, blank=True, help_text="ETag at the last check.")
+    exists = models.BooleanField(null=True, help_text="Present (true), missing (false) or unchecked (null).")
+    checked_at = models.DateTimeField(null=True, blank=True, help_text="When the object was last HEADed.")
+    check_error = models.TextField(blank=True, help_text="Why the last check could not tell.")
+    first_seen_at = models.DateTimeField(auto_now_add=True, help_text="When a sync first found it.")
+
+    class Meta:
+        indexes = [models.Index(fields=["store", "exists"], name="blobref_state_idx")]
+
+    def __str__(self):
+        return self.uri
+
+    @property
+    def state(self):
+        if self.store == "foreign":
+            return "foreign"
+        if self.exists is None:
+            return "unchecked"
+        return "present" if self.exists else "missing"
+
+    @property
+    def filename(self):
+        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+class ReferenceUse(models.Model):
+    """A checkpoint (its state or its writes) naming a BlobReference."""
+
+    reference = models.ForeignKey(BlobReference, on_delete=models.CASCADE, related_name="uses", help_text="The object.")
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="reference_uses", help_text="Thread.")
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, related_name="reference_uses", help_text="Checkpoint.")
+    location = models.CharField(max_length=300, help_text="Where: value:<channel>, blob:<channel> or write:<channel>.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["checkpoint", "reference", "location"], name="reference_use_unique")
+        ]
+
+
+class DailyUsage(models.Model):
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="usage", help_text="Source.")
+    day = models.DateField(help_text="UTC date.")
+    checkpoints = models.BigIntegerField(default=0, help_text="Checkpoints at the end of the day.")
+    stored_bytes = models.BigIntegerField(default=0, help_text="Stored serialized bytes at the end of the day.")
+    checkpoint_bytes = models.BigIntegerField(default=0, help_text="Checkpoint-row bytes at the end of the day.")
+    blob_bytes = models.BigIntegerField(default=0, help_text="Blob-row bytes at the end of the day.")
+    write_bytes = models.BigIntegerField(default=0, help_text="Write-row bytes at the end of the day.")
+    threads = models.BigIntegerField(default=0, help_text="Threads at the end of the day.")
+    external_bytes = models.BigIntegerField(default=0, help_text="Referenced external object bytes.")
+    checkpoints_added = models.BigIntegerField(default=0, help_text="Checkpoints created that day.")
+    bytes_added = models.BigIntegerField(default=0, help_text="New bytes of the checkpoints created that day.")
+    threads_added = models.BigIntegerField(default=0, help_text="Threads whose first checkpoint is that day.")
+    external_bytes_added = models.BigIntegerField(default=0, help_text="External bytes first referenced that day.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "day"], name="usage_unique_day")]
+        ordering = ["day"]
+
+
+class Run(models.Model):
+    """Every sync, prune and sweep: the audit log and the progress bar."""
+
+    KIND_CHOICES = [("sync", "Sync"), ("prune", "Prune"), ("sweep", "Sweep"), ("refcheck", "Reference check")]
+    STATE_CHOICES = [("queued", "Queued"), ("running", "Running"), ("done", "Done"), ("failed", "Failed")]
+
+    kind = models.CharField(max_length=16, choices=KIND_CHOICES, help_text="What ran.")
+    source = models.ForeignKey(Source, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs", help_text="Source, or none for all.")
+    lock_key = models.CharField(max_length=200, help_text="kind:source; one running run per key.")
+    parameters = models.JSONField(default=dict, blank=True, help_text="Parameters as given.")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Who asked; empty for the schedule and the command line.",
+    )
+    origin = models.CharField(max_length=32, blank=True, help_text="command, page, schedule or api.")
+    dry_run = models.BooleanField(default=False, help_text="Preview only, nothing changed.")
+    state = models.CharField(max_length=16, choices=STATE_CHOICES, default="queued", help_text="Lifecycle state.")
+    progress_done = models.BigIntegerField(default=0, help_text="Units done.")
+    progress_total = models.BigIntegerField(default=0, help_text="Units in all (0: unknown).")
+    result = models.JSONField(default=dict, blank=True, help_text="Counts and bytes.")
+    error = models.TextField(blank=True, help_text="Error text, empty on success.")
+    created_at = models.DateTimeField(auto_now_add=True, help_text="When it was asked for.")
+    started_at = models.DateTimeField(null=True, blank=True, help_text="When it began running.")
+    finished_at = models.DateTimeField(null=True, blank=True, help_text="When it ended.")
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life of a running run.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["lock_key"], condition=Q(state="running"), name="one_running_run_per_key")
+        ]
+        indexes = [models.Index(fields=["kind", "state"], name="run_kind_state_idx")]
+        permissions = [("run_maintenance", "Can run prune and orphan sweeps")]
+
+    def __str__(self):
+        return f"{self.kind} #{self.pk} ({self.state})"
+
+    @property
+    def seconds(self):
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None

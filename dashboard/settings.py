@@ -1,0 +1,231 @@
+"""Settings for Checkpoint Console, read from the environment.
+
+Every setting is optional and the defaults run locally (SQLite and a file
+store under var/). A bad value stops the process at start with a message that
+names the variable: a typo must not silently fall back to a default.
+"""
+
+import os
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from checkpoints import units
+from checkpoints.dburl import parse_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("CONSOLE_VAR_DIR", BASE_DIR / "var"))
+
+
+def _env(name, default, parse):
+    raw = os.environ.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        return parse(raw)
+    except ValueError as e:
+        raise ImproperlyConfigured(f"{name}={raw!r} is invalid: {e}") from None
+
+
+def env_str(name, default=""):
+    return _env(name, default, str.strip)
+
+
+def env_bool(name, default=False):
+    return _env(name, default, units.parse_bool)
+
+
+def env_int(name, default, minimum=None, maximum=None):
+    def parse(raw):
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("not a whole number") from None
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum}")
+        return value
+
+    return _env(name, default, parse)
+
+
+def env_size(name, default):
+    return _env(name, default, units.parse_size)
+
+
+def env_duration(name, default):
+    return _env(name, default, units.parse_duration)
+
+
+def env_database(name, default):
+    return _env(name, default, parse_database_url)
+
+
+def env_list(name, default):
+    return _env(name, default, lambda raw: [p.strip() for p in raw.split(",") if p.strip()])
+
+
+SECRET_KEY = env_str("SECRET_KEY", "")
+DEBUG = env_bool("DEBUG", False)
+if not SECRET_KEY:
+    # A stable key for the embedded default, kept under var/ so sessions and
+    # signed download links survive restarts; never shared between installs.
+    _key_file = VAR_DIR / "secret_key"
+    try:
+        SECRET_KEY = _key_file.read_text().strip()
+    except FileNotFoundError:
+        import secrets
+
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        SECRET_KEY = secrets.token_urlsafe(50)
+        _key_file.write_text(SECRET_KEY)
+        _key_file.chmod(0o600)
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "django_q",
+    "checkpoints",
+    "storage",
+    "dashboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "dashboard.urls"
+WSGI_APPLICATION = "dashboard.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_default_db = {
+    "ENGINE": "django.db.backends.sqlite3",
+    "NAME": str(VAR_DIR / "console.sqlite3"),
+    "OPTIONS": {},
+}
+DATABASES = {"default": env_database("DATABASE_URL", _default_db)}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # The web server, the task cluster and syncs share one file: WAL and a
+    # busy timeout keep readers and the single writer from failing at once.
+    DATABASES["default"]["OPTIONS"].setdefault("timeout", 30)
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "init_command", "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+    )
+    DATABASES["default"]["OPTIONS"].setdefault("transaction_mode", "IMMEDIATE")
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+# Pages work from a fresh checkout before collectstatic has run.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- LangGraph sources -------------------------------------------------------
+CHECKPOINT_DATABASE_URL = _env("CHECKPOINT_DATABASE_URL", "", lambda raw: (parse_database_url(raw), raw.strip())[1])
+SYNC_INTERVAL = env_duration("SYNC_INTERVAL", units.parse_duration("1m"))
+CHECKPOINT_SIZE_LIMIT = env_size("CHECKPOINT_SIZE_LIMIT", 10_000_000)
+STORAGE_QUOTA = env_size("STORAGE_QUOTA", None)
+USAGE_KEEP_DAYS = env_int("USAGE_KEEP_DAYS", 400, minimum=1)
+TAG_EXCLUDE = env_list("TAG_EXCLUDE", ["*key*", "*token*", "*secret*", "*password*", "*auth*"])
+LANGGRAPH_AES_KEY = env_str("LANGGRAPH_AES_KEY", "")
+if LANGGRAPH_AES_KEY and len(LANGGRAPH_AES_KEY.encode()) not in (16, 24, 32):
+    raise ImproperlyConfigured("LANGGRAPH_AES_KEY is invalid: an AES key is 16, 24 or 32 bytes")
+# Values larger than this are not decoded for display; their size is shown.
+DISPLAY_DECODE_LIMIT = env_size("DISPLAY_DECODE_LIMIT", 2_000_000)
+
+# --- Maintenance ---------------------------------------------------------------
+PRUNE_ACTIVE_WINDOW = env_duration("PRUNE_ACTIVE_WINDOW", units.parse_duration("10m"))
+SWEEP_GRACE = env_duration("SWEEP_GRACE", units.parse_duration("24h"))
+
+# --- Blob stores -----------------------------------------------------------------
+S3_BUCKET_NAME = env_str("S3_BUCKET_NAME", "")
+AWS_REGION = env_str("AWS_REGION", "us-east-1")
+S3_ENDPOINT_URL = env_str("S3_ENDPOINT_URL", "")
+S3_FORCE_PATH_STYLE = env_bool("S3_FORCE_PATH_STYLE", False)
+S3_PREFIX = env_str("S3_PREFIX", "")
+AWS_ACCESS_KEY_ID = env_str("AWS_ACCESS_KEY_ID", "")
+AWS_SECRET_ACCESS_KEY = env_str("AWS_SECRET_ACCESS_KEY", "")
+BLOB_ROOT = Path(env_str("BLOB_ROOT", str(VAR_DIR / "blobs"))).resolve()
+PRESIGN_EXPIRES = env_int("PRESIGN_EXPIRES", 300, minimum=1, maximum=604800)
+S3_CONNECT_TIMEOUT = env_int("S3_CONNECT_TIMEOUT", 5, minimum=1)
+S3_READ_TIMEOUT = env_int("S3_READ_TIMEOUT", 30, minimum=1)
+S3_MAX_ATTEMPTS = env_int("S3_MAX_ATTEMPTS", 3, minimum=1)
+OFFLOAD_THRESHOLD = env_size("OFFLOAD_THRESHOLD", 1_000_000)
+
+# --- Task queue --------------------------------------------------------------
+Q_BROKER = env_str("Q_BROKER", "")
+Q_CLUSTER = {
+    "name": "console",
+    "workers": env_int("Q_WORKERS", 2, minimum=1),
+    # A task is killed after `timeout` seconds and retried after `retry`;
+    # retry must be longer so a slow run is never started twice.
+    "timeout": env_int("Q_TIMEOUT", 3600, minimum=10),
+    "retry": env_int("Q_TIMEOUT", 3600, minimum=10) + 600,
+    "max_attempts": 1,
+    "catch_up": False,
+    "save_limit": 1000,
+    "label": "Tasks",
+}
+if Q_BROKER.startswith(("redis://", "rediss://")):
+    Q_CLUSTER["redis"] = Q_BROKER
+elif Q_BROKER in ("", "orm"):
+    Q_CLUSTER["orm"] = "default"
+else:
+    raise ImproperlyConfigured(f"Q_BROKER={Q_BROKER!r} is invalid: use redis://... or leave it unset for the ORM")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "WARNING").upper()},
+}

@@ -1,0 +1,54 @@
+import os
+import sqlite3
+import uuid
+
+import psycopg
+import pytest
+
+from tests.pg import server_url, url_for_database
+
+
+@pytest.fixture
+def pg_source_url():
+    """A fresh PostgreSQL database with LangGraph's PostgresSaver schema."""
+    from langgraph.checkpoint.postgres import PostgresSaver
+
+    name = f"lg_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = url_for_database(name)
+    with PostgresSaver.from_conn_string(url) as saver:
+        saver.setup()
+    yield url
+    with psycopg.connect(server_url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_saver(pg_source_url):
+    from langgraph.checkpoint.postgres import PostgresSaver
+
+    with PostgresSaver.from_conn_string(pg_source_url) as saver:
+        yield saver
+
+
+@pytest.fixture
+def sqlite_source_url(tmp_path):
+    """A SQLite file with LangGraph's SqliteSaver schema."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    path = tmp_path / "checkpoints.sqlite"
+    conn = sqlite3.connect(path, check_same_thread=False)
+    SqliteSaver(conn).setup()
+    conn.close()
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def sqlite_saver(sqlite_source_url):
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    path = sqlite_source_url.removeprefix("sqlite:///")
+    conn = sqlite3.connect(path, check_same_thread=False)
+    yield SqliteSaver(conn)
+    conn.close()

@@ -1,0 +1,15 @@
+"""Test settings: the console's own database is a real PostgreSQL."""
+
+import os
+import tempfile
+
+os.environ.setdefault("CONSOLE_VAR_DIR", tempfile.mkdtemp(prefix="console-var-"))
+
+from checkpoints.dburl import parse_database_url  # noqa: E402
+from dashboard.settings import *  # noqa: E402,F401,F403
+from tests.pg import server_url  # noqa: E402
+
+DATABASES = {"default": parse_database_url(server_url())}
+DATABASES["default"]["TEST"] = {"NAME": "test_console"}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+Q_CLUSTER = {**Q_CLUSTER, "sync": True}  # noqa: F405
