@@ -52,3 +52,23 @@ def sqlite_saver(sqlite_source_url):
     conn = sqlite3.connect(path, check_same_thread=False)
     yield SqliteSaver(conn)
     conn.close()
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """moto's S3 server on 127.0.0.1, for the whole test session."""
+    from tests.s3server import MotoS3
+
+    server = MotoS3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_s3, settings):
+    """A fresh bucket on the moto server, with the console's settings pointing at it."""
+    name = f"bucket-{uuid.uuid4().hex[:10]}"
+    moto_s3.client().create_bucket(Bucket=name)
+    for key, value in moto_s3.env(name, prefix="uploads/").items():
+        setattr(settings, key, value)
+    yield name
