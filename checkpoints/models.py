@@ -55,6 +55,11 @@ class Thread(models.Model):
     logical_bytes = models.BigIntegerField(default=0, help_text="Serialized bytes of the latest root checkpoint's state.")
     stored_bytes = models.BigIntegerField(default=0, help_text="Serialized bytes of all of the thread's rows.")
     external_bytes = models.BigIntegerField(default=0, help_text="Bytes of the referenced external objects, when checked.")
+    checkpoint_bytes = models.BigIntegerField(default=0, help_text="Serialized bytes of its checkpoint rows.")
+    blob_bytes = models.BigIntegerField(default=0, help_text="Serialized bytes of its checkpoint_blobs rows, orphans included.")
+    write_bytes = models.BigIntegerField(default=0, help_text="Serialized bytes of its write rows, orphans included.")
+    blob_rows = models.IntegerField(default=0, help_text="checkpoint_blobs rows of the thread at the source, orphans included.")
+    write_rows = models.IntegerField(default=0, help_text="Write rows of the thread at the source, orphans included.")
     tags = models.JSONField(default=dict, blank=True, help_text="Scalar user metadata of the latest root checkpoint.")
 
     class Meta:
@@ -163,13 +168,16 @@ class ReferenceUse(models.Model):
 
     reference = models.ForeignKey(BlobReference, on_delete=models.CASCADE, related_name="uses", help_text="The object.")
     thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="reference_uses", help_text="Thread.")
-    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, related_name="reference_uses", help_text="Checkpoint.")
-    location = models.CharField(max_length=300, help_text="Where: value:<channel>, blob:<channel> or write:<channel>.")
+    checkpoint = models.ForeignKey(
+        Checkpoint, null=True, blank=True, on_delete=models.CASCADE, related_name="reference_uses",
+        help_text="Checkpoint whose state or writes name it; empty for a write whose checkpoint row is gone.",
+    )
+    location = models.TextField(
+        help_text="Where: value:<channel> (inline or whole checkpoint), blob:<channel>@<version>, write:<task>/<idx>/<channel>."
+    )
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["checkpoint", "reference", "location"], name="reference_use_unique")
-        ]
+        indexes = [models.Index(fields=["reference", "thread"], name="reference_use_idx")]
 
 
 class DailyUsage(models.Model):

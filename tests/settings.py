@@ -10,6 +10,8 @@ from dashboard.settings import *  # noqa: E402,F401,F403
 from tests.pg import server_url  # noqa: E402
 
 DATABASES = {"default": parse_database_url(server_url())}
-DATABASES["default"]["TEST"] = {"NAME": "test_console"}
+# One test database per pytest process, so that concurrent runs on one
+# server (a developer's and CI's, or several checkouts) never collide.
+DATABASES["default"]["TEST"] = {"NAME": f"test_console_{os.getpid()}"}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 Q_CLUSTER = {**Q_CLUSTER, "sync": True}  # noqa: F405

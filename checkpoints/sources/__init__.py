@@ -1,0 +1,83 @@
+"""Readers of LangGraph checkpoint databases, one per schema.
+
+A reader opens the source read-only, detects its layout from the columns
+(never guesses, never creates tables) and reads whole threads in batches
+within one consistent snapshot. Sizes come from SQL on the source (DESIGN.md
+§3); values are only fetched where they may hold a blob URI, so a sync never
+drags every blob of a large database through Python.
+"""
+
+from dataclasses import dataclass, field
+
+from checkpoints.dburl import kind_of, redact
+
+
+class SourceError(Exception):
+    """A source that cannot be read: down, not LangGraph, or an unsupported layout."""
+
+
+@dataclass(slots=True)
+class CheckpointRow:
+    checkpoint_ns: str
+    checkpoint_id: str
+    parent_checkpoint_id: str | None
+    row_bytes: int
+    metadata: object  # decoded JSON (dict normally), or None when unreadable
+    channel_versions: object  # dict on PostgreSQL; None on SQLite (no blob table)
+    ts: str | None
+    # Values that may hold blob URIs: PostgreSQL inline channel_values (a dict)
+    # or SQLite's whole serialized checkpoint (type, bytes); None otherwise.
+    inline_values: object = None
+    value_type: str | None = None
+    value_data: bytes | None = None
+    fresh: bool = True
+
+
+@dataclass(slots=True)
+class BlobRow:
+    checkpoint_ns: str
+    channel: str
+    version: str
+    type: str | None
+    size: int
+    data: bytes | None = None  # fetched only when it may hold a URI or is encrypted
+    fresh: bool = True
+
+
+@dataclass(slots=True)
+class WriteRow:
+    checkpoint_ns: str
+    checkpoint_id: str
+    task_id: str
+    idx: int
+    channel: str
+    type: str | None
+    size: int
+    data: bytes | None = None
+    fresh: bool = True
+
+
+@dataclass
+class ThreadRows:
+    thread_id: str
+    checkpoints: list = field(default_factory=list)
+    blobs: list = field(default_factory=list)
+    writes: list = field(default_factory=list)
+
+
+def open_reader(url: str, *, connect_timeout: int = 10):
+    """A reader for the database at `url` (use it as a context manager)."""
+    try:
+        kind = kind_of(url)
+    except ValueError as e:
+        raise SourceError(str(e)) from None
+    if kind == "postgres":
+        from checkpoints.sources.postgres import PostgresReader
+
+        return PostgresReader(url, connect_timeout=connect_timeout)
+    from checkpoints.sources.sqlite import SqliteReader
+
+    return SqliteReader(url)
+
+
+__all__ = ["SourceError", "CheckpointRow", "BlobRow", "WriteRow", "ThreadRows", "open_reader", "redact"]

@@ -1,0 +1,195 @@
+"""Reader of the PostgresSaver schema (langgraph-checkpoint-postgres).
+
+Incremental reads rely on PostgreSQL's own commit bookkeeping rather than on
+checkpoint ids: writers commit out of id order, so "id > last seen" loses
+late commits. Every row carries the id of the transaction that wrote it
+(xmin). A row not visible in the previous sync's snapshot was written by a
+transaction at or after that snapshot's xmin, so "xmin >= previous xmin"
+(modulo 2^32) finds every new or rewritten row, late commits included, at the
+price of re-reading a few rows that were already seen.
+"""
+
+import orjson
+import psycopg
+from psycopg.types.json import set_json_loads
+
+from checkpoints.dburl import redact
+from checkpoints.sources import BlobRow, CheckpointRow, SourceError, ThreadRows, WriteRow
+
+_XID_WRAP = 2**32
+# Only fetch a value's bytes when they may contain a URI of a blob store, or
+# when they are encrypted (we cannot search ciphertext).
+_MAY_HOLD_URI = (
+    "(position('\\x73333a2f2f'::bytea in {col}) > 0"  # s3://
+    " OR position('\\x6d696e696f3a2f2f'::bytea in {col}) > 0"  # minio://
+    " OR position('\\x66696c653a2f2f'::bytea in {col}) > 0"  # file://
+    " OR type LIKE '%%+%%')"
+)
+_FRESH = "(((xmin::text::bigint - %(lo)s + 4294967296) %% 4294967296) < %(span)s)"
+
+
+class PostgresReader:
+    kind = "postgres"
+
+    def __init__(self, url: str, *, connect_timeout: int = 10):
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self.conn = None
+
+    def __enter__(self):
+        try:
+            self.conn = psycopg.connect(self.url, connect_timeout=self.connect_timeout, autocommit=False)
+        except psycopg.Error as e:
+            raise SourceError(f"cannot connect to {redact(self.url)}: {_first_line(e)}") from None
+        set_json_loads(orjson.loads, self.conn)
+        # One snapshot for the whole read: counts, changed rows and thread
+        # rows all describe the same moment.
+        self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return self
+
+    def __exit__(self, *exc):
+        if self.conn is not None:
+            try:
+                self.conn.rollback()
+                self.conn.close()
+            except psycopg.Error:
+                pass
+        return False
+
+    def _query(self, sql, params=None):
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except psycopg.Error as e:
+            raise SourceError(f"reading {redact(self.url)} failed: {_first_line(e)}") from None
+
+    def layout(self) -> str:
+        """`standard`, or a SourceError that says why the schema cannot be read."""
+        rows = self._query(
+            """
+            SELECT t.name, a.attname
+            FROM (VALUES ('checkpoints'), ('checkpoint_blobs'), ('checkpoint_writes')) AS t(name)
+            LEFT JOIN pg_attribute a
+              ON a.attrelid = to_regclass(t.name) AND a.attnum > 0 AND NOT a.attisdropped
+            """
+        )
+        columns = {}
+        for table, column in rows:
+            columns.setdefault(table, set())
+            if column:
+                columns[table].add(column)
+        missing = [t for t in ("checkpoints", "checkpoint_blobs", "checkpoint_writes") if not columns.get(t)]
+        if missing:
+            raise SourceError(
+                f"{redact(self.url)} has no LangGraph table {', '.join(missing)}: is this a PostgresSaver "
+                "database, and has the agent called setup()? (the console never creates tables)"
+            )
+        if "checkpoint_id" not in columns["checkpoints"] or "version" not in columns["checkpoint_blobs"]:
+            raise SourceError(
+                f"{redact(self.url)} uses the shallow layout of the deprecated ShallowPostgresSaver "
+                "(one checkpoint per thread, no history); it is not supported. Switch the agents to "
+                "PostgresSaver with durability='exit' to keep the same footprint with a readable schema."
+            )
+        needed = {
+            "checkpoints": {"thread_id", "checkpoint_ns", "checkpoint_id", "parent_checkpoint_id", "checkpoint", "metadata"},
+            "checkpoint_blobs": {"thread_id", "checkpoint_ns", "channel", "version", "type", "blob"},
+            "checkpoint_writes": {"thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx", "channel", "type", "blob"},
+        }
+        for table, cols in needed.items():
+            absent = cols - columns[table]
+            if absent:
+                raise SourceError(f"{redact(self.url)}: table {table} lacks column(s) {', '.join(sorted(absent))}")
+        return "standard"
+
+    def watermark(self) -> dict:
+        """The snapshot this read sees, to find what changed after it next time."""
+        ((xmin, xmax),) = self._query(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,"
+            " pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+        )
+        return {"xmin": xmin, "xmax": xmax}
+
+    def _fresh_params(self, since, now):
+        if not since:
+            return {"lo": 0, "span": _XID_WRAP}
+        lo = since["xmin"]
+        span = now["xmax"] - lo
+        if span >= _XID_WRAP // 2:
+            # So many transactions since the last sync that 32-bit xids may
+            # have wrapped: treat everything as new.
+            return {"lo": 0, "span": _XID_WRAP}
+        return {"lo": lo % _XID_WRAP, "span": span}
+
+    def totals(self) -> dict:
+        ((c, b, w),) = self._query(
+            "SELECT (SELECT count(*) FROM checkpoints), (SELECT count(*) FROM checkpoint_blobs),"
+            " (SELECT count(*) FROM checkpoint_writes)"
+        )
+        return {"checkpoints": c, "blobs": b, "writes": w}
+
+    def thread_ids(self) -> list:
+        return [r[0] for r in self._query("SELECT DISTINCT thread_id FROM checkpoints")]
+
+    def thread_counts(self, table: str) -> dict:
+        sql = {
+            "checkpoints": "SELECT thread_id, count(*) FROM checkpoints GROUP BY thread_id",
+            "blobs": "SELECT thread_id, count(*) FROM checkpoint_blobs GROUP BY thread_id",
+            "writes": "SELECT thread_id, count(*) FROM checkpoint_writes GROUP BY thread_id",
+        }[table]
+        return dict(self._query(sql))
+
+    def changed_thread_ids(self, since: dict, now: dict) -> set:
+        params = self._fresh_params(since, now)
+        rows = self._query(
+            f"""
+            SELECT thread_id FROM checkpoints WHERE {_FRESH}
+            UNION SELECT thread_id FROM checkpoint_blobs WHERE {_FRESH}
+            UNION SELECT thread_id FROM checkpoint_writes WHERE {_FRESH}
+            """,
+            params,
+        )
+        return {r[0] for r in rows}
+
+    def read_threads(self, thread_ids, since=None, now=None) -> list:
+        """Every row of these threads; values fetched only where useful."""
+        ids = list(thread_ids)
+        params = {**self._fresh_params(since, now), "ids": ids}
+        threads = {t: ThreadRows(t) for t in ids}
+        for r in self._query(
+            f"""
+            SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
+                   octet_length(checkpoint::text) + octet_length(metadata::text),
+                   metadata, checkpoint->'channel_versions', checkpoint->>'ts',
+                   CASE WHEN (checkpoint->'channel_values')::text ~ '(s3|minio|file)://'
+                        THEN checkpoint->'channel_values' END,
+                   {_FRESH}
+            FROM checkpoints WHERE thread_id = ANY(%(ids)s)
+            """,
+            params,
+        ):
+            threads[r[0]].checkpoints.append(
+                CheckpointRow(r[1], r[2], r[3], r[4], r[5], r[6], r[7], inline_values=r[8], fresh=r[9])
+            )
+        for r in self._query(
+            f"""
+            SELECT thread_id, checkpoint_ns, channel, version, type, coalesce(octet_length(blob), 0),
+                   CASE WHEN {_FRESH} AND {_MAY_HOLD_URI.format(col='blob')} THEN blob END, {_FRESH}
+            FROM checkpoint_blobs WHERE thread_id = ANY(%(ids)s)
+            """,
+            params,
+        ):
+            threads[r[0]].blobs.append(BlobRow(r[1], r[2], r[3], r[4], r[5], r[6], r[7]))
+        for r in self._query(
+            f"""
+            SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type,
+                   coalesce(octet_length(blob), 0),
+                   CASE WHEN {_FRESH} AND {_MAY_HOLD_URI.format(col='blob')} THEN blob END, {_FRESH}
+            FROM checkpoint_writes WHERE thread_id = ANY(%(ids)s)
+            """,
+            params,
+        ):
+            threads[r[0]].writes.append(WriteRow(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]))
+        return list(threads.values())
+
+
+def _first_line(error) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

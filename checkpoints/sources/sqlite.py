@@ -1,0 +1,165 @@
+"""Reader of the SqliteSaver schema (langgraph-checkpoint-sqlite).
+
+SQLite has one writer at a time, so rowids grow in commit order: rows with a
+rowid above the last one seen are new (SqliteSaver's INSERT OR REPLACE gives a
+replaced row a new rowid too). SQLite reuses the largest rowid after that row
+is deleted, so the watermark also remembers which row held it and falls back
+to a full comparison when another row holds it now.
+"""
+
+import json
+import sqlite3
+from pathlib import Path
+
+from checkpoints.dburl import parse_database_url
+from checkpoints.sources import CheckpointRow, SourceError, ThreadRows, WriteRow
+
+_MAY_HOLD_URI = (
+    "(instr({col}, X'73333a2f2f') > 0 OR instr({col}, X'6d696e696f3a2f2f') > 0"
+    " OR instr({col}, X'66696c653a2f2f') > 0 OR type LIKE '%+%')"
+)
+
+
+class SqliteReader:
+    kind = "sqlite"
+
+    def __init__(self, url: str):
+        self.url = url
+        self.path = parse_database_url(url)["NAME"]
+        self.conn = None
+
+    def __enter__(self):
+        path = Path(self.path)
+        if not path.is_file():
+            raise SourceError(f"{self.url}: no such SQLite file")
+        try:
+            # mode=ro: the console never writes while syncing, and never
+            # creates a file or tables where none were.
+            self.conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            self.conn.execute("BEGIN")  # one read snapshot for the whole sync
+        except sqlite3.Error as e:
+            raise SourceError(f"cannot open {self.url}: {e}") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.conn is not None:
+            try:
+                self.conn.rollback()
+            finally:
+                self.conn.close()
+        return False
+
+    def _query(self, sql, params=()):
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise SourceError(f"reading {self.url} failed: {e}") from None
+
+    def layout(self) -> str:
+        columns = {}
+        for table in ("checkpoints", "writes"):
+            columns[table] = {r[1] for r in self._query("SELECT * FROM pragma_table_info(?)", (table,))}
+        missing = [t for t, cols in columns.items() if not cols]
+        if missing:
+            raise SourceError(
+                f"{self.url} has no LangGraph table {', '.join(missing)}: is this a SqliteSaver database, "
+                "and has the agent called setup()? (the console never creates tables)"
+            )
+        needed = {
+            "checkpoints": {"thread_id", "checkpoint_ns", "checkpoint_id", "parent_checkpoint_id", "type", "checkpoint", "metadata"},
+            "writes": {"thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx", "channel", "type", "value"},
+        }
+        for table, cols in needed.items():
+            absent = cols - columns[table]
+            if absent:
+                raise SourceError(f"{self.url}: table {table} lacks column(s) {', '.join(sorted(absent))}")
+        return "standard"
+
+    def watermark(self) -> dict:
+        mark = {}
+        for table in ("checkpoints", "writes"):
+            row = self._query(f"SELECT rowid, thread_id, checkpoint_ns, checkpoint_id FROM {table} ORDER BY rowid DESC LIMIT 1")
+            mark[table] = [row[0][0], list(row[0][1:])] if row else [0, None]
+        return mark
+
+    def totals(self) -> dict:
+        ((c, w),) = self._query("SELECT (SELECT count(*) FROM checkpoints), (SELECT count(*) FROM writes)")
+        return {"checkpoints": c, "blobs": 0, "writes": w}
+
+    def thread_ids(self) -> list:
+        return [r[0] for r in self._query("SELECT DISTINCT thread_id FROM checkpoints")]
+
+    def thread_counts(self, table: str) -> dict:
+        if table == "blobs":
+            return {}
+        name = {"checkpoints": "checkpoints", "writes": "writes"}[table]
+        return dict(self._query(f"SELECT thread_id, count(*) FROM {name} GROUP BY thread_id"))
+
+    def _since_rowids(self, since):
+        """Rowid floors per table, or None when a full comparison is needed."""
+        if not since:
+            return {"checkpoints": 0, "writes": 0}
+        floors = {}
+        for table in ("checkpoints", "writes"):
+            rowid, key = since.get(table, [0, None])
+            if rowid and key is not None:
+                row = self._query(f"SELECT thread_id, checkpoint_ns, checkpoint_id FROM {table} WHERE rowid = ?", (rowid,))
+                if not row or list(row[0]) != key:
+                    return None  # the watermark row was deleted or its rowid reused
+            floors[table] = rowid
+        return floors
+
+    def changed_thread_ids(self, since: dict, now: dict):
+        """Threads with rows written since `since`; None when it cannot tell."""
+        floors = self._since_rowids(since)
+        if floors is None:
+            return None
+        rows = self._query(
+            "SELECT thread_id FROM checkpoints WHERE rowid > ? UNION SELECT thread_id FROM writes WHERE rowid > ?",
+            (floors["checkpoints"], floors["writes"]),
+        )
+        return {r[0] for r in rows}
+
+    def read_threads(self, thread_ids, since=None, now=None) -> list:
+        ids = list(thread_ids)
+        floors = self._since_rowids(since) or {"checkpoints": 0, "writes": 0}
+        threads = {t: ThreadRows(t) for t in ids}
+        ids_json = json.dumps(ids)
+        for r in self._query(
+            f"""
+            SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
+                   coalesce(length(CAST(checkpoint AS BLOB)), 0) + coalesce(length(CAST(metadata AS BLOB)), 0),
+                   CAST(metadata AS BLOB), type,
+                   CASE WHEN rowid > ? AND {_MAY_HOLD_URI.format(col='checkpoint')} THEN CAST(checkpoint AS BLOB) END,
+                   rowid > ?
+            FROM checkpoints WHERE thread_id IN (SELECT value FROM json_each(?))
+            """,
+            (floors["checkpoints"], floors["checkpoints"], ids_json),
+        ):
+            threads[r[0]].checkpoints.append(
+                CheckpointRow(
+                    r[1], r[2], r[3], r[4], _json_or_none(r[5]), None, None,
+                    value_type=r[6], value_data=r[7], fresh=bool(r[8]),
+                )
+            )
+        for r in self._query(
+            f"""
+            SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type,
+                   coalesce(length(CAST(value AS BLOB)), 0),
+                   CASE WHEN rowid > ? AND {_MAY_HOLD_URI.format(col='value')} THEN CAST(value AS BLOB) END,
+                   rowid > ?
+            FROM writes WHERE thread_id IN (SELECT value FROM json_each(?))
+            """,
+            (floors["writes"], floors["writes"], ids_json),
+        ):
+            threads[r[0]].writes.append(WriteRow(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9])))
+        return list(threads.values())
+
+
+def _json_or_none(data):
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None

@@ -1,0 +1,515 @@
+"""Mirror LangGraph checkpoint stores into the console's tables.
+
+A sync reads a source in one consistent snapshot and re-reads, whole, every
+thread that changed since the previous sync's snapshot (see the readers for
+how each schema tells). Working thread by thread keeps the arithmetic of
+DESIGN.md §3 simple and exact: a checkpoint's blob and new bytes need its
+thread's blob rows and its parent, and a thread's totals need all its rows.
+
+Deletions at the source leave no trace to read, so after the changed threads
+are mirrored the per-table row counts of the source are compared with the
+mirror's; only when they differ are per-thread counts compared to find the
+threads that lost rows.
+"""
+
+import logging
+import time
+from collections import defaultdict
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Sum
+from django.dispatch import Signal
+from django.utils import timezone
+
+from checkpoints import decode, usage
+from checkpoints.dburl import kind_of
+from checkpoints.ids import uuid6_time
+from checkpoints.models import BlobReference, Checkpoint, ReferenceUse, Source, Tag, Thread
+from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
+from checkpoints.sources import SourceError, open_reader
+from checkpoints.tags import extract_tags
+from checkpoints.uris import classify
+
+log = logging.getLogger(__name__)
+
+# Sent after every sync of a source, successful or not; the storage app
+# checks references on it (checkpoints never imports storage).
+sync_finished = Signal()  # kwargs: source, result
+
+BATCH_THREADS = 2000
+# Values decoded to look for references; larger ones make references unknown.
+REFERENCE_DECODE_LIMIT = 256 * 1024 * 1024
+
+
+class SyncRefused(Exception):
+    """A sync that would do something surprising, such as wiping the mirror."""
+
+
+def register_default_source():
+    """Create or update the source `default` from CHECKPOINT_DATABASE_URL."""
+    url = settings.CHECKPOINT_DATABASE_URL
+    if not url:
+        return None
+    source, created = Source.objects.get_or_create(name="default", defaults={"url": url, "kind": kind_of(url)})
+    if not created and source.url != url:
+        # Another database: its watermark means nothing there.
+        source.url, source.kind, source.sync_state = url, kind_of(url), {}
+        source.save(update_fields=["url", "kind", "sync_state"])
+    return source
+
+
+def sync_sources(name=None, *, full=False, requested_by=None, origin="command", wait=60.0) -> dict:
+    """Sync every registered source (or the one named); the sync_checkpoints contract."""
+    register_default_source()
+    sources = list(Source.objects.all())
+    if name is not None:
+        sources = [s for s in sources if s.name == name]
+        if not sources:
+            return {"sources": [_empty_result(name, f"no source named {name!r}")]}
+    results = [sync_source(s, full=full, requested_by=requested_by, origin=origin, wait=wait) for s in sources]
+    return {"sources": results}
+
+
+def sync_source(source, *, full=False, requested_by=None, origin="command", wait=60.0) -> dict:
+    """Sync one source; never raises for a source problem, reports it in `error`."""
+    started = time.monotonic()
+    try:
+        run = start_run("sync", source, parameters={"full": full}, requested_by=requested_by, origin=origin, wait=wait)
+    except RunBusy as e:
+        return _empty_result(source.name, f"skipped: {e}")
+    started_at = run.started_at
+    stats = {"added": 0, "updated": 0, "removed": 0}
+    error = None
+    try:
+        _sync(source, full, stats, run)
+    except (SourceError, SyncRefused) as e:
+        error = str(e)
+    except Exception as e:  # noqa: BLE001 - recorded on the run and the source, then re-raised
+        error = f"{type(e).__name__}: {e}"
+        _record(source, run, started_at, stats, started, error)
+        raise
+    return _record(source, run, started_at, stats, started, error)
+
+
+def _record(source, run, started_at, stats, started, error):
+    totals = Thread.objects.filter(source=source).aggregate(n=Sum("checkpoints"))
+    result = {
+        "name": source.name,
+        **stats,
+        "threads": Thread.objects.filter(source=source).count(),
+        "checkpoints": totals["n"] or 0,
+        "seconds": round(time.monotonic() - started, 3),
+        "error": error,
+    }
+    now = timezone.now()
+    fields = {"last_sync_at": now, "last_sync_ok": error is None, "last_error": error or "",
+              "last_sync_started_at": started_at}
+    if error is None:
+        fields["last_success_started_at"] = started_at
+    Source.objects.filter(pk=source.pk).update(**fields)
+    for k, v in fields.items():
+        setattr(source, k, v)
+    finish_run(run, result=result, error=error or "")
+    sync_finished.send(sender=Source, source=source, result=result)
+    return result
+
+
+def _empty_result(name, error):
+    return {"name": name, "added": 0, "updated": 0, "removed": 0, "threads": 0, "checkpoints": 0,
+            "seconds": 0.0, "error": error}
+
+
+def _sync(source, full, stats, run):
+    aes_key = settings.LANGGRAPH_AES_KEY.encode() if settings.LANGGRAPH_AES_KEY else None
+    with open_reader(source.url) as reader:
+        layout = reader.layout()
+        now = reader.watermark()
+        state = source.sync_state or {}
+        since = None if full else state.get("watermark")
+        totals = reader.totals()
+        mirrored = Thread.objects.filter(source=source).aggregate(n=Sum("checkpoints"))["n"] or 0
+        if not full and mirrored and mirrored - totals["checkpoints"] > mirrored / 2:
+            raise SyncRefused(
+                f"the source now holds {totals['checkpoints']} checkpoints where the mirror has {mirrored}: "
+                "a sync would remove more than half of the mirror. If that is right (a big prune, a new "
+                "database), run sync_checkpoints --full; if not, check the source URL."
+            )
+        if since is not None:
+            changed = reader.changed_thread_ids(since, now)
+            if changed is None:  # the reader cannot tell what changed: compare everything
+                since, changed = None, None
+        if since is None:
+            changed = set(reader.thread_ids()) | set(
+                Thread.objects.filter(source=source).values_list("thread_id", flat=True)
+            )
+        context = _Context(source, since, now, aes_key, stats)
+        run.progress_total = len(changed)
+        _process(reader, context, sorted(changed), run)
+
+        # Rows deleted in threads that did not otherwise change.
+        mirror_totals = Thread.objects.filter(source=source).aggregate(
+            c=Sum("checkpoints"), b=Sum("blob_rows"), w=Sum("write_rows")
+        )
+        suspects = set()
+        for table, key in (("checkpoints", "c"), ("blobs", "b"), ("writes", "w")):
+            if (mirror_totals[key] or 0) != totals[table]:
+                source_counts = reader.thread_counts(table)
+                field = {"checkpoints": "checkpoints", "blobs": "blob_rows", "writes": "write_rows"}[table]
+                mirror_counts = dict(Thread.objects.filter(source=source).values_list("thread_id", field))
+                suspects |= {t for t in source_counts.keys() | mirror_counts.keys()
+                             if source_counts.get(t, 0) != mirror_counts.get(t, 0)}
+        suspects -= set(changed)
+        if suspects:
+            _process(reader, context, sorted(suspects), run)
+
+        usage.capture(source)
+        source.layout = layout
+        source.sync_state = {"watermark": now}
+        source.references_unknown = context.undecodable > 0 if since is None else (
+            source.references_unknown or context.undecodable > 0
+        )
+        source.undecodable_values = context.undecodable if since is None else source.undecodable_values + context.undecodable
+        source.save(update_fields=["layout", "sync_state", "references_unknown", "undecodable_values"])
+
+
+def refresh_threads(source, thread_ids):
+    """Re-read these threads from the source and replace their mirror rows.
+
+    For jobs that changed the source themselves (prune): the mirror follows
+    at once, without waiting for the next sync.
+    """
+    aes_key = settings.LANGGRAPH_AES_KEY.encode() if settings.LANGGRAPH_AES_KEY else None
+    stats = {"added": 0, "updated": 0, "removed": 0}
+    with open_reader(source.url) as reader:
+        context = _Context(source, None, None, aes_key, stats)
+        _process(reader, context, sorted(set(thread_ids)), None)
+    usage.capture(source)
+    return stats
+
+
+class _Context:
+    def __init__(self, source, since, now, aes_key, stats):
+        self.source = source
+        self.since = since
+        self.now = now
+        self.aes_key = aes_key
+        self.stats = stats
+        self.undecodable = 0
+        self.store_settings = {
+            "bucket": settings.S3_BUCKET_NAME,
+            "prefix": settings.S3_PREFIX,
+            "blob_root": settings.BLOB_ROOT,
+        }
+
+
+def _process(reader, context, thread_ids, run):
+    done = 0
+    for i in range(0, len(thread_ids), BATCH_THREADS):
+        batch = thread_ids[i : i + BATCH_THREADS]
+        rows = reader.read_threads(batch, context.since, context.now)
+        _apply_batch(context, rows)
+        done += len(batch)
+        if run is not None:
+            heartbeat(run, done=done, total=max(run.progress_total, done))
+
+
+def _version_text(value):
+    """A channel version as PostgreSQL's jsonb_each_text renders it."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return None
+    return str(value)
+
+
+def _compute_thread(context, rows, known):
+    """Mirror records of one thread: checkpoints, totals, tags, references.
+
+    `known` holds the references found earlier in rows that were not fetched
+    again this time (unchanged rows): {(kind, ns, id, location): uris}.
+    """
+    blob_size = {}
+    blob_refs = {}  # (ns, channel, version) -> set of URIs
+    for b in rows.blobs:
+        key = (b.checkpoint_ns, b.channel, b.version)
+        blob_size[key] = b.size
+        if b.data is not None:
+            uris = _uris_in(context, b.type, b.data)
+        elif not b.fresh:
+            uris = known.get(("blob", b.checkpoint_ns, b.channel, b.version))
+        else:
+            uris = None
+        if uris:
+            blob_refs[key] = uris
+    writes_by_ckpt = defaultdict(lambda: [0, 0])
+    refs = []  # (ns, checkpoint_id, location, uris)
+    for w in rows.writes:
+        agg = writes_by_ckpt[(w.checkpoint_ns, w.checkpoint_id)]
+        agg[0] += 1
+        agg[1] += w.size
+        location = f"write:{w.task_id}/{w.idx}/{w.channel}"
+        if w.data is not None:
+            uris = _uris_in(context, w.type, w.data)
+        elif not w.fresh:
+            uris = known.get(("write", w.checkpoint_ns, w.checkpoint_id, location))
+        else:
+            uris = None
+        if uris:
+            refs.append((w.checkpoint_ns, w.checkpoint_id, location, uris))
+
+    versions_of = {}
+    for c in rows.checkpoints:
+        cv = c.channel_versions
+        versions_of[(c.checkpoint_ns, c.checkpoint_id)] = (
+            {k: _version_text(v) for k, v in cv.items()} if isinstance(cv, dict) else {}
+        )
+
+    records = []
+    for c in rows.checkpoints:
+        key = (c.checkpoint_ns, c.checkpoint_id)
+        versions = versions_of[key]
+        parent = versions_of.get((c.checkpoint_ns, c.parent_checkpoint_id)) if c.parent_checkpoint_id else None
+        blob_bytes = new_blob_bytes = 0
+        for channel, version in versions.items():
+            size = blob_size.get((c.checkpoint_ns, channel, version))
+            if size is None:
+                continue
+            blob_bytes += size
+            if parent is None or parent.get(channel) != version:
+                new_blob_bytes += size
+            uris = blob_refs.get((c.checkpoint_ns, channel, version))
+            if uris:
+                refs.append((c.checkpoint_ns, c.checkpoint_id, f"blob:{channel}@{version}", uris))
+        write_count, write_bytes = writes_by_ckpt.get(key, (0, 0))
+        metadata = c.metadata if c.metadata is not None else {}
+        created = uuid6_time(c.checkpoint_id) or _parse_ts(c.ts) or timezone.now()
+        step = metadata.get("step") if isinstance(metadata, dict) else None
+        origin = metadata.get("source") if isinstance(metadata, dict) else None
+        records.append({
+            "checkpoint_ns": c.checkpoint_ns,
+            "checkpoint_id": c.checkpoint_id,
+            "parent_checkpoint_id": c.parent_checkpoint_id or "",
+            "created_at": created,
+            "step": step if isinstance(step, int) and not isinstance(step, bool) and abs(step) < 2**31 else None,
+            "origin": origin[:32] if isinstance(origin, str) else "",
+            "metadata": metadata,
+            "row_bytes": c.row_bytes,
+            "blob_bytes": blob_bytes,
+            "write_bytes": write_bytes,
+            "write_count": write_count,
+            "logical_bytes": c.row_bytes + blob_bytes + write_bytes,
+            "new_bytes": c.row_bytes + write_bytes + new_blob_bytes,
+        })
+        # Values in the checkpoint row itself: PostgreSQL's inline primitives,
+        # or SQLite's whole serialized checkpoint.
+        values = None
+        if isinstance(c.inline_values, dict):
+            values = c.inline_values
+        elif c.value_data is not None:
+            loaded = decode.safe_loads(c.value_type, c.value_data, limit=REFERENCE_DECODE_LIMIT,
+                                       aes_key=context.aes_key, clip=False)
+            if decode.is_undecodable(loaded):
+                context.undecodable += 1
+            elif isinstance(loaded, dict) and isinstance(loaded.get("channel_values"), dict):
+                values = loaded["channel_values"]
+        elif not c.fresh and c.inline_values is None and c.channel_versions is None:
+            for (kind, ns, cid, location), uris in known.items():
+                if kind == "value" and ns == c.checkpoint_ns and cid == c.checkpoint_id:
+                    refs.append((ns, cid, location, uris))
+        for channel, value in (values or {}).items():
+            uris = decode.find_references(value)
+            if uris:
+                refs.append((c.checkpoint_ns, c.checkpoint_id, f"value:{channel}", uris))
+
+    thread = None
+    if records:
+        root = [r for r in records if r["checkpoint_ns"] == ""]
+        latest = max(root, key=lambda r: r["checkpoint_id"]) if root else None
+        checkpoint_bytes = sum(r["row_bytes"] for r in records)
+        blob_total = sum(b.size for b in rows.blobs)
+        write_total = sum(w.size for w in rows.writes)
+        thread = {
+            "checkpoints": len(records),
+            "first_checkpoint_at": min(r["created_at"] for r in records),
+            "last_checkpoint_at": max(r["created_at"] for r in records),
+            "latest_checkpoint_id": latest["checkpoint_id"] if latest else "",
+            "logical_bytes": latest["logical_bytes"] if latest else 0,
+            "checkpoint_bytes": checkpoint_bytes,
+            "blob_bytes": blob_total,
+            "write_bytes": write_total,
+            "stored_bytes": checkpoint_bytes + blob_total + write_total,
+            "blob_rows": len(rows.blobs),
+            "write_rows": len(rows.writes),
+            "tags": extract_tags(latest["metadata"], settings.TAG_EXCLUDE) if latest else {},
+        }
+    return thread, records, refs
+
+
+def _uris_in(context, type_, data):
+    loaded = decode.safe_loads(type_, data, limit=REFERENCE_DECODE_LIMIT, aes_key=context.aes_key, clip=False)
+    if decode.is_undecodable(loaded):
+        context.undecodable += 1
+        return set()
+    return decode.find_references(loaded)
+
+
+def _parse_ts(ts):
+    if not ts:
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(ts)
+    except ValueError:
+        return None
+
+
+_CHANGE_FIELDS = ("parent_checkpoint_id", "created_at", "step", "origin", "metadata", "row_bytes", "blob_bytes",
+                  "write_bytes", "write_count", "logical_bytes", "new_bytes")
+_THREAD_FIELDS = ("checkpoints", "first_checkpoint_at", "last_checkpoint_at", "latest_checkpoint_id", "logical_bytes",
+                  "checkpoint_bytes", "blob_bytes", "write_bytes", "stored_bytes", "blob_rows", "write_rows", "tags")
+
+
+def _apply_batch(context, thread_rows):
+    source = context.source
+    ids = [rows.thread_id for rows in thread_rows]
+    with transaction.atomic():
+        existing = {t.thread_id: t for t in Thread.objects.filter(source=source, thread_id__in=ids)}
+        known = defaultdict(lambda: defaultdict(set))
+        if context.since is not None and existing:
+            # References found earlier in rows that are not fetched again.
+            for thread_id, ns, cid, location, uri in ReferenceUse.objects.filter(
+                thread__in=existing.values()
+            ).values_list("thread__thread_id", "checkpoint__checkpoint_ns", "checkpoint__checkpoint_id", "location", "reference__uri"):
+                kind, _, rest = location.partition(":")
+                if kind == "blob":
+                    channel, _, version = rest.rpartition("@")
+                    known[thread_id][("blob", ns, channel, version)].add(uri)
+                else:
+                    known[thread_id][(kind, ns, cid, location)].add(uri)
+        computed = {rows.thread_id: _compute_thread(context, rows, known.get(rows.thread_id, {})) for rows in thread_rows}
+
+        # Threads gone from the source.
+        gone = [t for tid, t in existing.items() if computed[tid][0] is None]
+        if gone:
+            context.stats["removed"] += Checkpoint.objects.filter(thread__in=gone).count()
+            Thread.objects.filter(pk__in=[t.pk for t in gone]).delete()
+
+        live = {tid: c for tid, c in computed.items() if c[0] is not None}
+        if not live:
+            return
+        thread_objs = []
+        for tid, (thread, _, _) in live.items():
+            obj = existing.get(tid) or Thread(source=source, thread_id=tid)
+            for f in _THREAD_FIELDS:
+                setattr(obj, f, thread[f])
+            thread_objs.append(obj)
+        new_threads = [t for t in thread_objs if t.pk is None]
+        old_threads = [t for t in thread_objs if t.pk is not None]
+        if new_threads:
+            Thread.objects.bulk_create(new_threads, batch_size=1000)
+            if new_threads[0].pk is None:  # backends that return no ids
+                pks = dict(Thread.objects.filter(source=source, thread_id__in=[t.thread_id for t in new_threads])
+                           .values_list("thread_id", "pk"))
+                for t in new_threads:
+                    t.pk = t.id = pks[t.thread_id]
+        if old_threads:
+            Thread.objects.bulk_update(old_threads, _THREAD_FIELDS, batch_size=1000)
+        by_id = {t.thread_id: t for t in thread_objs}
+
+        # Checkpoints: insert the new, update the changed, delete the vanished.
+        current = {}
+        if old_threads:
+            for row in Checkpoint.objects.filter(thread__in=old_threads).values("pk", "thread_id", *(
+                ("checkpoint_ns", "checkpoint_id") + _CHANGE_FIELDS
+            )):
+                current[(row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])] = row
+        to_insert, to_update, seen = [], [], set()
+        for tid, (_, records, _) in live.items():
+            thread = by_id[tid]
+            for r in records:
+                key = (thread.pk, r["checkpoint_ns"], r["checkpoint_id"])
+                seen.add(key)
+                old = current.get(key)
+                if old is None:
+                    to_insert.append(Checkpoint(source=source, thread=thread, **r))
+                elif any(old[f] != r[f] for f in _CHANGE_FIELDS):
+                    to_update.append(Checkpoint(pk=old["pk"], source=source, thread=thread, **r))
+        vanished = [row["pk"] for key, row in current.items() if key not in seen]
+        if vanished:
+            Checkpoint.objects.filter(pk__in=vanished).delete()
+        _insert_checkpoints(to_insert)
+        if to_update:
+            Checkpoint.objects.bulk_update(to_update, _CHANGE_FIELDS, batch_size=1000)
+        context.stats["added"] += len(to_insert)
+        context.stats["updated"] += len(to_update)
+        context.stats["removed"] += len(vanished)
+
+        # Tags of the latest root checkpoint.
+        Tag.objects.filter(thread__in=old_threads).delete()
+        Tag.objects.bulk_create(
+            [Tag(source=source, thread=by_id[tid], key=k, value=v)
+             for tid, (thread, _, _) in live.items() for k, v in thread["tags"].items()],
+            batch_size=2000,
+        )
+
+        # References.
+        uses = {
+            (tid, ns, cid, location, uri)
+            for tid, (_, _, refs) in live.items()
+            for ns, cid, location, uris in refs
+            for uri in uris
+        }
+        if old_threads:
+            ReferenceUse.objects.filter(thread__in=old_threads).delete()
+        if uses:
+            refs = _references_for({u[4] for u in uses}, context)
+            ckpt_pk = dict(
+                ((t, ns, cid), pk) for pk, t, ns, cid in Checkpoint.objects.filter(
+                    thread__in=[by_id[u[0]] for u in uses]
+                ).values_list("pk", "thread__thread_id", "checkpoint_ns", "checkpoint_id")
+            )
+            ReferenceUse.objects.bulk_create(
+                [ReferenceUse(reference=refs[uri], thread=by_id[tid], checkpoint_id=ckpt_pk.get((tid, ns, cid)),
+                              location=location) for tid, ns, cid, location, uri in uses],
+                batch_size=2000,
+            )
+
+
+def _references_for(uris, context):
+    found = {r.uri: r for r in BlobReference.objects.filter(uri__in=list(uris))}
+    missing = [BlobReference(uri=u, store=classify(u, **context.store_settings)) for u in uris if u not in found]
+    if missing:
+        BlobReference.objects.bulk_create(missing, ignore_conflicts=True, batch_size=1000)
+        found.update({r.uri: r for r in BlobReference.objects.filter(uri__in=[m.uri for m in missing])})
+    return found
+
+
+_COPY_COLUMNS = ("source_id", "thread_id", "checkpoint_ns", "checkpoint_id", "parent_checkpoint_id", "created_at",
+                 "step", "origin", "metadata", "row_bytes", "blob_bytes", "write_bytes", "write_count",
+                 "logical_bytes", "new_bytes")
+
+
+def _insert_checkpoints(objs):
+    if not objs:
+        return
+    if connection.vendor != "postgresql" or len(objs) < 500:
+        Checkpoint.objects.bulk_create(objs, batch_size=1000)
+        return
+    # COPY is several times faster than multi-row INSERT for the initial sync
+    # of a large source.
+    import orjson
+
+    table = Checkpoint._meta.db_table
+    columns = ", ".join(_COPY_COLUMNS)
+    with connection.cursor() as cursor:
+        with cursor.connection.cursor() as raw, raw.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for o in objs:
+                copy.write_row((
+                    o.source_id, o.thread_id, o.checkpoint_ns, o.checkpoint_id, o.parent_checkpoint_id, o.created_at,
+                    o.step, o.origin, orjson.dumps(o.metadata).decode(), o.row_bytes, o.blob_bytes, o.write_bytes,
+                    o.write_count, o.logical_bytes, o.new_bytes,
+                ))

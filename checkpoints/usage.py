@@ -1,0 +1,98 @@
+"""Daily usage per source: what the growth charts and the forecast read.
+
+The first sync of a source backfills history from checkpoint creation times
+(a UTC day each); later syncs capture today's row from the thread totals.
+Backfilled totals are running sums of what each day added, so days before the
+first sync show the bytes of the checkpoints that still exist, not the bytes
+that were since pruned.
+"""
+
+from datetime import UTC, datetime, time, timedelta
+
+from django.conf import settings
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from checkpoints.models import BlobReference, Checkpoint, DailyUsage, ReferenceUse, Thread
+
+
+def capture(source):
+    if not DailyUsage.objects.filter(source=source).exists():
+        backfill(source)
+    today = timezone.now().date()
+    totals = Thread.objects.filter(source=source).aggregate(
+        threads=Count("pk"), checkpoints=Sum("checkpoints"), stored=Sum("stored_bytes"),
+        ckpt=Sum("checkpoint_bytes"), blobs=Sum("blob_bytes"), writes=Sum("write_bytes"),
+        new_threads=Count("pk", filter=Q(first_checkpoint_at__date=today)),
+    )
+    added = Checkpoint.objects.filter(source=source, created_at__gte=_day_start(today)).aggregate(
+        n=Count("pk"), bytes=Sum("new_bytes")
+    )
+    external = external_bytes(source)
+    yesterday = DailyUsage.objects.filter(source=source, day__lt=today).order_by("-day").first()
+    DailyUsage.objects.update_or_create(
+        source=source, day=today,
+        defaults={
+            "threads": totals["threads"] or 0,
+            "checkpoints": totals["checkpoints"] or 0,
+            "stored_bytes": totals["stored"] or 0,
+            "checkpoint_bytes": totals["ckpt"] or 0,
+            "blob_bytes": totals["blobs"] or 0,
+            "write_bytes": totals["writes"] or 0,
+            "external_bytes": external,
+            "checkpoints_added": added["n"] or 0,
+            "bytes_added": added["bytes"] or 0,
+            "threads_added": totals["new_threads"] or 0,
+            "external_bytes_added": max(0, external - (yesterday.external_bytes if yesterday else 0)),
+        },
+    )
+    DailyUsage.objects.filter(source=source, day__lt=today - timedelta(days=settings.USAGE_KEEP_DAYS)).delete()
+
+
+def backfill(source):
+    """Rebuild past days from the mirror: one aggregate query, grouped by day."""
+    rows = (
+        Checkpoint.objects.filter(source=source)
+        .annotate(day=TruncDate("created_at"))
+        .values("day")
+        .annotate(n=Count("pk"), new=Sum("new_bytes"), ckpt=Sum("row_bytes"), writes=Sum("write_bytes"))
+        .order_by("day")
+    )
+    new_threads = dict(
+        Thread.objects.filter(source=source)
+        .annotate(day=TruncDate("first_checkpoint_at"))
+        .values("day")
+        .annotate(n=Count("pk"))
+        .values_list("day", "n")
+    )
+    keep_from = timezone.now().date() - timedelta(days=settings.USAGE_KEEP_DAYS)
+    running = {"checkpoints": 0, "stored": 0, "ckpt": 0, "writes": 0, "threads": 0}
+    objs = []
+    for row in rows:
+        day = row["day"]
+        running["checkpoints"] += row["n"]
+        running["stored"] += row["new"] or 0
+        running["ckpt"] += row["ckpt"] or 0
+        running["writes"] += row["writes"] or 0
+        running["threads"] += new_threads.get(day, 0)
+        if day < keep_from:
+            continue
+        objs.append(DailyUsage(
+            source=source, day=day, checkpoints=running["checkpoints"], stored_bytes=running["stored"],
+            checkpoint_bytes=running["ckpt"], write_bytes=running["writes"],
+            blob_bytes=running["stored"] - running["ckpt"] - running["writes"], threads=running["threads"],
+            checkpoints_added=row["n"], bytes_added=row["new"] or 0, threads_added=new_threads.get(day, 0),
+        ))
+    DailyUsage.objects.bulk_create(objs, batch_size=1000, ignore_conflicts=True)
+
+
+def external_bytes(source) -> int:
+    """Bytes of the present external objects the source's checkpoints reference."""
+    used = ReferenceUse.objects.filter(thread__source=source).values("reference")
+    total = BlobReference.objects.filter(pk__in=used, exists=True).aggregate(s=Sum("size"))["s"]
+    return total or 0
+
+
+def _day_start(day):
+    return datetime.combine(day, time.min, tzinfo=UTC)

@@ -1,0 +1,149 @@
+"""Ground truth for the mirror, computed by SQL on the source.
+
+Written from the byte-accounting contract of DESIGN.md §3, independently of
+checkpoints/sync.py, so that the tests compare two implementations.
+"""
+
+import json
+import sqlite3
+
+import psycopg
+
+PG_CHECKPOINTS = """
+WITH c AS (
+  SELECT c.*, CASE WHEN jsonb_typeof(c.checkpoint->'channel_versions') = 'object'
+                   THEN c.checkpoint->'channel_versions' ELSE '{}'::jsonb END AS cv
+  FROM checkpoints c
+)
+SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, coalesce(c.parent_checkpoint_id, ''),
+  octet_length(c.checkpoint::text) + octet_length(c.metadata::text) AS row_bytes,
+  coalesce((SELECT sum(coalesce(octet_length(b.blob), 0)) FROM jsonb_each_text(c.cv) v
+            JOIN checkpoint_blobs b ON b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns
+             AND b.channel = v.key AND b.version = v.value), 0) AS blob_bytes,
+  coalesce((SELECT sum(octet_length(w.blob)) FROM checkpoint_writes w WHERE w.thread_id = c.thread_id
+             AND w.checkpoint_ns = c.checkpoint_ns AND w.checkpoint_id = c.checkpoint_id), 0) AS write_bytes,
+  (SELECT count(*) FROM checkpoint_writes w WHERE w.thread_id = c.thread_id
+             AND w.checkpoint_ns = c.checkpoint_ns AND w.checkpoint_id = c.checkpoint_id) AS write_count,
+  coalesce((SELECT sum(coalesce(octet_length(b.blob), 0)) FROM jsonb_each_text(c.cv) v
+            JOIN checkpoint_blobs b ON b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns
+             AND b.channel = v.key AND b.version = v.value
+            WHERE p.checkpoint IS NULL OR (p.checkpoint->'channel_versions'->>v.key) IS DISTINCT FROM v.value), 0)
+    AS new_blob_bytes,
+  c.metadata
+FROM c LEFT JOIN checkpoints p ON p.thread_id = c.thread_id AND p.checkpoint_ns = c.checkpoint_ns
+  AND p.checkpoint_id = c.parent_checkpoint_id
+"""
+
+PG_STORED = """
+SELECT thread_id, sum(bytes) FROM (
+  SELECT thread_id, octet_length(checkpoint::text) + octet_length(metadata::text) AS bytes FROM checkpoints
+  UNION ALL SELECT thread_id, coalesce(octet_length(blob), 0) FROM checkpoint_blobs
+  UNION ALL SELECT thread_id, octet_length(blob) FROM checkpoint_writes
+) r WHERE thread_id IN (SELECT thread_id FROM checkpoints) GROUP BY thread_id
+"""
+
+SQLITE_CHECKPOINTS = """
+SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, coalesce(c.parent_checkpoint_id, ''),
+  coalesce(length(CAST(c.checkpoint AS BLOB)), 0) + coalesce(length(CAST(c.metadata AS BLOB)), 0),
+  0,
+  coalesce((SELECT sum(coalesce(length(CAST(w.value AS BLOB)), 0)) FROM writes w WHERE w.thread_id = c.thread_id
+            AND w.checkpoint_ns = c.checkpoint_ns AND w.checkpoint_id = c.checkpoint_id), 0),
+  (SELECT count(*) FROM writes w WHERE w.thread_id = c.thread_id
+            AND w.checkpoint_ns = c.checkpoint_ns AND w.checkpoint_id = c.checkpoint_id),
+  0,
+  CAST(c.metadata AS TEXT)
+FROM checkpoints c
+"""
+
+SQLITE_STORED = """
+SELECT thread_id, sum(bytes) FROM (
+  SELECT thread_id, coalesce(length(CAST(checkpoint AS BLOB)), 0) + coalesce(length(CAST(metadata AS BLOB)), 0) AS bytes
+  FROM checkpoints
+  UNION ALL SELECT thread_id, coalesce(length(CAST(value AS BLOB)), 0) FROM writes
+) WHERE thread_id IN (SELECT thread_id FROM checkpoints) GROUP BY thread_id
+"""
+
+
+def source_truth(url: str) -> dict:
+    """{"checkpoints": {(thread, ns, id): {...}}, "threads": {thread: {...}}}."""
+    if url.startswith("sqlite"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            rows = conn.execute(SQLITE_CHECKPOINTS).fetchall()
+            stored = dict(conn.execute(SQLITE_STORED).fetchall())
+        finally:
+            conn.close()
+        rows = [r[:9] + (json.loads(r[9]) if r[9] else {},) for r in rows]
+    else:
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(PG_CHECKPOINTS).fetchall()
+            stored = dict(conn.execute(PG_STORED).fetchall())
+    checkpoints = {}
+    for thread, ns, cid, parent, row, blob, write, write_count, new_blob, metadata in rows:
+        checkpoints[(thread, ns, cid)] = {
+            "parent_checkpoint_id": parent,
+            "row_bytes": row,
+            "blob_bytes": blob,
+            "write_bytes": write,
+            "write_count": write_count,
+            "logical_bytes": row + blob + write,
+            "new_bytes": row + write + new_blob,
+            "metadata": metadata,
+        }
+    threads = {}
+    for (thread, ns, cid), c in checkpoints.items():
+        t = threads.setdefault(thread, {"checkpoints": 0, "latest": None})
+        t["checkpoints"] += 1
+        if ns == "" and (t["latest"] is None or cid > t["latest"]):
+            t["latest"] = cid
+    for thread, t in threads.items():
+        latest = checkpoints.get((thread, "", t["latest"])) if t["latest"] else None
+        t["logical_bytes"] = latest["logical_bytes"] if latest else 0
+        t["stored_bytes"] = int(stored[thread])
+        t["latest_metadata"] = latest["metadata"] if latest else {}
+    return {"checkpoints": checkpoints, "threads": threads}
+
+
+def expected_tags(metadata: dict) -> dict:
+    """Tags per the contract, written out plainly for the comparison."""
+    own = {"source", "step", "parents", "writes", "thread_id", "checkpoint_ns", "checkpoint_id", "run_id",
+           "counters_since_delta_snapshot"}
+    secret_words = ("key", "token", "secret", "password", "auth")
+    tags = {}
+    for key, value in metadata.items():
+        if key in own or any(w in key.lower() for w in secret_words) or value is None:
+            continue
+        if isinstance(value, bool):
+            tags[key] = "true" if value else "false"
+        elif isinstance(value, str):
+            tags[key] = value
+        elif isinstance(value, (int, float)):
+            tags[key] = json.dumps(value)
+    return tags
+
+
+def assert_mirror_matches(source, url):
+    """Every thread, checkpoint key, size and tag of the mirror equals the source."""
+    from checkpoints.models import Checkpoint, Thread
+
+    truth = source_truth(url)
+    mirror_threads = {t.thread_id: t for t in Thread.objects.filter(source=source)}
+    assert set(mirror_threads) == set(truth["threads"])
+    for thread_id, t in truth["threads"].items():
+        m = mirror_threads[thread_id]
+        assert (m.checkpoints, m.logical_bytes, m.stored_bytes, m.latest_checkpoint_id or None) == (
+            t["checkpoints"], t["logical_bytes"], t["stored_bytes"], t["latest"]
+        ), thread_id
+        assert m.tags == expected_tags(t["latest_metadata"]), thread_id
+        assert dict(m.tag_rows.values_list("key", "value")) == m.tags
+    mirror = {
+        (c.thread.thread_id, c.checkpoint_ns, c.checkpoint_id): c
+        for c in Checkpoint.objects.filter(source=source).select_related("thread")
+    }
+    assert set(mirror) == set(truth["checkpoints"])
+    for key, expected in truth["checkpoints"].items():
+        m = mirror[key]
+        got = {f: getattr(m, f) for f in expected if f != "metadata"}
+        assert got == {f: v for f, v in expected.items() if f != "metadata"}, key
+        assert m.metadata == expected["metadata"], key
+    return truth
