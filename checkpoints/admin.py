@@ -1,0 +1,79 @@
+"""Admin: sources are edited here; the mirror and the runs are read-only."""
+
+from django.contrib import admin, messages
+
+from checkpoints.models import BlobReference, Checkpoint, DailyUsage, Run, Source, Thread
+from checkpoints.sync import sync_source
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.action(description="Sync selected sources now")
+def sync_now(modeladmin, request, queryset):
+    for source in queryset:
+        result = sync_source(source, requested_by=request.user, origin="admin", wait=0)
+        if result["error"]:
+            messages.error(request, f"{source.name}: {result['error']}")
+        else:
+            messages.success(request, f"{source.name}: +{result['added']} ~{result['updated']} -{result['removed']} checkpoints")
+
+
+@admin.register(Source)
+class SourceAdmin(admin.ModelAdmin):
+    list_display = ["name", "kind", "display_url", "layout", "last_sync_at", "last_sync_ok", "references_unknown"]
+    readonly_fields = ["kind", "layout", "created_at", "last_sync_started_at", "last_sync_at", "last_sync_ok",
+                       "last_success_started_at", "last_error", "references_unknown", "undecodable_values", "sync_state"]
+    actions = [sync_now]
+
+    def save_model(self, request, obj, form, change):
+        from checkpoints.dburl import kind_of
+
+        obj.kind = kind_of(obj.url)
+        if change and "url" in form.changed_data:
+            obj.sync_state = {}  # another database: the old watermark means nothing there
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(Thread)
+class ThreadAdmin(ReadOnlyAdmin):
+    list_display = ["thread_id", "source", "checkpoints", "stored_bytes", "last_checkpoint_at"]
+    list_filter = ["source"]
+    search_fields = ["thread_id"]
+    list_select_related = ["source"]
+
+
+@admin.register(Checkpoint)
+class CheckpointAdmin(ReadOnlyAdmin):
+    list_display = ["checkpoint_id", "thread", "checkpoint_ns", "step", "origin", "created_at", "logical_bytes"]
+    list_filter = ["source", "origin"]
+    search_fields = ["checkpoint_id", "thread__thread_id"]
+    raw_id_fields = ["thread"]
+    show_full_result_count = False
+
+
+@admin.register(BlobReference)
+class BlobReferenceAdmin(ReadOnlyAdmin):
+    list_display = ["uri", "store", "exists", "size", "checked_at"]
+    list_filter = ["store", "exists"]
+    search_fields = ["uri"]
+
+
+@admin.register(DailyUsage)
+class DailyUsageAdmin(ReadOnlyAdmin):
+    list_display = ["source", "day", "checkpoints", "stored_bytes", "checkpoints_added", "bytes_added"]
+    list_filter = ["source"]
+
+
+@admin.register(Run)
+class RunAdmin(ReadOnlyAdmin):
+    list_display = ["id", "kind", "source", "state", "dry_run", "requested_by", "origin", "created_at", "finished_at"]
+    list_filter = ["kind", "state", "source"]

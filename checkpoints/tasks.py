@@ -1,0 +1,30 @@
+"""Functions the django-q2 cluster runs on a schedule.
+
+Each is a plain function that the management commands call too; django-q2
+only schedules them.
+"""
+
+from django.conf import settings
+
+from checkpoints.runs import fail_stale_runs
+from checkpoints.sync import sync_sources
+
+SYNC_SCHEDULE = "sync checkpoints"
+
+
+def sync_all():
+    """The scheduled sync: skip a source whose previous sync still runs."""
+    fail_stale_runs()
+    return sync_sources(origin="schedule", wait=0)
+
+
+def ensure_schedules(**kwargs):
+    """Create or update the sync schedule from SYNC_INTERVAL (after migrate)."""
+    from django_q.models import Schedule
+
+    minutes = max(1, int(settings.SYNC_INTERVAL.total_seconds() // 60))
+    Schedule.objects.update_or_create(
+        name=SYNC_SCHEDULE,
+        defaults={"func": "checkpoints.tasks.sync_all", "schedule_type": Schedule.MINUTES, "minutes": minutes,
+                  "repeats": -1},
+    )
