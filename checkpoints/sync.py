@@ -16,9 +16,10 @@ import logging
 import time
 from collections import defaultdict
 
+import orjson
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Sum
+from django.db.models import JSONField, Sum
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -264,7 +265,7 @@ def _compute_thread(context, rows, known):
     for c in rows.checkpoints:
         cv = c.channel_versions
         versions_of[(c.checkpoint_ns, c.checkpoint_id)] = (
-            {k: _version_text(v) for k, v in cv.items()} if isinstance(cv, dict) else {}
+            {k: v if type(v) is str else _version_text(v) for k, v in cv.items()} if isinstance(cv, dict) else {}
         )
 
     records = []
@@ -378,70 +379,55 @@ def _apply_batch(context, thread_rows):
     ids = [rows.thread_id for rows in thread_rows]
     with transaction.atomic():
         existing = {t.thread_id: t for t in Thread.objects.filter(source=source, thread_id__in=ids)}
-        known = defaultdict(lambda: defaultdict(set))
-        if context.since is not None and existing:
-            # References found earlier in rows that are not fetched again.
-            for thread_id, ns, cid, location, uri in ReferenceUse.objects.filter(
-                thread__in=existing.values()
-            ).values_list("thread__thread_id", "checkpoint__checkpoint_ns", "checkpoint__checkpoint_id", "location", "reference__uri"):
-                kind, _, rest = location.partition(":")
-                if kind == "blob":
-                    channel, _, version = rest.rpartition("@")
-                    known[thread_id][("blob", ns, channel, version)].add(uri)
-                else:
-                    known[thread_id][(kind, ns, cid, location)].add(uri)
+        known = _known_references(existing) if context.since is not None and existing else {}
         computed = {rows.thread_id: _compute_thread(context, rows, known.get(rows.thread_id, {})) for rows in thread_rows}
 
         # Threads gone from the source.
-        gone = [t for tid, t in existing.items() if computed[tid][0] is None]
+        gone = [t.pk for tid, t in existing.items() if computed[tid][0] is None]
         if gone:
-            context.stats["removed"] += Checkpoint.objects.filter(thread__in=gone).count()
-            Thread.objects.filter(pk__in=[t.pk for t in gone]).delete()
+            context.stats["removed"] += Checkpoint.objects.filter(thread_id__in=gone).count()
+            _delete_threads(gone)
 
         live = {tid: c for tid, c in computed.items() if c[0] is not None}
         if not live:
             return
-        thread_objs = []
+        old_threads = []
         for tid, (thread, _, _) in live.items():
-            obj = existing.get(tid) or Thread(source=source, thread_id=tid)
-            for f in _THREAD_FIELDS:
-                setattr(obj, f, thread[f])
-            thread_objs.append(obj)
-        new_threads = [t for t in thread_objs if t.pk is None]
-        old_threads = [t for t in thread_objs if t.pk is not None]
-        if new_threads:
-            Thread.objects.bulk_create(new_threads, batch_size=1000)
-            if new_threads[0].pk is None:  # backends that return no ids
-                pks = dict(Thread.objects.filter(source=source, thread_id__in=[t.thread_id for t in new_threads])
-                           .values_list("thread_id", "pk"))
-                for t in new_threads:
-                    t.pk = t.id = pks[t.thread_id]
+            obj = existing.get(tid)
+            if obj is not None:
+                for f in _THREAD_FIELDS:
+                    setattr(obj, f, thread[f])
+                old_threads.append(obj)
         if old_threads:
             Thread.objects.bulk_update(old_threads, _THREAD_FIELDS, batch_size=1000)
-        by_id = {t.thread_id: t for t in thread_objs}
+        new_ids = [tid for tid in live if tid not in existing]
+        pks = {t.thread_id: t.pk for t in old_threads}
+        pks.update(_insert_threads(source, [(tid, live[tid][0]) for tid in new_ids]))
 
         # Checkpoints: insert the new, update the changed, delete the vanished.
         current = {}
         if old_threads:
-            for row in Checkpoint.objects.filter(thread__in=old_threads).values("pk", "thread_id", *(
-                ("checkpoint_ns", "checkpoint_id") + _CHANGE_FIELDS
-            )):
+            for row in Checkpoint.objects.filter(thread__in=old_threads).values(
+                "pk", "thread_id", "checkpoint_ns", "checkpoint_id", *_CHANGE_FIELDS
+            ):
                 current[(row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])] = row
         to_insert, to_update, seen = [], [], set()
         for tid, (_, records, _) in live.items():
-            thread = by_id[tid]
+            thread_pk = pks[tid]
             for r in records:
-                key = (thread.pk, r["checkpoint_ns"], r["checkpoint_id"])
-                seen.add(key)
-                old = current.get(key)
+                key = (thread_pk, r["checkpoint_ns"], r["checkpoint_id"])
+                old = current.get(key) if current else None
                 if old is None:
-                    to_insert.append(Checkpoint(source=source, thread=thread, **r))
-                elif any(old[f] != r[f] for f in _CHANGE_FIELDS):
-                    to_update.append(Checkpoint(pk=old["pk"], source=source, thread=thread, **r))
+                    to_insert.append((source.pk, thread_pk, *(r[f] for f in _RECORD_FIELDS)))
+                else:
+                    seen.add(key)
+                    if any(old[f] != r[f] for f in _CHANGE_FIELDS):
+                        to_update.append(Checkpoint(pk=old["pk"], source=source, thread_id=thread_pk, **r))
         vanished = [row["pk"] for key, row in current.items() if key not in seen]
         if vanished:
-            Checkpoint.objects.filter(pk__in=vanished).delete()
-        _insert_checkpoints(to_insert)
+            ReferenceUse.objects.filter(checkpoint_id__in=vanished)._raw_delete(ReferenceUse.objects.db)
+            Checkpoint.objects.filter(pk__in=vanished)._raw_delete(Checkpoint.objects.db)
+        _insert_rows(Checkpoint, ("source_id", "thread_id", *_RECORD_FIELDS), to_insert)
         if to_update:
             Checkpoint.objects.bulk_update(to_update, _CHANGE_FIELDS, batch_size=1000)
         context.stats["added"] += len(to_insert)
@@ -449,12 +435,11 @@ def _apply_batch(context, thread_rows):
         context.stats["removed"] += len(vanished)
 
         # Tags of the latest root checkpoint.
-        Tag.objects.filter(thread__in=old_threads).delete()
-        Tag.objects.bulk_create(
-            [Tag(source=source, thread=by_id[tid], key=k, value=v)
-             for tid, (thread, _, _) in live.items() for k, v in thread["tags"].items()],
-            batch_size=2000,
-        )
+        if old_threads:
+            Tag.objects.filter(thread__in=old_threads)._raw_delete(Tag.objects.db)
+        _insert_rows(Tag, ("source_id", "thread_id", "key", "value"), [
+            (source.pk, pks[tid], k, v) for tid, (thread, _, _) in live.items() for k, v in thread["tags"].items()
+        ])
 
         # References.
         uses = {
@@ -464,19 +449,90 @@ def _apply_batch(context, thread_rows):
             for uri in uris
         }
         if old_threads:
-            ReferenceUse.objects.filter(thread__in=old_threads).delete()
+            ReferenceUse.objects.filter(thread__in=old_threads)._raw_delete(ReferenceUse.objects.db)
         if uses:
             refs = _references_for({u[4] for u in uses}, context)
             ckpt_pk = dict(
                 ((t, ns, cid), pk) for pk, t, ns, cid in Checkpoint.objects.filter(
-                    thread__in=[by_id[u[0]] for u in uses]
+                    thread_id__in={pks[u[0]] for u in uses}
                 ).values_list("pk", "thread__thread_id", "checkpoint_ns", "checkpoint_id")
             )
             ReferenceUse.objects.bulk_create(
-                [ReferenceUse(reference=refs[uri], thread=by_id[tid], checkpoint_id=ckpt_pk.get((tid, ns, cid)),
+                [ReferenceUse(reference=refs[uri], thread_id=pks[tid], checkpoint_id=ckpt_pk.get((tid, ns, cid)),
                               location=location) for tid, ns, cid, location, uri in uses],
                 batch_size=2000,
             )
+
+
+_RECORD_FIELDS = ("checkpoint_ns", "checkpoint_id", "parent_checkpoint_id", "created_at", "step", "origin",
+                  "metadata", "row_bytes", "blob_bytes", "write_bytes", "write_count", "logical_bytes", "new_bytes")
+
+
+def _known_references(existing):
+    """References found earlier in rows that are not fetched again, per thread."""
+    known = defaultdict(lambda: defaultdict(set))
+    for thread_id, ns, cid, location, uri in ReferenceUse.objects.filter(thread__in=existing.values()).values_list(
+        "thread__thread_id", "checkpoint__checkpoint_ns", "checkpoint__checkpoint_id", "location", "reference__uri"
+    ):
+        kind, _, rest = location.partition(":")
+        if kind == "blob":
+            channel, _, version = rest.rpartition("@")
+            known[thread_id][("blob", ns, channel, version)].add(uri)
+        else:
+            known[thread_id][(kind, ns, cid, location)].add(uri)
+    return known
+
+
+def _delete_threads(pks):
+    """Delete threads and everything hanging off them, in SQL: no rows loaded."""
+    db = Thread.objects.db
+    ReferenceUse.objects.filter(thread_id__in=pks)._raw_delete(db)
+    Tag.objects.filter(thread_id__in=pks)._raw_delete(db)
+    Checkpoint.objects.filter(thread_id__in=pks)._raw_delete(db)
+    Thread.objects.filter(pk__in=pks)._raw_delete(db)
+
+
+def _insert_threads(source, items):
+    """Insert new threads; return {thread_id: pk}."""
+    if not items:
+        return {}
+    if connection.vendor == "postgresql":
+        # Take ids from the sequence up front so the rows can go in by COPY.
+        table = Thread._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [table, len(items)]
+            )
+            ids = [r[0] for r in cursor.fetchall()]
+        rows = [(pk, source.pk, tid, 0, *(thread[f] for f in _THREAD_FIELDS)) for pk, (tid, thread) in zip(ids, items)]
+        _insert_rows(Thread, ("id", "source_id", "thread_id", "external_bytes", *_THREAD_FIELDS), rows)
+        return {tid: pk for pk, (tid, _) in zip(ids, items)}
+    objs = [Thread(source=source, thread_id=tid, **{f: thread[f] for f in _THREAD_FIELDS}) for tid, thread in items]
+    Thread.objects.bulk_create(objs, batch_size=1000)
+    if objs[0].pk is None:
+        return dict(Thread.objects.filter(source=source, thread_id__in=[t.thread_id for t in objs]).values_list("thread_id", "pk"))
+    return {t.thread_id: t.pk for t in objs}
+
+
+def _insert_rows(model, columns, rows):
+    """Insert plain tuples: COPY on PostgreSQL, bulk_create elsewhere."""
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        model.objects.bulk_create([model(**dict(zip(columns, row))) for row in rows], batch_size=1000)
+        return
+    # COPY is several times faster than multi-row INSERT, and skips building
+    # model instances: it carries the initial sync of a large source.
+    json_columns = [i for i, c in enumerate(columns) if isinstance(model._meta.get_field(c), JSONField)]
+    table = model._meta.db_table
+    with connection.cursor() as cursor:
+        with cursor.connection.cursor() as raw, raw.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                if json_columns:
+                    row = list(row)
+                    for i in json_columns:
+                        row[i] = orjson.dumps(row[i]).decode()
+                copy.write_row(row)
 
 
 def _references_for(uris, context):
@@ -486,30 +542,3 @@ def _references_for(uris, context):
         BlobReference.objects.bulk_create(missing, ignore_conflicts=True, batch_size=1000)
         found.update({r.uri: r for r in BlobReference.objects.filter(uri__in=[m.uri for m in missing])})
     return found
-
-
-_COPY_COLUMNS = ("source_id", "thread_id", "checkpoint_ns", "checkpoint_id", "parent_checkpoint_id", "created_at",
-                 "step", "origin", "metadata", "row_bytes", "blob_bytes", "write_bytes", "write_count",
-                 "logical_bytes", "new_bytes")
-
-
-def _insert_checkpoints(objs):
-    if not objs:
-        return
-    if connection.vendor != "postgresql" or len(objs) < 500:
-        Checkpoint.objects.bulk_create(objs, batch_size=1000)
-        return
-    # COPY is several times faster than multi-row INSERT for the initial sync
-    # of a large source.
-    import orjson
-
-    table = Checkpoint._meta.db_table
-    columns = ", ".join(_COPY_COLUMNS)
-    with connection.cursor() as cursor:
-        with cursor.connection.cursor() as raw, raw.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-            for o in objs:
-                copy.write_row((
-                    o.source_id, o.thread_id, o.checkpoint_ns, o.checkpoint_id, o.parent_checkpoint_id, o.created_at,
-                    o.step, o.origin, orjson.dumps(o.metadata).decode(), o.row_bytes, o.blob_bytes, o.write_bytes,
-                    o.write_count, o.logical_bytes, o.new_bytes,
-                ))

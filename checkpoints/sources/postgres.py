@@ -18,12 +18,16 @@ from checkpoints.sources import BlobRow, CheckpointRow, SourceError, ThreadRows,
 
 _XID_WRAP = 2**32
 # Only fetch a value's bytes when they may contain a URI of a blob store, or
-# when they are encrypted (we cannot search ciphertext).
-_MAY_HOLD_URI = (
-    "(position('\\x73333a2f2f'::bytea in {col}) > 0"  # s3://
-    " OR position('\\x6d696e696f3a2f2f'::bytea in {col}) > 0"  # minio://
-    " OR position('\\x66696c653a2f2f'::bytea in {col}) > 0"  # file://
-    " OR type LIKE '%%+%%')"
+# when they are encrypted (we cannot search ciphertext). The nested CASE
+# scans each value once for "://" and only then for the three schemes.
+_FETCH_IF_MAY_HOLD_URI = (
+    "CASE WHEN NOT {fresh} THEN NULL"
+    " WHEN type LIKE '%%+%%' THEN {col}"
+    " WHEN position('\\x3a2f2f'::bytea in {col}) = 0 THEN NULL"  # ://
+    " WHEN position('\\x73333a2f2f'::bytea in {col}) > 0"  # s3://
+    "   OR position('\\x6d696e696f3a2f2f'::bytea in {col}) > 0"  # minio://
+    "   OR position('\\x66696c653a2f2f'::bytea in {col}) > 0 THEN {col}"  # file://
+    " END"
 )
 _FRESH = "(((xmin::text::bigint - %(lo)s + 4294967296) %% 4294967296) < %(span)s)"
 
@@ -172,7 +176,7 @@ class PostgresReader:
         for r in self._query(
             f"""
             SELECT thread_id, checkpoint_ns, channel, version, type, coalesce(octet_length(blob), 0),
-                   CASE WHEN {_FRESH} AND {_MAY_HOLD_URI.format(col='blob')} THEN blob END, {_FRESH}
+                   {_FETCH_IF_MAY_HOLD_URI.format(col='blob', fresh=_FRESH)}, {_FRESH}
             FROM checkpoint_blobs WHERE thread_id = ANY(%(ids)s)
             """,
             params,
@@ -182,7 +186,7 @@ class PostgresReader:
             f"""
             SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type,
                    coalesce(octet_length(blob), 0),
-                   CASE WHEN {_FRESH} AND {_MAY_HOLD_URI.format(col='blob')} THEN blob END, {_FRESH}
+                   {_FETCH_IF_MAY_HOLD_URI.format(col='blob', fresh=_FRESH)}, {_FRESH}
             FROM checkpoint_writes WHERE thread_id = ANY(%(ids)s)
             """,
             params,

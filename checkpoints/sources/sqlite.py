@@ -14,9 +14,11 @@ from pathlib import Path
 from checkpoints.dburl import parse_database_url
 from checkpoints.sources import CheckpointRow, SourceError, ThreadRows, WriteRow
 
+# Fetch a value only when it may name a blob URI, or is encrypted (ciphertext
+# cannot be searched); "://" is looked for first so most values are scanned once.
 _MAY_HOLD_URI = (
-    "(instr({col}, X'73333a2f2f') > 0 OR instr({col}, X'6d696e696f3a2f2f') > 0"
-    " OR instr({col}, X'66696c653a2f2f') > 0 OR type LIKE '%+%')"
+    "(type LIKE '%+%' OR (instr({col}, X'3a2f2f') > 0 AND (instr({col}, X'73333a2f2f') > 0"
+    " OR instr({col}, X'6d696e696f3a2f2f') > 0 OR instr({col}, X'66696c653a2f2f') > 0)))"
 )
 
 
