@@ -356,3 +356,49 @@ def test_command_fails_with_nonzero_status_on_error(tmp_path, settings):
         call_command("sync_checkpoints", stdout=out)
     assert "FAILED" in out.getvalue()
     assert sync_sources("nonexistent")["sources"][0]["error"] == "no source named 'nonexistent'"
+
+
+def test_encrypted_values_mark_references_unknown_until_the_key_is_given(pg_source_url, settings):
+    from langgraph.checkpoint.postgres import PostgresSaver
+    from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
+
+    key = b"0123456789abcdef0123456789abcdef"
+    serde = EncryptedSerializer.from_pycryptodome_aes(key=key)
+    uri = "s3://bucket/uploads/secret/contract.pdf"
+    with PostgresSaver.from_conn_string(pg_source_url) as saver:
+        saver.serde = serde
+        file_graph(saver).invoke({"attachment": uri}, config("encrypted"))
+
+    source = make_source(pg_source_url, "postgres")
+    assert sync_source(source)["error"] is None
+    source.refresh_from_db()
+    assert source.references_unknown and source.undecodable_values > 0
+    assert_mirror_matches(source, pg_source_url)  # sizes are mirrored all the same
+    # Only the plaintext inline copy of the string is seen without the key.
+    ref = BlobReference.objects.get(uri=uri)
+    assert set(ref.uses.values_list("location", flat=True)) == {"value:attachment"}
+
+    settings.LANGGRAPH_AES_KEY = key.decode()
+    assert sync_source(source, full=True)["error"] is None
+    source.refresh_from_db()
+    assert not source.references_unknown
+    locations = set(ref.uses.values_list("location", flat=True))
+    assert any(loc.startswith("write:") for loc in locations)
+    assert any(loc.startswith("blob:doc@") for loc in locations)
+
+
+def test_scheduled_sync_runs_every_source(backend, settings):
+    from django_q.models import Schedule
+
+    from checkpoints.tasks import SYNC_SCHEDULE, ensure_schedules, sync_all
+
+    saver, url, kind = backend
+    run_scenarios(saver)
+    make_source(url, kind)
+    ensure_schedules()
+    schedule = Schedule.objects.get(name=SYNC_SCHEDULE)
+    assert schedule.func == "checkpoints.tasks.sync_all" and schedule.minutes == 1
+
+    result = sync_all()
+    assert [s["error"] for s in result["sources"]] == [None]
+    assert Run.objects.get(kind="sync").origin == "schedule"
