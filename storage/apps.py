@@ -5,3 +5,11 @@ class StorageConfig(AppConfig):
     name = "storage"
     verbose_name = "Blob storage"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        # checkpoints never imports storage (DESIGN.md §2): the sync announces
+        # that it finished and the reference check listens.
+        from checkpoints.sync import sync_finished
+        from storage.refcheck import check_after_sync
+
+        sync_finished.connect(check_after_sync, dispatch_uid="storage.check_after_sync")

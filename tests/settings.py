@@ -15,3 +15,6 @@ DATABASES = {"default": parse_database_url(server_url())}
 DATABASES["default"]["TEST"] = {"NAME": f"test_console_{os.getpid()}"}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 Q_CLUSTER = {**Q_CLUSTER, "sync": True}  # noqa: F405
+# Pages render without collectstatic having run; the manifest storage is
+# exercised by the demo test, which collects into a temporary directory.
+STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405

@@ -1,0 +1,9 @@
+"""Task-queue entry points of the storage app (django-q2 runs them by dotted path)."""
+
+from storage.refcheck import run_reference_check
+
+
+def check_references():
+    """The scheduled reference check: every referenced object, recorded as a Run."""
+    result = run_reference_check(origin="schedule")
+    return {k: v for k, v in result.items() if k != "errors"}
