@@ -70,6 +70,7 @@ class Thread(models.Model):
             models.Index(fields=["stored_bytes"], name="thread_stored_idx"),
             models.Index(fields=["checkpoints"], name="thread_count_idx"),
             models.Index(fields=["thread_id"], name="thread_id_idx"),
+            models.Index(fields=["source", "checkpoints", "stored_bytes"], name="thread_totals_idx"),
         ]
 
     def __str__(self):
@@ -86,7 +87,12 @@ class Tag(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["thread", "key"], name="tag_unique_key_per_thread")]
-        indexes = [models.Index(fields=["key", "value"], name="tag_key_value_idx")]
+        indexes = [
+            # key+value first for browsing; thread first for a thread's tags
+            # and for the EXISTS of each further filter.
+            models.Index(fields=["key", "value", "thread"], name="tag_key_value_thread_idx"),
+            models.Index(fields=["thread", "key", "value"], name="tag_thread_key_value_idx"),
+        ]
 
     def __str__(self):
         return f"{self.key}:{self.value}"
@@ -117,7 +123,8 @@ class Checkpoint(models.Model):
         ]
         indexes = [
             models.Index(fields=["source", "created_at"], name="checkpoint_source_time_idx"),
-            models.Index(fields=["created_at"], name="checkpoint_time_idx"),
+            # Covers the size distribution of a time range without visiting rows.
+            models.Index(fields=["created_at", "logical_bytes", "source"], name="checkpoint_time_size_idx"),
             models.Index(fields=["logical_bytes"], name="checkpoint_size_idx"),
         ]
 

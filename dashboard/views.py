@@ -1,10 +1,317 @@
-from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+"""The dashboard's pages: overview, threads by tag, a thread, a checkpoint."""
 
-from checkpoints.models import Source
+import json
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.core.paginator import Paginator
+from django.db.models import TextField
+from django.db.models.fields.json import KeyTextTransform, KeyTransform
+from django.db.models.functions import Cast
+from django.shortcuts import get_object_or_404, render
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+
+from checkpoints.models import BlobReference, Checkpoint, Source, Tag, Thread
+from checkpoints.tags import redact_metadata, split_tag
+from dashboard import browse, charts, usage
+from dashboard.access import DOWNLOAD_PERM, viewer_required
+from dashboard.forecast import forecast
+
+THREADS_PER_PAGE = 50
+TIMELINE_PER_PAGE = 100
+CHART_POINTS = 2000
+TABLE_DAYS = 31
+SPIKE_FACTOR = 3
+SPIKE_MIN_BYTES = 1000
 
 
-@login_required
+def _query(params, **changes):
+    """A query string from a list of (name, value) pairs with some names replaced.
+
+    >>> _query([("tag", "a:1"), ("page", "3")], page=None, sort="stored")
+    '?tag=a%3A1&sort=stored'
+    """
+    pairs = [(k, v) for k, v in params if k not in changes]
+    for k, v in changes.items():
+        if v is None:
+            continue
+        pairs.extend((k, item) for item in (v if isinstance(v, list) else [v]))
+    return "?" + urlencode(pairs) if pairs else "?"
+
+
+def _selected_source(request):
+    name = request.GET.get("source", "")
+    if not name:
+        return None
+    return Source.objects.filter(name=name).first()
+
+
+def blob_download_url(pk):
+    """The storage app's download route; its literal path while the route is not there."""
+    try:
+        return reverse("blob-download", args=[pk])
+    except NoReverseMatch:
+        return f"/blobs/{pk}/download"
+
+
+@viewer_required
 def overview(request):
-    ctx = {"sources": Source.objects.all()}
+    range_key = request.GET.get("range", usage.DEFAULT_RANGE)
+    if range_key not in usage.RANGES:
+        range_key = usage.DEFAULT_RANGE
+    source = _selected_source(request)
+    since = usage.since_for(range_key)
+    limit = settings.CHECKPOINT_SIZE_LIMIT
+    params = [(k, v) for k, v in request.GET.items()]
+
+    rows, total = usage.sources_summary(limit)
+    series = usage.daily_series(source, since)
+    bins, sample_percent = usage.size_distribution(source, since, limit)
+    top = usage.top_threads(source)
+    quota = settings.STORAGE_QUOTA
+    points = usage.trend_points(source) if quota else []
+    outlook = forecast(points, quota) if quota else None
+
+    figures = {
+        "stored": charts.stored_over_time(series),
+        "added": charts.checkpoints_per_day(series),
+        "sizes": charts.size_distribution(bins, limit),
+        "top": charts.top_threads(top),
+    }
+    if quota:
+        figures["forecast"] = charts.growth_forecast(points, outlook)
+
+    synced = [r["last_sync_at"] for r in rows if r["last_sync_at"]]
+    latest = max(synced) if synced else None
+    sync = {
+        "latest": latest,
+        "age": (timezone.now() - latest).total_seconds() if latest else None,
+        "failed": sum(1 for r in rows if r["last_sync_ok"] is False),
+        "never": sum(1 for r in rows if not r["last_sync_at"]),
+    }
+    ctx = {
+        "rows": rows,
+        "total": total,
+        "sync": sync,
+        "source": source,
+        "sources": [r["source"] for r in rows],
+        "source_links": [("All sources", _query(params, source=None), source is None)]
+        + [(r["name"], _query(params, source=r["name"]), source is not None and source.pk == r["source"].pk) for r in rows],
+        "range_key": range_key,
+        "ranges": [(key, "All" if key == "all" else f"{key} days", _query(params, range=key)) for key in usage.RANGES],
+        "series": series,
+        # The tables under the charts (their no-JavaScript form) list the latest days only.
+        "recent": series[::-1][:TABLE_DAYS],
+        "table_days": TABLE_DAYS,
+        "bins": [b for b in bins if b[2]],
+        "sample_percent": sample_percent,
+        "top": top,
+        "limit": limit,
+        "quota": quota,
+        "outlook": outlook,
+        "figures": figures,
+        "oversized": next((r["oversized"] for r in rows if source and r["source"].pk == source.pk), total["oversized"]),
+        "dangling": next((r["dangling"] for r in rows if source and r["source"].pk == source.pk), total["dangling"]),
+    }
     return render(request, "dashboard/overview.html", ctx)
+
+
+@viewer_required
+def threads(request):
+    errors, pairs = [], []
+    for text in request.GET.getlist("tag"):
+        if not text.strip():  # the form's empty "add a tag" box
+            continue
+        try:
+            pair = split_tag(text, ":")
+        except ValueError:
+            errors.append(f"Ignored the tag filter {text!r}: write it as key:value.")
+            continue
+        if pair not in pairs:
+            pairs.append(pair)
+    if len(pairs) > browse.MAX_FILTERS:
+        errors.append(f"Only the first {browse.MAX_FILTERS} tag filters are used.")
+        pairs = pairs[: browse.MAX_FILTERS]
+    prefix = request.GET.get("q", "").strip()
+    sort = request.GET.get("sort", browse.DEFAULT_SORT)
+    if sort not in browse.SORTS:
+        sort = browse.DEFAULT_SORT
+    source = _selected_source(request)
+    sources = list(Source.objects.all())
+
+    found = browse.find_threads(pairs, prefix, source, sort)
+    page = browse.CappedPaginator(found, THREADS_PER_PAGE).get_page(request.GET.get("page"))
+    matches = page.paginator.count
+    if page.paginator.capped:
+        matches = max(browse.estimated_count(found), browse.COUNT_CAP)
+    tags_by_thread = {}
+    for tag in Tag.objects.filter(thread__in=[t.pk for t in page.object_list]).order_by("key"):
+        tags_by_thread.setdefault(tag.thread_id, []).append(tag)
+
+    # Links keep every filter in the URL; a page number is dropped on any change.
+    params = [(k, v) for k, v in request.GET.lists() for v in v if k != "tag"]
+    params += [("tag", browse.tag_text(k, v)) for k, v in pairs]
+    selected = set(pairs)
+
+    def with_tag(key, value):
+        return _query(params, page=None) + "&" + urlencode([("tag", browse.tag_text(key, value))])
+
+    def without_tag(key, value):
+        rest = [(k, v) for k, v in params if not (k == "tag" and v == browse.tag_text(key, value))]
+        return _query(rest, page=None)
+
+    counted, facet_step = browse.facets(found, matches)
+    facets = [
+        (key, [(value, n, (key, value) in selected, without_tag(key, value) if (key, value) in selected else with_tag(key, value)) for value, n in values])
+        for key, values in counted
+    ]
+    rows = [
+        (t, reverse("thread", args=[t.source.name, t.thread_id]),
+         [(tag, (tag.key, tag.value) in selected, with_tag(tag.key, tag.value)) for tag in tags_by_thread.get(t.pk, [])])
+        for t in page.object_list
+    ]
+    ctx = {
+        "page": page,
+        "rows": rows,
+        "pairs": [(k, v, without_tag(k, v)) for k, v in pairs],
+        "facets": facets,
+        "facets_estimated": facet_step > 1,
+        "count_cap": browse.COUNT_CAP,
+        "errors": errors,
+        "prefix": prefix,
+        "sort": sort,
+        "sorts": [(key, label, _query(params, sort=key, page=None)) for key, (label, _) in browse.SORTS.items()],
+        "source": source,
+        "sources": sources,
+        "multi_source": len(sources) > 1,
+        "hidden_tags": [browse.tag_text(k, v) for k, v in pairs],
+        "page_links": _page_links(page, params),
+        "clear_url": _query([(k, v) for k, v in params if k != "tag"], page=None),
+    }
+    return render(request, "dashboard/threads.html", ctx)
+
+
+def _page_links(page, params):
+    links = []
+    for number in page.paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1):
+        if number == page.paginator.ELLIPSIS:
+            links.append((None, number, False))
+        else:
+            links.append((_query(params, page=str(number)), number, number == page.number))
+    return {
+        "numbers": links,
+        "previous": _query(params, page=str(page.previous_page_number())) if page.has_previous() else None,
+        "next": _query(params, page=str(page.next_page_number())) if page.has_next() else None,
+    }
+
+
+def _spike_threshold(checkpoints):
+    """New bytes above which a checkpoint is a size spike: 3x the thread's median.
+
+    The median is the middle row in new_bytes order, found by SQL.
+    """
+    n = checkpoints.count()
+    if n < 3:
+        return None
+    median = checkpoints.order_by("new_bytes").values_list("new_bytes", flat=True)[n // 2]
+    return max(SPIKE_FACTOR * median, SPIKE_MIN_BYTES)
+
+
+@viewer_required
+def thread(request, source, thread_id):
+    t = get_object_or_404(Thread.objects.select_related("source"), source__name=source, thread_id=thread_id)
+    checkpoints = Checkpoint.objects.filter(thread=t)
+    threshold = _spike_threshold(checkpoints)
+    limit = settings.CHECKPOINT_SIZE_LIMIT
+
+    fields = ("id", "checkpoint_ns", "checkpoint_id", "parent_checkpoint_id", "created_at", "step", "origin",
+              "logical_bytes", "new_bytes", "write_count")
+    timeline = checkpoints.only(*fields).order_by("-created_at", "-checkpoint_id", "checkpoint_ns")
+    page = Paginator(timeline, TIMELINE_PER_PAGE).get_page(request.GET.get("page"))
+    rows = [
+        (c, threshold is not None and c.new_bytes > threshold, c.logical_bytes > limit)
+        for c in page.object_list
+    ]
+
+    recent = checkpoints.filter(checkpoint_ns="").order_by("-created_at", "-checkpoint_id")
+    points = list(recent.values_list("step", "checkpoint_id", "logical_bytes", "new_bytes")[:CHART_POINTS])[::-1]
+    spikes = {p[1] for p in points if threshold is not None and p[3] > threshold}
+
+    can_download = request.user.has_perm(DOWNLOAD_PERM)
+    references = BlobReference.objects.filter(uses__thread=t).distinct().order_by("uri")
+    # No button where there is nothing to sign: foreign URIs, or objects found missing.
+    blobs = [
+        (ref, blob_download_url(ref.pk) if can_download and ref.state in ("present", "unchecked") else None)
+        for ref in references
+    ]
+
+    params = [(k, v) for k, v in request.GET.items()]
+    ctx = {
+        "thread": t,
+        "tags": [(tag, "/threads/" + _query([("tag", browse.tag_text(tag.key, tag.value))])) for tag in t.tag_rows.order_by("key")],
+        "rows": rows,
+        "page": page,
+        "page_links": _page_links(page, params),
+        "threshold": threshold,
+        "limit": limit,
+        "figure": charts.thread_sizes(points, spikes),
+        "chart_points": len(points),
+        "chart_capped": len(points) == CHART_POINTS,
+        "blobs": blobs,
+        "can_download": can_download,
+        "namespaces": checkpoints.values("checkpoint_ns").distinct().count(),
+    }
+    return render(request, "dashboard/thread.html", ctx)
+
+
+@viewer_required
+def checkpoint(request, pk):
+    from dashboard.source_values import ReadError, read_values
+
+    cp = get_object_or_404(Checkpoint.objects.select_related("thread", "thread__source"), pk=pk)
+    t = cp.thread
+    same_ns = Checkpoint.objects.filter(thread=t, checkpoint_ns=cp.checkpoint_ns)
+    parent = same_ns.filter(checkpoint_id=cp.parent_checkpoint_id).first() if cp.parent_checkpoint_id else None
+    children = list(same_ns.filter(parent_checkpoint_id=cp.checkpoint_id).order_by("checkpoint_id")[:50])
+    metadata = redact_metadata(cp.metadata, settings.TAG_EXCLUDE)
+    graph_parents = []
+    if isinstance(cp.metadata, dict) and isinstance(cp.metadata.get("parents"), dict):
+        for ns, cid in sorted(cp.metadata["parents"].items()):
+            target = Checkpoint.objects.filter(thread=t, checkpoint_ns=ns, checkpoint_id=cid).first()
+            graph_parents.append((ns, cid, target))
+    subgraphs = []
+    if cp.checkpoint_ns == "":
+        # Subgraph checkpoints name the root checkpoint that ran them in metadata.parents[""].
+        # Cast to text: on SQLite a JSON key lookup would compare JSON, not text.
+        parent_key = Cast(KeyTextTransform("", KeyTransform("parents", "metadata")), TextField())
+        subgraphs = list(
+            Checkpoint.objects.filter(thread=t).exclude(checkpoint_ns="").annotate(root=parent_key)
+            .filter(root=cp.checkpoint_id).order_by("checkpoint_ns", "checkpoint_id")[:50]
+        )
+
+    error, values = "", None
+    try:
+        values = read_values(
+            t.source, cp, limit=settings.DISPLAY_DECODE_LIMIT, aes_key=settings.LANGGRAPH_AES_KEY or None
+        )
+    except ReadError as e:
+        error = str(e)
+
+    ctx = {
+        "cp": cp,
+        "thread": t,
+        "parent": parent,
+        "children": children,
+        "graph_parents": graph_parents,
+        "metadata": json.dumps(metadata, indent=2, ensure_ascii=False, sort_keys=True),
+        "values": values,
+        "diff": values.diff() if values else None,
+        "error": error,
+        "logical_delta": cp.logical_bytes - parent.logical_bytes if parent else None,
+        "references": cp.reference_uses.select_related("reference").order_by("location"),
+        "limit": settings.CHECKPOINT_SIZE_LIMIT,
+        "decode_limit": settings.DISPLAY_DECODE_LIMIT,
+        "subgraphs": subgraphs,
+    }
+    return render(request, "dashboard/checkpoint.html", ctx)

@@ -1,0 +1,133 @@
+"""The JSON API (DESIGN.md §4, contract): threads by tag, one thread, a summary.
+
+Sizes are integer bytes, times ISO 8601 in UTC, tags an object. Bad input
+answers 400 with {"error": ...}; authentication is dashboard.access.api_auth.
+"""
+
+from datetime import UTC
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.core.paginator import EmptyPage, Paginator
+from django.http import JsonResponse
+from django.views.decorators.http import require_GET
+
+from checkpoints.models import BlobReference, Source, Tag, Thread
+from dashboard import browse, usage
+from dashboard.access import api_auth
+
+PAGE_SIZE = 100
+
+
+def iso(moment):
+    """ISO 8601 in UTC, or None.
+
+    >>> from datetime import datetime, timezone, timedelta
+    >>> iso(datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2))))
+    '2026-01-02T01:04:05+00:00'
+    """
+    return moment.astimezone(UTC).isoformat() if moment else None
+
+
+def _error(message, status=400):
+    return JsonResponse({"error": message}, status=status)
+
+
+def _thread_json(t, tags):
+    return {
+        "source": t.source.name,
+        "thread_id": t.thread_id,
+        "checkpoints": t.checkpoints,
+        "logical_bytes": t.logical_bytes,
+        "stored_bytes": t.stored_bytes,
+        "last_checkpoint_at": iso(t.last_checkpoint_at),
+        "tags": tags,
+    }
+
+
+def _tags_of(thread_pks):
+    tags = {pk: {} for pk in thread_pks}
+    for thread_id, key, value in Tag.objects.filter(thread__in=thread_pks).order_by("key").values_list("thread_id", "key", "value"):
+        tags[thread_id][key] = value
+    return tags
+
+
+@require_GET
+@api_auth
+def threads(request):
+    try:
+        pairs = browse.parse_tag_filters(request.GET.getlist("tag"))
+    except browse.BadFilter as e:
+        return _error(str(e))
+    sort = request.GET.get("sort", browse.DEFAULT_SORT)
+    if sort not in browse.SORTS:
+        return _error(f"sort must be one of {', '.join(browse.SORTS)}")
+    source = None
+    if request.GET.get("source"):
+        source = Source.objects.filter(name=request.GET["source"]).first()
+        if source is None:
+            return _error(f"no source named {request.GET['source']!r}", status=404)
+    raw_page = request.GET.get("page", "1")
+    try:
+        number = int(raw_page)
+    except ValueError:
+        return _error(f"page must be a whole number, not {raw_page!r}")
+
+    found = browse.find_threads(pairs, request.GET.get("q", "").strip(), source, sort)
+    paginator = Paginator(found, PAGE_SIZE)
+    try:
+        page = paginator.page(number)
+    except EmptyPage:
+        if number == 1:  # no match at all: an empty first page, not an error
+            page = None
+        else:
+            return _error(f"page {number} is out of range (there are {paginator.num_pages})", status=404)
+    items = list(page.object_list) if page else []
+    tags = _tags_of([t.pk for t in items])
+    next_url = None
+    if page and page.has_next():
+        params = [(k, v) for k, values in request.GET.lists() for v in values if k != "page"]
+        params.append(("page", str(page.next_page_number())))
+        next_url = request.build_absolute_uri(request.path) + "?" + urlencode(params)
+    return JsonResponse(
+        {"count": paginator.count, "next": next_url, "results": [_thread_json(t, tags[t.pk]) for t in items]},
+        json_dumps_params={"ensure_ascii": False},
+    )
+
+
+@require_GET
+@api_auth
+def thread(request, source, thread_id):
+    t = Thread.objects.select_related("source").filter(source__name=source, thread_id=thread_id).first()
+    if t is None:
+        return _error(f"no thread {thread_id!r} in source {source!r}", status=404)
+    out = _thread_json(t, _tags_of([t.pk])[t.pk])
+    references = BlobReference.objects.filter(uses__thread=t).distinct().order_by("uri")
+    # Foreign URIs are never checked: "unchecked" keeps the contract's three states.
+    out["blobs"] = [
+        {"id": r.pk, "uri": r.uri, "size": r.size, "state": "unchecked" if r.state == "foreign" else r.state}
+        for r in references
+    ]
+    return JsonResponse(out, json_dumps_params={"ensure_ascii": False})
+
+
+@require_GET
+@api_auth
+def summary(request):
+    rows, _ = usage.sources_summary(settings.CHECKPOINT_SIZE_LIMIT)
+    return JsonResponse(
+        {
+            "sources": [
+                {
+                    "name": r["name"],
+                    "threads": r["threads"],
+                    "checkpoints": r["checkpoints"],
+                    "stored_bytes": r["stored_bytes"],
+                    "external_bytes": r["external_bytes"],
+                    "last_sync_at": iso(r["last_sync_at"]),
+                    "last_sync_ok": r["last_sync_ok"],
+                }
+                for r in rows
+            ]
+        }
+    )

@@ -1,0 +1,166 @@
+"""Browsing threads by tag: filters, sorting and facets, all in SQL.
+
+Every tag filter is an EXISTS on the Tag rows (index on (key, value), and the
+unique (thread, key) index for the per-thread probe), never a scan of the
+JSON tags: the planner either walks threads in the requested order probing
+tags, or starts from the rarest (key, value) and sorts the few matches.
+"""
+
+import json
+import math
+
+from django.core.paginator import Paginator
+from django.db import connection
+from django.db.models import Exists, F, OuterRef
+
+from django.utils.functional import cached_property
+
+from checkpoints.models import Tag, Thread
+from checkpoints.tags import split_tag
+
+# Orders a B-tree index on the first column can produce (scanned backwards),
+# so "newest first, 50 rows" stops after 50 index entries instead of sorting
+# every match; the id only breaks ties.
+SORTS = {
+    "activity": ("Last activity", ["-last_checkpoint_at", "-id"]),
+    "stored": ("Stored bytes", ["-stored_bytes", "-id"]),
+    "checkpoints": ("Checkpoints", ["-checkpoints", "-id"]),
+}
+DEFAULT_SORT = "activity"
+MAX_FILTERS = 10
+
+
+class BadFilter(ValueError):
+    pass
+
+
+def parse_tag_filters(texts) -> list[tuple[str, str]]:
+    """`key:value` texts as (key, value) pairs, split at the first colon, deduplicated.
+
+    >>> parse_tag_filters(["tenant:acme", "url:http://x:1", "tenant:acme", ""])
+    [('tenant', 'acme'), ('url', 'http://x:1')]
+    >>> parse_tag_filters(["acme"])
+    Traceback (most recent call last):
+    ...
+    dashboard.browse.BadFilter: tag filter 'acme' is not key:value
+    """
+    pairs = []
+    for text in texts:
+        if not text.strip():
+            continue
+        try:
+            pair = split_tag(text, ":")
+        except ValueError:
+            raise BadFilter(f"tag filter {text!r} is not key:value") from None
+        if pair not in pairs:
+            pairs.append(pair)
+    if len(pairs) > MAX_FILTERS:
+        raise BadFilter(f"at most {MAX_FILTERS} tag filters at once")
+    return pairs
+
+
+def tag_text(key: str, value: str) -> str:
+    """The `key:value` form used in URLs.
+
+    >>> tag_text("url", "http://x:1")
+    'url:http://x:1'
+    """
+    return f"{key}:{value}"
+
+
+def with_tags(threads, pairs):
+    """Threads carrying every (key, value) of `pairs` (AND)."""
+    for key, value in pairs:
+        threads = threads.filter(
+            Exists(Tag.objects.filter(thread=OuterRef("pk"), key=key, value=value))
+        )
+    return threads
+
+
+LIST_FIELDS = ("thread_id", "checkpoints", "logical_bytes", "stored_bytes", "last_checkpoint_at", "source__name")
+
+
+def find_threads(pairs=(), prefix="", source=None, sort=DEFAULT_SORT):
+    """Threads matching every filter, in the sort's order, with what lists show (tags come from Tag rows)."""
+    threads = Thread.objects.select_related("source").only(*LIST_FIELDS)
+    if source is not None:
+        threads = threads.filter(source=source)
+    if prefix:
+        threads = threads.filter(thread_id__startswith=prefix)
+    threads = with_tags(threads, pairs)
+    return threads.order_by(*SORTS.get(sort, SORTS[DEFAULT_SORT])[1])
+
+
+FACET_SAMPLE = 1000
+COUNT_CAP = 10_000
+
+
+class CappedPaginator(Paginator):
+    """Counts matches up to COUNT_CAP + 1: beyond that the page says "10,000+".
+
+    An exact count of a broad filter walks every match (tens of thousands of
+    index entries) for a number nobody pages through; the API, whose `count`
+    is a contract, counts exactly.
+    """
+
+    cap = COUNT_CAP
+
+    @cached_property
+    def count(self):
+        return self.object_list.order_by()[: self.cap + 1].count()
+
+    @property
+    def capped(self):
+        return self.count > self.cap
+
+
+def estimated_count(threads):
+    """The planner's estimate of the rows of a query (PostgreSQL), for sizing a sample."""
+    if connection.vendor != "postgresql":
+        return threads.count()
+    sql, params = threads.order_by().values("pk").query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+        plan = cursor.fetchone()[0]
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+def facets(threads, total, keys=12, values=8):
+    """The most used tag keys among `threads`, each with its most frequent values.
+
+    Returns ([(key, [(value, count), ...]), ...], step). Keys come in order of
+    how many of the threads carry them. Counting every tag of a hundred
+    thousand threads would cost more than the whole page may, so above
+    FACET_SAMPLE matching threads the tags of one thread in `step` (by id,
+    which is unrelated to tags) are counted and scaled by `step`: the counts
+    are then estimates, and the page says so. One query ranks the values inside
+    each key with window functions; only the top rows come back.
+    """
+    step = 1 if total <= FACET_SAMPLE else math.ceil(total / FACET_SAMPLE)
+    subset = threads.order_by().values("pk")
+    if step > 1:
+        subset = subset.annotate(bucket=F("pk") % step).filter(bucket=0).values("pk")
+    inner, params = subset.query.sql_with_params()
+    quote = connection.ops.quote_name
+    sql = f"""
+        SELECT {quote("key")}, value, n, key_threads FROM (
+            SELECT {quote("key")}, value, n,
+                   SUM(n) OVER (PARTITION BY {quote("key")}) AS key_threads,
+                   ROW_NUMBER() OVER (PARTITION BY {quote("key")} ORDER BY n DESC, value) AS value_rank
+            FROM (
+                SELECT {quote("key")}, value, COUNT(*) AS n FROM {quote(Tag._meta.db_table)}
+                WHERE thread_id IN ({inner}) GROUP BY {quote("key")}, value
+            ) AS counted
+        ) AS ranked
+        WHERE value_rank <= %s
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, (*params, values))
+        rows = cursor.fetchall()
+    by_key, totals = {}, {}
+    for key, value, n, key_threads in rows:
+        by_key.setdefault(key, []).append((value, n * step))
+        totals[key] = key_threads
+    top = sorted(by_key, key=lambda k: (-totals[k], k))[:keys]
+    return [(key, sorted(by_key[key], key=lambda vn: (-vn[1], vn[0]))) for key in top], step

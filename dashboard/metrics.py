@@ -1,0 +1,103 @@
+"""/metrics: the mirror's figures in Prometheus' text format (version 0.0.4).
+
+Gauges only, read from the mirror at scrape time with the same aggregate
+queries as the overview; a scrape never touches the sources.
+"""
+
+from django.conf import settings
+from django.db.models import Count
+from django.http import HttpResponse
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from checkpoints.models import BlobReference, Run
+from dashboard import usage
+from dashboard.access import api_auth
+
+PREFIX = "checkpoint_console_"
+
+
+def escape_label(value) -> str:
+    """A label value escaped as the exposition format wants.
+
+    >>> escape_label('a"b\\\\c\\nd')
+    'a\\\\"b\\\\\\\\c\\\\nd'
+    """
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Exposition:
+    def __init__(self):
+        self.lines = []
+
+    def gauge(self, name, help_text, samples):
+        """samples: [(labels dict, value)]; None values are left out."""
+        self.lines.append(f"# HELP {PREFIX}{name} {help_text}")
+        self.lines.append(f"# TYPE {PREFIX}{name} gauge")
+        for labels, value in samples:
+            if value is None:
+                continue
+            label_text = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
+            label_text = "{" + label_text + "}" if label_text else ""
+            self.lines.append(f"{PREFIX}{name}{label_text} {_number(value)}")
+
+    def text(self):
+        return "\n".join(self.lines) + "\n"
+
+
+def _number(value):
+    """
+    >>> _number(True), _number(3), _number(1.5)
+    ('1', '3', '1.5')
+    """
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return repr(value) if isinstance(value, float) else str(int(value))
+
+
+@require_GET
+@api_auth
+def metrics(request):
+    rows, _ = usage.sources_summary(settings.CHECKPOINT_SIZE_LIMIT)
+    now = timezone.now()
+    out = Exposition()
+
+    def per_source(key):
+        return [({"source": r["name"]}, r[key]) for r in rows]
+
+    out.gauge("threads", "Threads mirrored.", per_source("threads"))
+    out.gauge("checkpoints", "Checkpoint rows mirrored, all namespaces.", per_source("checkpoints"))
+    out.gauge("stored_bytes", "Serialized bytes of all checkpoint, blob and write rows.", per_source("stored_bytes"))
+    out.gauge("external_bytes", "Bytes of the distinct external objects referenced and present.", per_source("external_bytes"))
+    out.gauge(
+        "checkpoints_over_limit",
+        f"Checkpoints whose logical size is above CHECKPOINT_SIZE_LIMIT ({settings.CHECKPOINT_SIZE_LIMIT} bytes).",
+        per_source("oversized"),
+    )
+    out.gauge("dangling_references", "Referenced objects found missing at the last check.", per_source("dangling"))
+    out.gauge(
+        "last_sync_timestamp_seconds", "End of the last sync (Unix time).",
+        [({"source": r["name"]}, r["last_sync_at"].timestamp() if r["last_sync_at"] else None) for r in rows],
+    )
+    out.gauge(
+        "last_sync_age_seconds", "Seconds since the last sync ended.",
+        [({"source": r["name"]}, (now - r["last_sync_at"]).total_seconds() if r["last_sync_at"] else None) for r in rows],
+    )
+    out.gauge("last_sync_success", "1 if the last sync succeeded, 0 if it failed.", per_source("last_sync_ok"))
+    out.gauge(
+        "references_unknown", "1 if some values could not be decoded, so references may be missing.",
+        [({"source": r["name"]}, r["source"].references_unknown) for r in rows],
+    )
+    states = {"present": 0, "missing": 0, "unchecked": 0, "foreign": 0}
+    for row in BlobReference.objects.values("store", "exists").annotate(n=Count("id")).order_by():
+        state = "foreign" if row["store"] == "foreign" else "unchecked" if row["exists"] is None else "present" if row["exists"] else "missing"
+        states[state] += row["n"]
+    out.gauge("blob_references", "External objects named by checkpoints, by state.", [({"state": s}, n) for s, n in states.items()])
+    runs = Run.objects.filter(state__in=["queued", "running"]).values("kind", "state").annotate(n=Count("id")).order_by()
+    counts = {(kind, state): 0 for kind, _ in Run.KIND_CHOICES for state in ("queued", "running")}
+    for row in runs:
+        counts[(row["kind"], row["state"])] = row["n"]
+    out.gauge("runs", "Sync, prune and sweep runs queued or running.", [({"kind": k, "state": s}, n) for (k, s), n in counts.items()])
+    out.gauge("checkpoint_size_limit_bytes", "CHECKPOINT_SIZE_LIMIT.", [({}, settings.CHECKPOINT_SIZE_LIMIT)])
+    out.gauge("storage_quota_bytes", "STORAGE_QUOTA, when set.", [({}, settings.STORAGE_QUOTA)])
+    return HttpResponse(out.text(), content_type="text/plain; version=0.0.4; charset=utf-8")

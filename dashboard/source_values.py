@@ -1,0 +1,261 @@
+"""Read one checkpoint's values from its source, read-only, for the checkpoint page.
+
+The mirror keeps sizes and metadata, not values: the page reads the one
+checkpoint (and its parent's channel versions, for the diff) straight from
+the LangGraph database. Values are decoded with the safe decoder (no import,
+no unpickling), and a value larger than DISPLAY_DECODE_LIMIT is never fetched
+whole: SQL returns its size only.
+"""
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ormsgpack
+
+from checkpoints.dburl import parse_database_url, redact
+from checkpoints.decode import decode_json_text, safe_loads, summarize
+
+CONNECT_TIMEOUT = 5
+STATEMENT_TIMEOUT_MS = 10_000
+# A SQLite checkpoint is one serialized value holding every channel: it is
+# read whole, up to this many times the per-value display limit.
+SQLITE_WHOLE_FACTOR = 8
+
+
+class ReadError(Exception):
+    pass
+
+
+@dataclass
+class Value:
+    name: str
+    type: str
+    size: int | None
+    value: object
+    version: str = ""
+
+    @property
+    def summary(self):
+        return summarize(self.value)
+
+    @property
+    def pretty(self):
+        return json.dumps(self.value, indent=2, ensure_ascii=False, sort_keys=False)
+
+
+@dataclass
+class CheckpointValues:
+    channels: list = field(default_factory=list)
+    writes: list = field(default_factory=list)
+    versions: dict | None = None
+    parent_versions: dict | None = None
+    channel_sizes: dict = field(default_factory=dict)
+    parent_sizes: dict = field(default_factory=dict)
+    note: str = ""
+
+    def diff(self):
+        """Channels whose version differs from the parent's: [(channel, change, old size, new size)]."""
+        if self.versions is None or self.parent_versions is None:
+            return None
+        out = []
+        for channel in sorted(set(self.versions) | set(self.parent_versions)):
+            new, old = self.versions.get(channel), self.parent_versions.get(channel)
+            if new == old:
+                continue
+            change = "added" if old is None else "removed" if new is None else "changed"
+            out.append((channel, change, self.parent_sizes.get(channel), self.channel_sizes.get(channel)))
+        return out
+
+
+def read_values(source, checkpoint, *, limit, aes_key=None) -> CheckpointValues:
+    """Values, writes and channel versions of a mirrored checkpoint; ReadError if the source cannot tell."""
+    key = (checkpoint.thread.thread_id, checkpoint.checkpoint_ns, checkpoint.checkpoint_id)
+    parent = checkpoint.parent_checkpoint_id or None
+    if source.kind == "postgres":
+        return _read_postgres(source.url, key, parent, limit, aes_key)
+    return _read_sqlite(source.url, key, parent, limit, aes_key)
+
+
+def _object(value):
+    return value if isinstance(value, dict) else {}
+
+
+# --- PostgreSQL ------------------------------------------------------------------
+
+_VERSIONS = """
+    SELECT checkpoint_id,
+           CASE WHEN jsonb_typeof(checkpoint->'channel_versions') = 'object' THEN checkpoint->'channel_versions' END,
+           (SELECT jsonb_object_agg(key, octet_length(value::text))
+              FROM jsonb_each(CASE WHEN jsonb_typeof(checkpoint->'channel_values') = 'object'
+                                   THEN checkpoint->'channel_values' ELSE '{}'::jsonb END))
+    FROM checkpoints
+    WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s AND checkpoint_id = ANY(%(ids)s)
+"""
+_INLINE = """
+    SELECT v.key, octet_length(v.value::text),
+           CASE WHEN octet_length(v.value::text) <= %(limit)s THEN v.value::text END
+    FROM checkpoints c,
+         jsonb_each(CASE WHEN jsonb_typeof(c.checkpoint->'channel_values') = 'object'
+                         THEN c.checkpoint->'channel_values' ELSE '{}'::jsonb END) v
+    WHERE c.thread_id = %(thread)s AND c.checkpoint_ns = %(ns)s AND c.checkpoint_id = %(id)s
+"""
+# A checkpoint's blob rows are those its channel_versions name (DESIGN.md §3).
+_BLOBS = """
+    SELECT c.checkpoint_id, b.channel, b.version, b.type, coalesce(octet_length(b.blob), 0),
+           CASE WHEN c.checkpoint_id = %(id)s AND octet_length(b.blob) <= %(limit)s THEN b.blob END
+    FROM checkpoints c
+    CROSS JOIN LATERAL jsonb_each_text(CASE WHEN jsonb_typeof(c.checkpoint->'channel_versions') = 'object'
+                                            THEN c.checkpoint->'channel_versions' ELSE '{}'::jsonb END) v
+    JOIN checkpoint_blobs b
+      ON b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns AND b.channel = v.key AND b.version = v.value
+    WHERE c.thread_id = %(thread)s AND c.checkpoint_ns = %(ns)s AND c.checkpoint_id = ANY(%(ids)s)
+"""
+_PG_WRITES = """
+    SELECT task_id, idx, channel, type, coalesce(octet_length(blob), 0),
+           CASE WHEN octet_length(blob) <= %(limit)s THEN blob END
+    FROM checkpoint_writes
+    WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s AND checkpoint_id = %(id)s
+    ORDER BY task_id, idx
+"""
+
+
+def _read_postgres(url, key, parent, limit, aes_key):
+    import psycopg
+
+    thread, ns, cid = key
+    params = {"thread": thread, "ns": ns, "id": cid, "ids": [cid] + ([parent] if parent else []), "limit": limit}
+    try:
+        with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT, autocommit=False) as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            versions = {r[0]: (r[1], r[2]) for r in conn.execute(_VERSIONS, params)}
+            if cid not in versions:
+                raise ReadError("this checkpoint is no longer in the source (pruned or deleted since the last sync)")
+            inline = conn.execute(_INLINE, params).fetchall()
+            blobs = conn.execute(_BLOBS, params).fetchall()
+            writes = conn.execute(_PG_WRITES, params).fetchall()
+            conn.rollback()
+    except psycopg.Error as e:
+        raise ReadError(f"cannot read {redact(url)}: {_first_line(e)}") from None
+
+    out = CheckpointValues()
+    out.versions = _object(versions[cid][0])
+    if parent in versions:
+        out.parent_versions = _object(versions[parent][0])
+    sizes = {cid: dict(_object(versions[cid][1]))}
+    if parent in versions:
+        sizes[parent] = dict(_object(versions[parent][1]))
+    blob_channels = set()
+    for checkpoint_id, channel, version, type_, size, data in blobs:
+        per = sizes.setdefault(checkpoint_id, {})
+        # A delta snapshot leaves a `true` marker inline next to its blob: both count.
+        per[channel] = per.get(channel, 0) + size
+        if checkpoint_id == cid:
+            blob_channels.add(channel)
+            value = safe_loads(type_, data, limit=limit, aes_key=aes_key) if data is not None or size == 0 else {
+                "__truncated__": True, "type": type_, "size": size}
+            out.channels.append(Value(channel, type_ or "", size, value, version))
+    for channel, size, text in inline:
+        if channel in blob_channels:
+            continue
+        value = decode_json_text(text, limit=limit) if text is not None else {"__truncated__": True, "type": "json", "size": size}
+        out.channels.append(Value(channel, "inline json", size, value, str(out.versions.get(channel, ""))))
+    out.channels.sort(key=lambda v: v.name)
+    out.channel_sizes = sizes.get(cid, {})
+    out.parent_sizes = sizes.get(parent, {})
+    out.writes = [_write(task, idx, channel, type_, size, data, limit, aes_key) for task, idx, channel, type_, size, data in writes]
+    return out
+
+
+def _write(task, idx, channel, type_, size, data, limit, aes_key):
+    if data is None and size:
+        value = {"__truncated__": True, "type": type_, "size": size}
+    else:
+        value = safe_loads(type_, data, limit=limit, aes_key=aes_key)
+    return {"task_id": task, "idx": idx, "value": Value(channel, type_ or "", size, value)}
+
+
+# --- SQLite ------------------------------------------------------------------------
+
+_SQLITE_CHECKPOINTS = """
+    SELECT checkpoint_id, type, coalesce(length(CAST(checkpoint AS BLOB)), 0),
+           CASE WHEN coalesce(length(CAST(checkpoint AS BLOB)), 0) <= ? THEN CAST(checkpoint AS BLOB) END
+    FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id IN (?, ?)
+"""
+_SQLITE_WRITES = """
+    SELECT task_id, idx, channel, type, coalesce(length(CAST(value AS BLOB)), 0),
+           CASE WHEN coalesce(length(CAST(value AS BLOB)), 0) <= ? THEN CAST(value AS BLOB) END
+    FROM writes WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?
+    ORDER BY task_id, idx
+"""
+
+
+def _read_sqlite(url, key, parent, limit, aes_key):
+    thread, ns, cid = key
+    path = Path(parse_database_url(url)["NAME"])
+    if not path.is_file():
+        raise ReadError(f"{url}: no such SQLite file")
+    whole = limit * SQLITE_WHOLE_FACTOR
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = {r[0]: r[1:] for r in conn.execute(_SQLITE_CHECKPOINTS, (whole, thread, ns, cid, parent or cid))}
+            writes = conn.execute(_SQLITE_WRITES, (limit, thread, ns, cid)).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise ReadError(f"cannot read {url}: {e}") from None
+    if cid not in rows:
+        raise ReadError("this checkpoint is no longer in the source (pruned or deleted since the last sync)")
+
+    out = CheckpointValues()
+    type_, size, data = rows[cid]
+    parsed = _split_sqlite_checkpoint(type_, size, data, limit, aes_key)
+    out.channels, out.versions, out.channel_sizes, out.note = parsed
+    if parent in rows:
+        _, out.parent_versions, out.parent_sizes, _ = _split_sqlite_checkpoint(*rows[parent], limit, aes_key, values=False)
+    out.writes = [_write(task, idx, channel, t, s, d, limit, aes_key) for task, idx, channel, t, s, d in writes]
+    return out
+
+
+def _raw_ext(code, data):
+    # Keep extension values as raw bytes: nothing the data names is built.
+    return ormsgpack.Ext(code, data)
+
+
+def _split_sqlite_checkpoint(type_, size, data, limit, aes_key, values=True):
+    """(channels, channel_versions, sizes, note) of a whole serialized SQLite checkpoint.
+
+    Each channel value is re-packed on its own to measure and decode it: the
+    same encoder LangGraph used gives the same bytes for that value.
+    """
+    if data is None:
+        return [], None, {}, f"the checkpoint is {size:,} bytes, too large to read for display"
+    if type_ != "msgpack":
+        # Encrypted (or another serializer): decode it whole, sizes per channel unknown.
+        whole = safe_loads(type_, data, limit=None, aes_key=aes_key)
+        if not isinstance(whole, dict) or "channel_values" not in whole:
+            return [Value("(whole checkpoint)", type_ or "", size, whole)], None, {}, ""
+        channels = [Value(k, type_, None, v) for k, v in sorted(_object(whole.get("channel_values")).items())]
+        return channels, _object(whole.get("channel_versions")), {}, ""
+    try:
+        raw = ormsgpack.unpackb(bytes(data), ext_hook=_raw_ext, option=ormsgpack.OPT_NON_STR_KEYS)
+    except (ValueError, TypeError) as e:
+        return [Value("(whole checkpoint)", type_, size, {"__error__": f"corrupt msgpack: {e}", "size": size})], None, {}, ""
+    if not isinstance(raw, dict):
+        return [], None, {}, "the checkpoint is not a map"
+    versions = {str(k): str(v) for k, v in _object(raw.get("channel_versions")).items()}
+    channels, sizes = [], {}
+    for name, value in sorted(_object(raw.get("channel_values")).items(), key=lambda kv: str(kv[0])):
+        packed = ormsgpack.packb(value, option=ormsgpack.OPT_NON_STR_KEYS)
+        sizes[str(name)] = len(packed)
+        if values:
+            decoded = safe_loads("msgpack", packed, limit=limit, aes_key=aes_key)
+            channels.append(Value(str(name), "msgpack", len(packed), decoded, versions.get(str(name), "")))
+    return channels, versions, sizes, ""
+
+
+def _first_line(error) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -1,0 +1,59 @@
+"""Template filters for sizes, times and JSON-ish values.
+
+Sizes use powers of 1000, as the limits are configured (CHECKPOINT_SIZE_LIMIT
+of 10MB shows as "10.0 MB", not "9.5 MB"), with the exact byte count in the
+title; times show how long ago, with the ISO time in the title.
+"""
+
+from django import template
+from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
+
+from checkpoints.units import format_bytes, format_limit
+
+register = template.Library()
+
+
+@register.filter
+def size(value):
+    """`<span title="12,345 bytes">12.3 KB</span>`; an em dash for None."""
+    if value is None or value == "":
+        return mark_safe('<span class="muted">—</span>')
+    n = int(value)
+    return format_html('<span class="size" title="{} bytes">{}</span>', f"{n:,}", format_bytes(n))
+
+
+@register.filter
+def limit(value):
+    """A configured limit as written, without a needless decimal: "10 MB"."""
+    n = int(value)
+    return format_html('<span class="size" title="{} bytes">{}</span>', f"{n:,}", format_limit(n))
+
+
+@register.filter
+def when(value):
+    """`<time datetime=ISO title=ISO>3 minutes ago</time>`; "never" for None."""
+    if not value:
+        return mark_safe('<span class="muted">never</span>')
+    iso = value.isoformat()
+    return format_html('<time datetime="{}" title="{}">{}</time>', iso, iso, naturaltime(value))
+
+
+@register.filter
+def duration(seconds):
+    """A short age: 45 s, 12 min, 3 h, 2 d.
+
+    >>> duration(45), duration(720), duration(3 * 3600), duration(2 * 86400), duration(None)
+    ('45 s', '12 min', '3 h', '2 d', '—')
+    """
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} d"
