@@ -11,8 +11,8 @@ whatever the store's state.
 import logging
 import time
 
-from django.db.models import BigIntegerField, Exists, F, Func, OuterRef, Q, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db import connection
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from checkpoints.models import BlobReference, ReferenceUse, Thread
@@ -145,20 +145,38 @@ def _unchecked(ref, message) -> str:
 def update_external_bytes(*, source=None) -> int:
     """Thread.external_bytes = the sizes of the present objects it references, each once.
 
-    One UPDATE with a correlated subquery: the sum runs in the database, and
-    an object named by many checkpoints of a thread counts once (IN, not JOIN).
-    Only threads that have references, or had external bytes, are touched.
+    The sums run in one grouped query (an object named by many checkpoints
+    of a thread counts once: DISTINCT before SUM); only threads whose figure
+    changed are written. A correlated UPDATE over every thread was minutes
+    on a 100,000-thread mirror.
     """
-    used_by_thread = ReferenceUse.objects.filter(thread_id=OuterRef(OuterRef("pk"))).values("reference_id")
-    total = (
-        BlobReference.objects.filter(exists=True, pk__in=used_by_thread)
-        .annotate(total=Func(F("size"), function="SUM", output_field=BigIntegerField()))
-        .values("total")
-    )
+    uses = ReferenceUse._meta.db_table
+    refs = BlobReference._meta.db_table
+    threads_table = Thread._meta.db_table
+    where, params = ("WHERE t.source_id = %s", [source.pk]) if source is not None else ("", [])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT u.thread_id, SUM(r.size)
+            FROM (SELECT DISTINCT u.thread_id, u.reference_id
+                  FROM {uses} u JOIN {threads_table} t ON t.id = u.thread_id {where}) u
+            JOIN {refs} r ON r.id = u.reference_id AND r.{connection.ops.quote_name("exists")} AND r.size IS NOT NULL
+            GROUP BY u.thread_id
+            """,
+            params,
+        )
+        totals = {thread_id: int(total) for thread_id, total in cursor.fetchall()}
     threads = Thread.objects.filter(Q(external_bytes__gt=0) | Q(Exists(ReferenceUse.objects.filter(thread_id=OuterRef("pk")))))
     if source is not None:
         threads = threads.filter(source=source)
-    return threads.update(external_bytes=Coalesce(Subquery(total, output_field=BigIntegerField()), Value(0)))
+    changed = []
+    for thread in threads.only("pk", "external_bytes"):
+        total = totals.get(thread.pk, 0)
+        if thread.external_bytes != total:
+            thread.external_bytes = total
+            changed.append(thread)
+    Thread.objects.bulk_update(changed, ["external_bytes"], batch_size=1000)
+    return len(changed)
 
 
 def run_reference_check(*, source=None, only_unchecked=False, limit=None, origin="command", requested_by=None, wait=0.0):
