@@ -169,12 +169,11 @@ def update_external_bytes(*, source=None) -> int:
     threads = Thread.objects.filter(Q(external_bytes__gt=0) | Q(Exists(ReferenceUse.objects.filter(thread_id=OuterRef("pk")))))
     if source is not None:
         threads = threads.filter(source=source)
-    changed = []
-    for thread in threads.only("pk", "external_bytes"):
-        total = totals.get(thread.pk, 0)
-        if thread.external_bytes != total:
-            thread.external_bytes = total
-            changed.append(thread)
+    changed = [
+        Thread(pk=pk, external_bytes=totals.get(pk, 0))
+        for pk, current in threads.values_list("pk", "external_bytes")
+        if current != totals.get(pk, 0)
+    ]
     Thread.objects.bulk_update(changed, ["external_bytes"], batch_size=1000)
     return len(changed)
 
