@@ -15,6 +15,7 @@ threads that lost rows.
 import logging
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 from django.conf import settings
@@ -205,14 +206,26 @@ class _Context:
 
 
 def _process(reader, context, thread_ids, run):
+    """Mirror these threads, batch by batch.
+
+    The next batch is read from the source on a second thread while this one
+    is written to the mirror: the two databases work at the same time, and
+    the drivers release the GIL while they wait.
+    """
+    batches = [thread_ids[i : i + BATCH_THREADS] for i in range(0, len(thread_ids), BATCH_THREADS)]
+    if not batches:
+        return
     done = 0
-    for i in range(0, len(thread_ids), BATCH_THREADS):
-        batch = thread_ids[i : i + BATCH_THREADS]
-        rows = reader.read_threads(batch, context.since, context.now)
-        _apply_batch(context, rows)
-        done += len(batch)
-        if run is not None:
-            heartbeat(run, done=done, total=max(run.progress_total, done))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-read") as pool:
+        pending = pool.submit(reader.read_threads, batches[0], context.since, context.now)
+        for i, batch in enumerate(batches):
+            rows = pending.result()
+            if i + 1 < len(batches):
+                pending = pool.submit(reader.read_threads, batches[i + 1], context.since, context.now)
+            _apply_batch(context, rows)
+            done += len(batch)
+            if run is not None:
+                heartbeat(run, done=done, total=max(run.progress_total, done))
 
 
 def _version_text(value):

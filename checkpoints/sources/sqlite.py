@@ -37,7 +37,8 @@ class SqliteReader:
         try:
             # mode=ro: the console never writes while syncing, and never
             # creates a file or tables where none were.
-            self.conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            # The sync reads the next batch on a helper thread; calls never overlap.
+            self.conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30, check_same_thread=False)
             self.conn.execute("BEGIN")  # one read snapshot for the whole sync
         except sqlite3.Error as e:
             raise SourceError(f"cannot open {self.url}: {e}") from None
