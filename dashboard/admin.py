@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from dashboard.models import ApiToken
+from dashboard.models import ApiToken, SavedPolicy
 
 
 @admin.register(ApiToken)
@@ -18,3 +18,12 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(SavedPolicy)
+class SavedPolicyAdmin(admin.ModelAdmin):
+    """Policies are made on the maintenance page; here they can be inspected, disabled or deleted."""
+
+    list_display = ["name", "kind", "source", "interval", "enabled", "next_run_at", "created_by"]
+    list_filter = ["kind", "enabled"]
+    readonly_fields = ["kind", "source", "parameters", "created_by", "created_at", "last_run", "next_run_at"]

@@ -16,3 +16,44 @@ class ApiToken(models.Model):
     @staticmethod
     def digest_of(token: str) -> str:
         return hashlib.sha256(token.encode()).hexdigest()
+
+
+class SavedPolicy(models.Model):
+    """A prune or sweep that the task cluster runs on its own every `interval`.
+
+    The scheduled task `dashboard.tasks.run_due_policies` queues a real run
+    (origin "schedule") for each enabled policy whose `next_run_at` has come.
+    """
+
+    KIND_CHOICES = [("prune", "Prune"), ("sweep", "Sweep")]
+
+    name = models.CharField(max_length=100, unique=True, help_text="Name shown in the list and the run history.")
+    kind = models.CharField(max_length=16, choices=KIND_CHOICES, help_text="What runs: a prune of one source or an orphan sweep.")
+    source = models.ForeignKey(
+        "checkpoints.Source", null=True, blank=True, on_delete=models.CASCADE, related_name="+",
+        help_text="Source a prune runs on; empty for sweeps (they cover every source).",
+    )
+    parameters = models.JSONField(
+        default=dict, blank=True,
+        help_text="Prune: older_than, keep_last, tags, threads (as PrunePolicy.as_parameters); sweep: grace, force.",
+    )
+    interval = models.DurationField(help_text="Time between two runs.")
+    enabled = models.BooleanField(default=True, help_text="Disabled policies are kept but never run.")
+    next_run_at = models.DateTimeField(null=True, blank=True, help_text="When it is next due; empty: at the next tick.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Who saved it.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True, help_text="When it was saved.")
+    last_run = models.ForeignKey(
+        "checkpoints.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The latest run it queued.",
+    )
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "saved policies"
+        indexes = [models.Index(fields=["enabled", "next_run_at"], name="policy_due_idx")]
+
+    def __str__(self):
+        return self.name

@@ -1,12 +1,21 @@
 from django.urls import path
 
-from dashboard import api, metrics, views
+from dashboard import api, maintenance, metrics, views
 
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("threads/", views.threads, name="threads"),
     path("threads/<slug:source>/<path:thread_id>/", views.thread, name="thread"),
     path("checkpoints/<int:pk>/", views.checkpoint, name="checkpoint"),
+    path("maintenance/", maintenance.index, name="maintenance"),
+    path("maintenance/prune/preview", maintenance.prune_preview, name="maintenance-prune-preview"),
+    path("maintenance/sweep/preview", maintenance.sweep_preview, name="maintenance-sweep-preview"),
+    path("maintenance/runs/<int:pk>/", maintenance.run_detail, name="maintenance-run"),
+    path("maintenance/runs/<int:pk>/progress", maintenance.run_progress, name="maintenance-run-progress"),
+    path("maintenance/runs/<int:pk>/confirm", maintenance.run_confirm, name="maintenance-run-confirm"),
+    path("maintenance/policies/<str:kind>/new", maintenance.policy_new, name="maintenance-policy-new"),
+    path("maintenance/policies/<int:pk>/toggle", maintenance.policy_toggle, name="maintenance-policy-toggle"),
+    path("maintenance/policies/<int:pk>/delete", maintenance.policy_delete, name="maintenance-policy-delete"),
     path("api/threads/", api.threads, name="api-threads"),
     path("api/threads/<slug:source>/<path:thread_id>/", api.thread, name="api-thread"),
     path("api/summary/", api.summary, name="api-summary"),

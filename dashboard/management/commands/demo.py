@@ -82,7 +82,8 @@ class Command(BaseCommand):
             pass
         finally:
             if cluster is not None:
-                os.killpg(cluster.pid, signal.SIGTERM)
+                # django-q2 stops its own workers on SIGTERM to the main process.
+                cluster.terminate()
                 try:
                     cluster.wait(timeout=30)
                 except subprocess.TimeoutExpired:

@@ -1,0 +1,364 @@
+"""The maintenance page: prune and sweep previews, confirmed runs, saved policies, the audit log.
+
+Destructive work follows Django admin's delete_selected: a preview that lists
+what goes (a dry run, recorded as a Run like every other), a confirmation on
+a POST, the run, a report. Previews and real runs both go through the task
+queue (dashboard.tasks), so a preview of a large source never holds a web
+request for minutes; the run page shows its progress either way.
+
+Same rows in the preview and the real run: a prune preview records the `now`
+it counted back from, and the real run confirmed from it reuses that `now`
+with the same policy, so the age cut is the same instant. Rows that changed
+in between are the only difference: a checkpoint written after the preview
+is newer than that `now`, which makes its thread "active" (skipped, never
+trimmed further), and rows someone else deleted are simply not there. The
+run page puts the preview's counts beside the run's and says when they differ.
+Previews older than PREVIEW_MAX_AGE cannot be confirmed: preview again.
+
+Everyone with the view permission sees the page and the history; previews,
+runs and policies need `checkpoints.run_maintenance` (the operator group).
+"""
+
+import json
+from datetime import timedelta
+from functools import wraps
+
+from django.conf import settings
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db import transaction
+from django.http import Http404, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from checkpoints.models import Run, Source
+from checkpoints.runs import STALE_AFTER, fail_stale_runs
+from dashboard import run_summary
+from dashboard.access import viewer_required
+from dashboard.maintenance_forms import PolicyForm, PruneForm, SweepForm
+from dashboard.models import SavedPolicy
+from dashboard.tasks import QueueError, busy_run, enqueue, fail_lost_runs, lost_after, new_queued_run, reap_runs
+from dashboard.views import _page_links, _query
+from storage.sweep import duration_text
+
+MAINTENANCE_PERM = "checkpoints.run_maintenance"
+RUNS_PER_PAGE = 50
+PREVIEW_MAX_AGE = timedelta(hours=1)  # past that, what the operator saw is too old to confirm
+WAITING_HINT_AFTER = 10  # seconds queued before the page asks whether a cluster runs
+SKIPPED_SHOWN = 100
+HISTORY_FILTERS = {
+    "maintenance": ("Prune and sweep", ["prune", "sweep"]),
+    "prune": ("Prune", ["prune"]),
+    "sweep": ("Sweep", ["sweep"]),
+    "sync": ("Sync", ["sync"]),
+    "refcheck": ("Reference check", ["refcheck"]),
+    "all": ("All", None),
+}
+DEFAULT_FILTER = "maintenance"
+
+
+def operator_required(view):
+    """POSTs of the page: login, view permission (viewer_required), then run_maintenance, else 403."""
+
+    @wraps(view)
+    @viewer_required
+    def wrapped(request, *args, **kwargs):
+        if not request.user.has_perm(MAINTENANCE_PERM):
+            ctx = {"message": "Running maintenance needs the operator group; this account can only view it."}
+            return render(request, "maintenance/forbidden.html", ctx, status=403)
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+# --- The page ------------------------------------------------------------------
+
+
+@viewer_required
+def index(request):
+    reap_runs()
+    return _render_index(request)
+
+
+def _render_index(request, *, prune_form=None, sweep_form=None, policy_forms=None, status=200):
+    kind_key = request.GET.get("kind", DEFAULT_FILTER)
+    if kind_key not in HISTORY_FILTERS:
+        kind_key = DEFAULT_FILTER
+    kinds = HISTORY_FILTERS[kind_key][1]
+    runs = Run.objects.select_related("source", "requested_by").order_by("-created_at", "-id")
+    if kinds is not None:
+        runs = runs.filter(kind__in=kinds)
+    page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
+    params = [(k, v) for k, v in request.GET.items()]
+    sources = list(Source.objects.all())
+    policy_forms = policy_forms or {}
+    active = list(Run.objects.filter(kind__in=["prune", "sweep"], state__in=["queued", "running"]).select_related("source"))
+    for run in active:
+        run.progress_view = _progress(run)
+    now = timezone.now()
+    ctx = {
+        "can_run": request.user.has_perm(MAINTENANCE_PERM),
+        "sources": sources,
+        "prune_form": prune_form or PruneForm(prefix="prune", initial={"source": sources[0].pk if sources else None}),
+        "sweep_form": sweep_form or SweepForm(prefix="sweep"),
+        "prune_policy_form": policy_forms.get("prune") or PolicyForm(prefix="policy", auto_id="prune_%s"),
+        "sweep_policy_form": policy_forms.get("sweep") or PolicyForm(prefix="policy", auto_id="sweep_%s"),
+        "policies": [_policy_row(p) for p in SavedPolicy.objects.select_related("source", "last_run", "created_by")],
+        "bucket": settings.S3_BUCKET_NAME,
+        "prefix": settings.S3_PREFIX,
+        "blob_root": settings.BLOB_ROOT,
+        "active_window": duration_text(settings.PRUNE_ACTIVE_WINDOW),
+        "active": active,
+        "waiting": any(r.state == "queued" and (now - r.created_at).total_seconds() > WAITING_HINT_AFTER for r in active),
+        "rows": [_history_row(r) for r in page.object_list],
+        "page": page,
+        "page_links": _page_links(page, params),
+        "kind_key": kind_key,
+        "kind_links": [(key, label, _query(params, kind=key, page=None)) for key, (label, _) in HISTORY_FILTERS.items()],
+    }
+    return render(request, "maintenance/index.html", ctx, status=status)
+
+
+def _policy_row(policy):
+    return {
+        "policy": policy,
+        "parameters": run_summary.describe_parameters(policy.kind, policy.parameters),
+        "interval": duration_text(policy.interval),
+        "hidden": _hidden_fields(policy.kind, policy.source_id, policy.parameters),
+    }
+
+
+def _hidden_fields(kind, source_id, params):
+    """(name, value) of the form fields that preview these parameters again."""
+    if kind == "prune":
+        hidden = [("prune-source", source_id), ("prune-older_than", params.get("older_than", "")),
+                  ("prune-keep_last", params.get("keep_last", 1)), ("prune-tags", "\n".join(params.get("tags", ())))]
+        if params.get("threads"):
+            hidden.append(("prune-threads", "on"))
+        return hidden
+    hidden = [("sweep-grace", params.get("grace", ""))]
+    if params.get("force"):
+        hidden.append(("sweep-force", "on"))
+    return hidden
+
+
+def _history_row(run):
+    return {
+        "run": run,
+        "parameters": run_summary.describe_parameters(run.kind, run.parameters),
+        "counts": run_summary.counts(run.kind, run.result),
+        "bytes": run_summary.freed_bytes(run.kind, run.result),
+    }
+
+
+# --- Previews ------------------------------------------------------------------
+
+
+@require_POST
+@operator_required
+def prune_preview(request):
+    form = PruneForm(request.POST, prefix="prune")
+    if not form.is_valid():
+        return _render_index(request, prune_form=form, status=400)
+    source, policy = form.cleaned_data["source"], form.cleaned_data["policy"]
+    parameters = {**policy.as_parameters(), "now": timezone.now().isoformat()}
+    return _queue(request, "prune", source, parameters, dry_run=True, form=form, form_name="prune_form")
+
+
+@require_POST
+@operator_required
+def sweep_preview(request):
+    form = SweepForm(request.POST, prefix="sweep")
+    if not form.is_valid():
+        return _render_index(request, sweep_form=form, status=400)
+    return _queue(request, "sweep", None, form.cleaned_data["parameters"], dry_run=True, form=form, form_name="sweep_form")
+
+
+def _queue(request, kind, source, parameters, *, dry_run, form, form_name):
+    with transaction.atomic():
+        holder = busy_run(kind, source)
+        if holder is None:
+            run = new_queued_run(kind, source=source, parameters=parameters, dry_run=dry_run,
+                                 requested_by=request.user, origin="page")
+    if holder is not None:
+        form.add_error(None, _busy_message(holder))
+        return _render_index(request, **{form_name: form}, status=409)
+    try:
+        enqueue(run)
+    except QueueError as e:
+        form.add_error(None, str(e))
+        return _render_index(request, **{form_name: form}, status=503)
+    return redirect("maintenance-run", pk=run.pk)
+
+
+def _busy_message(holder):
+    what = f"A {holder.kind}" + (f" of {holder.source.name}" if holder.source else "")
+    return f"{what} is {holder.state} (run #{holder.pk}): wait for it to finish, then try again."
+
+
+# --- A run -----------------------------------------------------------------------
+
+
+def _get_run(pk):
+    run = get_object_or_404(Run.objects.select_related("source", "requested_by"), pk=pk)
+    now = timezone.now()
+    # A run that stopped sending heartbeats or never reached a worker is
+    # failed here, so nobody watches a progress bar that will never move.
+    if run.state == "running" and run.heartbeat_at and now - run.heartbeat_at > STALE_AFTER:
+        fail_stale_runs(run.lock_key)
+        run.refresh_from_db()
+    elif run.state == "queued" and now - run.created_at > lost_after():
+        fail_lost_runs(now)
+        run.refresh_from_db()
+    return run
+
+
+@viewer_required
+def run_detail(request, pk):
+    run = _get_run(pk)
+    result = run.result or {}
+    preview = follow_up = None
+    if run.parameters.get("preview_run"):
+        preview = Run.objects.filter(pk=run.parameters["preview_run"]).first()
+    if run.dry_run:
+        follow_up = Run.objects.filter(parameters__preview_run=run.pk).order_by("created_at").first()
+    age = (timezone.now() - (run.finished_at or run.created_at)).total_seconds()
+    can_run = request.user.has_perm(MAINTENANCE_PERM)
+    ctx = {
+        "run": run,
+        "result": result,
+        "parameters": run_summary.describe_parameters(run.kind, run.parameters),
+        "finished": run.state in ("done", "failed"),
+        "waiting": run.state == "queued" and (timezone.now() - run.created_at).total_seconds() > WAITING_HINT_AFTER,
+        "progress": _progress(run),
+        "can_run": can_run,
+        "preview": preview,
+        "comparison": run_summary.compare(run.kind, preview.result, result) if preview and run.state == "done" else [],
+        "changed": preview is not None and any(d for *_, d in run_summary.compare(run.kind, preview.result, result)),
+        "follow_up": follow_up,
+        "confirmable": (can_run and run.dry_run and run.state == "done" and run.kind in ("prune", "sweep")
+                        and follow_up is None and age <= PREVIEW_MAX_AGE.total_seconds()),
+        "stale_preview": run.dry_run and run.state == "done" and follow_up is None and age > PREVIEW_MAX_AGE.total_seconds(),
+        "preview_max_age": duration_text(PREVIEW_MAX_AGE),
+        "skipped_reasons": run_summary.skipped_by_reason(result.get("skipped")),
+        "skipped_shown": (result.get("skipped") or [])[:SKIPPED_SHOWN],
+        "skipped_total": len(result.get("skipped") or []),
+        "freed": run_summary.freed_bytes(run.kind, result),
+        "again": (_hidden_fields(run.kind, run.source_id, run.parameters)
+                  if can_run and run.kind in ("prune", "sweep") and (run.kind == "sweep" or run.source_id) else None),
+        "active_window": duration_text(settings.PRUNE_ACTIVE_WINDOW),
+        "result_json": json.dumps(result, indent=2, sort_keys=True, default=str),
+        "policy_id": run.parameters.get("policy_id"),
+    }
+    return render(request, "maintenance/run.html", ctx)
+
+
+def _progress(run):
+    done, total = run.progress_done, run.progress_total
+    percent = min(100, round(100 * done / total)) if total else None
+    return {"done": done, "total": total, "percent": percent}
+
+
+@viewer_required
+def run_progress(request, pk):
+    """The progress fragment the run page polls; JSON with ?format=json or Accept: application/json."""
+    run = _get_run(pk)
+    progress = _progress(run)
+    if request.GET.get("format") == "json" or "application/json" in request.headers.get("Accept", ""):
+        return JsonResponse({
+            "id": run.pk, "kind": run.kind, "state": run.state, "dry_run": run.dry_run,
+            "finished": run.state in ("done", "failed"), "progress_done": progress["done"],
+            "progress_total": progress["total"], "percent": progress["percent"], "error": run.error,
+            "heartbeat_at": run.heartbeat_at.isoformat() if run.heartbeat_at else None,
+            "url": reverse("maintenance-run", args=[run.pk]),
+        })
+    ctx = {"run": run, "progress": progress, "finished": run.state in ("done", "failed"),
+           "waiting": run.state == "queued" and (timezone.now() - run.created_at).total_seconds() > WAITING_HINT_AFTER}
+    response = render(request, "maintenance/_progress.html", ctx)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_POST
+@operator_required
+def run_confirm(request, pk):
+    """Queue the real run of a finished preview, with the preview's parameters (and its `now`)."""
+    with transaction.atomic():
+        # The row lock makes a double click queue one run, not two.
+        preview = get_object_or_404(Run.objects.select_for_update(), pk=pk, dry_run=True, kind__in=["prune", "sweep"])
+        follow_up = Run.objects.filter(parameters__preview_run=preview.pk).first()
+        if follow_up is not None:
+            return redirect("maintenance-run", pk=follow_up.pk)
+        if preview.state != "done":
+            messages.error(request, "This preview did not finish: there is nothing to confirm.")
+            return redirect("maintenance-run", pk=preview.pk)
+        if timezone.now() - (preview.finished_at or preview.created_at) > PREVIEW_MAX_AGE:
+            messages.error(request, "This preview is too old to confirm: preview again to see what goes now.")
+            return redirect("maintenance-run", pk=preview.pk)
+        if preview.kind == "prune" and preview.source is None:
+            messages.error(request, "The source of this preview no longer exists.")
+            return redirect("maintenance-run", pk=preview.pk)
+        holder = busy_run(preview.kind, preview.source)
+        if holder is not None:
+            messages.error(request, _busy_message(holder))
+            return redirect("maintenance-run", pk=preview.pk)
+        run = new_queued_run(
+            preview.kind, source=preview.source, parameters={**preview.parameters, "preview_run": preview.pk},
+            dry_run=False, requested_by=request.user, origin="page",
+        )
+    try:
+        enqueue(run)
+    except QueueError as e:
+        messages.error(request, str(e))
+    return redirect("maintenance-run", pk=run.pk)
+
+
+# --- Saved policies ------------------------------------------------------------------
+
+
+@require_POST
+@operator_required
+def policy_new(request, kind):
+    form = PruneForm(request.POST, prefix="prune") if kind == "prune" else SweepForm(request.POST, prefix="sweep")
+    if kind not in ("prune", "sweep"):
+        raise Http404("no such kind of policy")
+    policy_form = PolicyForm(request.POST, prefix="policy", auto_id=f"{kind}_%s")
+    valid = form.is_valid()
+    if not (policy_form.is_valid() and valid):
+        return _render_index(request, **{f"{kind}_form": form}, policy_forms={kind: policy_form}, status=400)
+    if kind == "prune":
+        source, parameters = form.cleaned_data["source"], form.cleaned_data["policy"].as_parameters()
+    else:
+        source, parameters = None, form.cleaned_data["parameters"]
+    interval = policy_form.cleaned_data["interval"]
+    policy = SavedPolicy.objects.create(
+        name=policy_form.cleaned_data["name"], kind=kind, source=source, parameters=parameters, interval=interval,
+        created_by=request.user, next_run_at=timezone.now() + interval,
+    )
+    messages.success(request, f"Saved the {kind} policy “{policy.name}”: it runs every {duration_text(interval)}, first in {duration_text(interval)}.")
+    return redirect(reverse("maintenance") + "#policies")
+
+
+@require_POST
+@operator_required
+def policy_toggle(request, pk):
+    policy = get_object_or_404(SavedPolicy, pk=pk)
+    policy.enabled = not policy.enabled
+    if policy.enabled:
+        # Not at the next tick: a policy switched back on waits one interval, as a new one does.
+        policy.next_run_at = timezone.now() + policy.interval
+    policy.save(update_fields=["enabled", "next_run_at"])
+    messages.success(request, f"{'Enabled' if policy.enabled else 'Disabled'} the policy “{policy.name}”.")
+    return redirect(reverse("maintenance") + "#policies")
+
+
+@require_POST
+@operator_required
+def policy_delete(request, pk):
+    policy = get_object_or_404(SavedPolicy, pk=pk)
+    name = policy.name
+    policy.delete()
+    messages.success(request, f"Deleted the policy “{name}”; its runs stay in the history.")
+    return redirect(reverse("maintenance") + "#policies")
