@@ -340,7 +340,13 @@ _is_uuid6 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-6[0-9a-f]{3}-[89ab][0-9a-f]{3}-
 
 
 def _garbage_blobs(snapshot, removed):
-    """Blob rows a removed checkpoint names and no remaining one of its namespace does."""
+    """Blob rows a removed checkpoint names and no remaining one of its namespace does.
+
+    >>> rows = [Row("", "a", versions={"m": "1", "n": "1"}), Row("", "b", versions={"m": "2", "n": "1"})]
+    >>> snap = ThreadSnapshot("t", rows, blobs={("", "m", "1"): 5, ("", "n", "1"): 5, ("", "m", "2"): 5, ("", "x", "9"): 5})
+    >>> sorted(_garbage_blobs(snap, {("", "a")}))
+    [('', 'm', '1')]
+    """
     if not snapshot.blobs or not removed:
         return set()
     freed, referenced = set(), set()

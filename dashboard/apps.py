@@ -10,9 +10,28 @@ class DashboardConfig(AppConfig):
         from django.db.models.signals import post_migrate
 
         post_migrate.connect(_schedules_after_migrate, sender=self)
+        post_migrate.connect(_groups_after_migrate, sender=self)
 
 
 def _schedules_after_migrate(sender, **kwargs):
     from dashboard.tasks import ensure_schedules
 
     ensure_schedules()
+
+
+def _groups_after_migrate(sender, using="default", **kwargs):
+    # The groups come from a data migration; `flush` (used between
+    # transactional tests, and by operators resetting a database) empties
+    # them, and then emits post_migrate: put them back.
+    from django.contrib.auth.models import Group, Permission
+
+    from dashboard.migrations import _groups
+
+    def perms(pairs):
+        return [Permission.objects.db_manager(using).get(content_type__app_label=app, codename=code) for app, code in pairs]
+
+    view = perms((app, f"view_{model}") for app, model in _groups.VIEW_MODELS)
+    viewer, _ = Group.objects.db_manager(using).get_or_create(name="viewer")
+    viewer.permissions.add(*view)
+    operator, _ = Group.objects.db_manager(using).get_or_create(name="operator")
+    operator.permissions.add(*view, *perms(_groups.OPERATOR_EXTRA))

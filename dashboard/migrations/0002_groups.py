@@ -3,12 +3,7 @@
 from django.contrib.auth.management import create_permissions
 from django.db import migrations
 
-VIEW_MODELS = [
-    ("checkpoints", "source"), ("checkpoints", "thread"), ("checkpoints", "tag"),
-    ("checkpoints", "checkpoint"), ("checkpoints", "blobreference"), ("checkpoints", "referenceuse"),
-    ("checkpoints", "dailyusage"), ("checkpoints", "run"), ("storage", "download"),
-]
-OPERATOR_EXTRA = [("storage", "download_blob"), ("checkpoints", "run_maintenance")]
+from dashboard.migrations._groups import OPERATOR_EXTRA, VIEW_MODELS
 
 
 def create_groups(apps, schema_editor):
