@@ -13,8 +13,8 @@ SqliteSaver database written by real LangGraph graphs: `--references` files
 are named by checkpoints (one per `file_graph` thread for a sixth of them,
 the rest a hundred to a chat message), and synced into a throwaway SQLite
 console database. Every phase runs in a fresh subprocess, so its peak RSS
-growth (peak RSS, ru_maxrss, after the phase minus the RSS right before
-it) is its own:
+growth (its peak RSS, VmHWM reset just before it, minus the RSS right
+before it) is its own:
 
 - `list`: the baseline, a plain walk of the store's listing (FileStore.list)
   counting objects, with none of the sweep's logic;
@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -121,9 +120,19 @@ def setup(work: Path, objects: int, references: int):
     return {"make_objects_s": round(made, 1), "graphs_s": round(graphs, 1)}
 
 
-def current_rss_kb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+def status_kb(field: str) -> int:
+    """VmRSS or VmHWM (peak RSS) of this process, from /proc (Linux), in KB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss():
+    """Make VmHWM the current RSS (Linux >= 4.0), so the peak measured is the phase's own."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def phase(work: Path, name: str):
@@ -136,9 +145,11 @@ def phase(work: Path, name: str):
 
     root = os.path.realpath(os.environ["BLOB_ROOT"])
     traced = name.endswith("+tracemalloc")
-    # Growth = peak RSS (ru_maxrss, KB) after the phase minus the RSS right
-    # before it: an upper bound, since the peak may also predate the phase.
-    before = current_rss_kb()
+    # Growth = the peak RSS during the phase minus the RSS right before it.
+    # ru_maxrss would not do: Linux carries the parent's peak over to a
+    # fork+exec'd child, so it starts at the parent's size.
+    reset_peak_rss()
+    before = status_kb("VmRSS")
     if traced:
         tracemalloc.start()
     t = time.perf_counter()
@@ -149,7 +160,7 @@ def phase(work: Path, name: str):
         result = sweep(grace=GRACE, force=True, dry_run=name.startswith("dry"))
     seconds = time.perf_counter() - t
     peak = tracemalloc.get_traced_memory()[1] if traced else None
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = status_kb("VmHWM")
     keep = ("objects_scanned", "orphans", "orphan_bytes", "deleted", "kept_by_recheck", "error", "dangling",
             "db_orphans")
     print(json.dumps({
