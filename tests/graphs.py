@@ -9,6 +9,7 @@ import operator
 import uuid
 from typing import Annotated, TypedDict
 
+from langgraph.channels.delta import DeltaChannel
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
@@ -90,6 +91,26 @@ def file_graph(saver):
     g.add_node("attach", _attach)
     g.add_edge(START, "attach")
     g.add_edge("attach", END)
+    return g.compile(checkpointer=saver)
+
+
+def delta_graph(saver):
+    """A graph whose `log` channel is a (beta) DeltaChannel: prune and sweeps must leave it alone."""
+
+    def extend(state, writes):
+        out = list(state or [])
+        for w in writes:
+            out.extend(w)
+        return out
+
+    class DeltaState(TypedDict, total=False):
+        log: Annotated[list, DeltaChannel(extend, snapshot_frequency=2)]
+        n: int
+
+    g = StateGraph(DeltaState)
+    g.add_node("step", lambda s: {"log": ["step"], "n": s.get("n", 0) + 1})
+    g.add_edge(START, "step")
+    g.add_edge("step", END)
     return g.compile(checkpointer=saver)
 
 

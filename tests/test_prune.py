@@ -4,20 +4,17 @@ import json
 import threading
 import time
 from datetime import timedelta
-from typing import Annotated, TypedDict
 
 import psycopg
 import pytest
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 from django.utils import timezone
-from langgraph.channels.delta import DeltaChannel
-from langgraph.graph import END, START, StateGraph
 
 from checkpoints.ids import uuid6_time
 from checkpoints.models import Run, Thread
 from checkpoints.prune import CONTRACT_KEYS, PruneBusy, PrunePolicy, prune, run_prune
-from tests.graphs import chat_graph, config, run_scenarios
+from tests.graphs import chat_graph, config, delta_graph, run_scenarios
 from tests.test_prune_support import Histories, SourceDB, build_mirror, expected, make_source
 
 pytestmark = pytest.mark.django_db
@@ -87,28 +84,10 @@ def test_recent_threads_are_skipped_as_active_while_the_window_covers_them(backe
     assert len(db.dump().thread("quiet")[0]) == 1
 
 
-def _delta_graph(saver):
-    def extend(state, writes):
-        out = list(state or [])
-        for w in writes:
-            out.extend(w)
-        return out
-
-    class DeltaState(TypedDict, total=False):
-        log: Annotated[list, DeltaChannel(extend, snapshot_frequency=2)]
-        n: int
-
-    g = StateGraph(DeltaState)
-    g.add_node("step", lambda s: {"log": ["step"], "n": s.get("n", 0) + 1})
-    g.add_edge(START, "step")
-    g.add_edge("step", END)
-    return g.compile(checkpointer=saver)
-
-
 def test_delta_channel_threads_are_skipped(backend):
     saver, url = backend
     db = SourceDB(url)
-    graph = _delta_graph(saver)
+    graph = delta_graph(saver)
     for _ in range(3):
         graph.invoke({"log": ["in"]}, config("delta"))
     chat_graph(saver).invoke({"messages": ["hi"]}, config("plain"))
@@ -127,7 +106,7 @@ def test_delta_snapshots_alone_mark_a_thread(backend):
     """Without the metadata counters, the _DeltaSnapshot values (msgpack ext 7) still tell."""
     saver, url = backend
     db = SourceDB(url)
-    graph = _delta_graph(saver)
+    graph = delta_graph(saver)
     for _ in range(2):
         graph.invoke({"log": ["in"]}, config("delta"))
     with db.connect() as conn:

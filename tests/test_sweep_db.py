@@ -4,20 +4,17 @@ import json
 import sqlite3
 import time
 from datetime import timedelta
-from typing import Annotated, TypedDict
 
 import psycopg
 import pytest
 from django.utils import timezone
-from langgraph.channels.delta import DeltaChannel
-from langgraph.graph import END, START, StateGraph
 
 from checkpoints.dburl import parse_database_url
 from checkpoints.ids import uuid6_time
 from checkpoints.models import Thread
 from checkpoints.sync import sync_source
 from storage.sweep import sweep
-from tests.graphs import chat_graph, config, run_scenarios
+from tests.graphs import chat_graph, config, delta_graph, run_scenarios
 from tests.test_sweep import make_source
 
 pytestmark = pytest.mark.django_db
@@ -76,24 +73,6 @@ def expected_orphans(url, cutoff):
     orphan_blobs = {b for b in blobs if b not in named and b[0] not in delta | active}
     orphan_writes = {w for w in writes if w[:3] not in ckpts and w[0] not in delta and uuid6_time(w[2]) < cutoff}
     return orphan_blobs, orphan_writes
-
-
-def delta_graph(saver):
-    def extend(state, writes):
-        out = list(state or [])
-        for w in writes:
-            out.extend(w)
-        return out
-
-    class DeltaState(TypedDict, total=False):
-        log: Annotated[list, DeltaChannel(extend, snapshot_frequency=2)]
-        n: int
-
-    g = StateGraph(DeltaState)
-    g.add_node("step", lambda s: {"log": ["step"], "n": s.get("n", 0) + 1})
-    g.add_edge(START, "step")
-    g.add_edge("step", END)
-    return g.compile(checkpointer=saver)
 
 
 def delete_checkpoints(url, thread_id, count=None):
