@@ -1,7 +1,7 @@
 """The dashboard's pages: overview, threads by tag, a thread, a checkpoint."""
 
 import json
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from django.conf import settings
 from django.core.paginator import Paginator
@@ -11,6 +11,9 @@ from django.db.models.functions import Cast
 from django.shortcuts import get_object_or_404, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.http import RFC3986_SUBDELIMS
+from django.utils.safestring import mark_safe
 
 from checkpoints.models import BlobReference, Checkpoint, Source, Tag, Thread
 from checkpoints.tags import redact_metadata, split_tag
@@ -154,21 +157,42 @@ def threads(request):
     params += [("tag", browse.tag_text(k, v)) for k, v in pairs]
     selected = set(pairs)
 
+    base = _query(params, page=None)
+    links = {}
+
     def with_tag(key, value):
-        return _query(params, page=None) + "&" + urlencode([("tag", browse.tag_text(key, value))])
+        # Fifty rows repeat the same few tags: build each link once.
+        link = links.get((key, value))
+        if link is None:
+            link = links[(key, value)] = base + "&" + urlencode([("tag", browse.tag_text(key, value))])
+        return link
 
     def without_tag(key, value):
         rest = [(k, v) for k, v in params if not (k == "tag" and v == browse.tag_text(key, value))]
         return _query(rest, page=None)
 
-    counted, facet_step = browse.facets(found, matches)
+    counted, facets_estimated = browse.facets(pairs, prefix, source, matches)
     facets = [
         (key, [(value, n, (key, value) in selected, without_tag(key, value) if (key, value) in selected else with_tag(key, value)) for value, n in values])
         for key, values in counted
     ]
+    chips = {}
+
+    def chip(tag):
+        # Rendered here once per distinct tag: fifty rows of template loops
+        # over the same few tags cost more than the page's queries.
+        html = chips.get((tag.key, tag.value))
+        if html is None:
+            active = (tag.key, tag.value) in selected
+            html = chips[(tag.key, tag.value)] = format_html(
+                '<a class="chip{}" href="{}">{}:{}</a>', " active" if active else "", with_tag(tag.key, tag.value),
+                tag.key, tag.value,
+            )
+        return html
+
+    thread_url = reverse("thread", args=["SOURCE", "THREAD"])
     rows = [
-        (t, reverse("thread", args=[t.source.name, t.thread_id]),
-         [(tag, (tag.key, tag.value) in selected, with_tag(tag.key, tag.value)) for tag in tags_by_thread.get(t.pk, [])])
+        (t, _thread_url(thread_url, t), mark_safe("".join(chip(tag) for tag in tags_by_thread.get(t.pk, []))))
         for t in page.object_list
     ]
     ctx = {
@@ -176,7 +200,7 @@ def threads(request):
         "rows": rows,
         "pairs": [(k, v, without_tag(k, v)) for k, v in pairs],
         "facets": facets,
-        "facets_estimated": facet_step > 1,
+        "facets_estimated": facets_estimated,
         "count_cap": browse.COUNT_CAP,
         "errors": errors,
         "prefix": prefix,
@@ -190,6 +214,17 @@ def threads(request):
         "clear_url": _query([(k, v) for k, v in params if k != "tag"], page=None),
     }
     return render(request, "dashboard/threads.html", ctx)
+
+
+def _thread_url(pattern, thread):
+    """reverse("thread", ...) for one row, from a pattern reversed once per page (reverse costs 20 µs a row).
+
+    >>> t = type("T", (), {"source": type("S", (), {"name": "a-b"}), "thread_id": "x/ü :@"})
+    >>> _thread_url("/threads/SOURCE/THREAD/", t)
+    '/threads/a-b/x/%C3%BC%20:@/'
+    """
+    head, tail = pattern.split("SOURCE/THREAD")
+    return f"{head}{thread.source.name}/{quote(thread.thread_id, safe=RFC3986_SUBDELIMS + '/~:@')}{tail}"
 
 
 def _page_links(page, params):

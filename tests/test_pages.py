@@ -299,6 +299,7 @@ def test_facets_are_estimated_above_the_sample_size(viewer_client, mirror, monke
     from dashboard import browse
 
     monkeypatch.setattr(browse, "FACET_SAMPLE", 10)
+    monkeypatch.setattr(browse, "FACET_SAMPLE_READ", 0)  # the one-in-step tier, not the block sample
     response = viewer_client.get("/threads/", {"tag": "urgent:false"})
     matching = mirror.matching([("urgent", "false")])
     step = -(-len(matching) // 10)
@@ -308,6 +309,40 @@ def test_facets_are_estimated_above_the_sample_size(viewer_client, mirror, monke
     for key, values in response.context["facets"]:
         for value, n, _, _ in values:
             assert n == step * sum(1 for t in sampled if t.tags.get(key) == value), (key, value)
+
+
+@pytest.mark.parametrize("pairs", [[("urgent", "false")], [("urgent", "false"), ("region", "eu")]])
+def test_facets_from_a_block_sample_of_the_thread_table(viewer_client, mirror, monkeypatch, pairs):
+    from django.db import connection
+
+    from dashboard import browse
+
+    matching = mirror.matching(pairs)
+    table = connection.ops.quote_name(Thread._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {table}")  # the planner's row count decides for a block sample
+    # A sample size whose block sample holds some matching threads (the table is a few pages).
+    for sample in range(2, len(matching)):
+        percent = 100 * sample / len(matching)
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT id FROM {table} TABLESAMPLE SYSTEM (%s) REPEATABLE (7)", [percent])
+            in_sample = {r[0] for r in cursor.fetchall()}
+        sampled = [t for t in matching if t.pk in in_sample]
+        if sampled and len(sampled) < len(matching):
+            break
+    else:
+        pytest.fail("no block sample of this mirror splits the matching threads: make the mirror bigger")
+    monkeypatch.setattr(browse, "FACET_SAMPLE", sample)
+    counted, estimated = browse.facets(pairs, "", None, len(matching))
+    assert estimated is True
+    scale = len(matching) / sample
+    expected = {}
+    for t in sampled:
+        for key, value in t.tags.items():
+            expected[(key, value)] = expected.get((key, value), 0) + 1
+    got = {(key, value): n for key, values in counted for value, n in values}
+    assert got == {kv: round(n * scale) for kv, n in expected.items() if kv in got}
+    assert {key for key, _ in got} == {key for key, _ in expected}
 
 
 def test_size_distribution_sample_keeps_the_tail_exact(viewer_client, mirror, monkeypatch, settings):
@@ -337,3 +372,12 @@ def test_page_count_is_capped_for_broad_filters(viewer_client, mirror, monkeypat
     narrow = viewer_client.get("/threads/", {"tag": ["tenant:acme", "plan:free"]})
     assert not narrow.context["page"].paginator.capped
     assert narrow.context["page"].paginator.count == len(mirror.matching([("tenant", "acme"), ("plan", "free")]))
+
+
+def test_thread_links_on_the_threads_page_are_the_routes_urls(viewer_client, mirror):
+    response = viewer_client.get("/threads/", {"tag": "tenant:" + TRICKY_VALUES[2]})
+    rows = response.context["rows"]
+    assert rows
+    for thread, url, _ in rows:
+        assert url == reverse("thread", args=[thread.source.name, thread.thread_id])
+        assert viewer_client.get(url).status_code == 200
