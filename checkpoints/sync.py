@@ -165,6 +165,7 @@ def _sync(source, full, stats, run):
         if suspects:
             _process(reader, context, sorted(suspects), run)
 
+        _analyze_if_grown(stats, mirrored)
         usage.capture(source)
         source.layout = layout
         source.sync_state = {"watermark": now}
@@ -173,6 +174,25 @@ def _sync(source, full, stats, run):
         )
         source.undecodable_values = context.undecodable if since is None else source.undecodable_values + context.undecodable
         source.save(update_fields=["layout", "sync_state", "references_unknown", "undecodable_values"])
+
+
+ANALYZE_FRACTION = 0.1
+
+
+def _analyze_if_grown(stats, mirrored_before):
+    """Refresh the planner's statistics of the mirror after a sync that changed a tenth of it or more.
+
+    Autovacuum gets there too, but minutes later: until then the planner of a
+    freshly filled mirror has no statistics and picks plans a hundred times
+    slower (the tag browser took 600 ms instead of 5 after an initial sync).
+    """
+    changed = stats["added"] + stats["updated"] + stats["removed"]
+    if connection.vendor != "postgresql" or changed < max(1000, ANALYZE_FRACTION * mirrored_before):
+        return False
+    tables = [m._meta.db_table for m in (Thread, Tag, Checkpoint, BlobReference, ReferenceUse)]
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE " + ", ".join(connection.ops.quote_name(t) for t in tables))
+    return True
 
 
 def refresh_threads(source, thread_ids):

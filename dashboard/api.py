@@ -82,7 +82,7 @@ def threads(request):
             page = None
         else:
             return _error(f"page {number} is out of range (there are {paginator.num_pages})", status=404)
-    items = list(page.object_list) if page else []
+    items = browse.attach_sources(list(page.object_list)) if page else []
     tags = _tags_of([t.pk for t in items])
     next_url = None
     if page and page.has_next():

@@ -15,7 +15,7 @@ from django.db.models import Exists, F, OuterRef
 
 from django.utils.functional import cached_property
 
-from checkpoints.models import Tag, Thread
+from checkpoints.models import Source, Tag, Thread
 from checkpoints.tags import split_tag
 
 # Orders a B-tree index on the first column can produce (scanned backwards),
@@ -77,12 +77,9 @@ def with_tags(threads, pairs):
     return threads
 
 
-LIST_FIELDS = ("thread_id", "checkpoints", "logical_bytes", "stored_bytes", "last_checkpoint_at", "source__name")
-
-
 def find_threads(pairs=(), prefix="", source=None, sort=DEFAULT_SORT):
-    """Threads matching every filter, in the sort's order, with what lists show (tags come from Tag rows)."""
-    threads = Thread.objects.select_related("source").only(*LIST_FIELDS)
+    """Threads matching every filter, in the sort's order (tags come from Tag rows; sources from attach_sources)."""
+    threads = Thread.objects.all()
     if source is not None:
         threads = threads.filter(source=source)
     if prefix:
@@ -91,16 +88,25 @@ def find_threads(pairs=(), prefix="", source=None, sort=DEFAULT_SORT):
     return threads.order_by(*SORTS.get(sort, SORTS[DEFAULT_SORT])[1])
 
 
-FACET_SAMPLE = 1000
-COUNT_CAP = 10_000
+def attach_sources(threads):
+    """Set each thread's source from one query of the few sources (a join would cost more than the query)."""
+    sources = {s.pk: s for s in Source.objects.all()}
+    for t in threads:
+        t.source = sources[t.source_id]
+    return threads
+
+
+FACET_SAMPLE = 500
+COUNT_CAP = 2_000
 
 
 class CappedPaginator(Paginator):
-    """Counts matches up to COUNT_CAP + 1: beyond that the page says "10,000+".
+    """Counts matches up to COUNT_CAP + 1: beyond that the page says "2,000+" (and the planner's estimate).
 
     An exact count of a broad filter walks every match (tens of thousands of
-    index entries) for a number nobody pages through; the API, whose `count`
-    is a contract, counts exactly.
+    index entries: 18 ms on a 1 M mirror, against 2.4 ms for 2,001) for a
+    number nobody pages through; the API, whose `count` is a contract,
+    counts exactly.
     """
 
     cap = COUNT_CAP

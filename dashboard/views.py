@@ -147,10 +147,13 @@ def threads(request):
     page = browse.CappedPaginator(found, THREADS_PER_PAGE).get_page(request.GET.get("page"))
     matches = page.paginator.count
     if page.paginator.capped:
-        matches = max(browse.estimated_count(found), browse.COUNT_CAP)
+        matches = max(browse.estimated_count(found), browse.COUNT_CAP + 1)
+    listed = browse.attach_sources(list(page.object_list))
     tags_by_thread = {}
-    for tag in Tag.objects.filter(thread__in=[t.pk for t in page.object_list]).order_by("key"):
-        tags_by_thread.setdefault(tag.thread_id, []).append(tag)
+    for thread_pk, key, value in (
+        Tag.objects.filter(thread__in=[t.pk for t in listed]).order_by("key").values_list("thread_id", "key", "value")
+    ):
+        tags_by_thread.setdefault(thread_pk, []).append((key, value))
 
     # Links keep every filter in the URL; a page number is dropped on any change.
     params = [(k, v) for k, v in request.GET.lists() for v in v if k != "tag"]
@@ -181,19 +184,19 @@ def threads(request):
     def chip(tag):
         # Rendered here once per distinct tag: fifty rows of template loops
         # over the same few tags cost more than the page's queries.
-        html = chips.get((tag.key, tag.value))
+        html = chips.get(tag)
         if html is None:
-            active = (tag.key, tag.value) in selected
-            html = chips[(tag.key, tag.value)] = format_html(
-                '<a class="chip{}" href="{}">{}:{}</a>', " active" if active else "", with_tag(tag.key, tag.value),
-                tag.key, tag.value,
+            key, value = tag
+            html = chips[tag] = format_html(
+                '<a class="chip{}" href="{}">{}:{}</a>', " active" if tag in selected else "", with_tag(key, value),
+                key, value,
             )
         return html
 
     thread_url = reverse("thread", args=["SOURCE", "THREAD"])
     rows = [
         (t, _thread_url(thread_url, t), mark_safe("".join(chip(tag) for tag in tags_by_thread.get(t.pk, []))))
-        for t in page.object_list
+        for t in listed
     ]
     ctx = {
         "page": page,
@@ -202,6 +205,7 @@ def threads(request):
         "facets": facets,
         "facets_estimated": facets_estimated,
         "count_cap": browse.COUNT_CAP,
+        "estimated_matches": matches if page.paginator.capped else None,
         "errors": errors,
         "prefix": prefix,
         "sort": sort,

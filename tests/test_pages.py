@@ -369,6 +369,7 @@ def test_page_count_is_capped_for_broad_filters(viewer_client, mirror, monkeypat
     response = viewer_client.get("/threads/", {"tag": "urgent:false"})
     assert response.context["page"].paginator.capped
     assert "<strong>10+</strong> threads" in response.content.decode()
+    assert response.context["estimated_matches"] > 10
     narrow = viewer_client.get("/threads/", {"tag": ["tenant:acme", "plan:free"]})
     assert not narrow.context["page"].paginator.capped
     assert narrow.context["page"].paginator.count == len(mirror.matching([("tenant", "acme"), ("plan", "free")]))
@@ -381,3 +382,21 @@ def test_thread_links_on_the_threads_page_are_the_routes_urls(viewer_client, mir
     for thread, url, _ in rows:
         assert url == reverse("thread", args=[thread.source.name, thread.thread_id])
         assert viewer_client.get(url).status_code == 200
+
+
+def test_a_sync_that_changes_a_tenth_of_the_mirror_refreshes_the_planner_statistics(mirror):
+    from django.db import connection
+
+    from checkpoints.sync import _analyze_if_grown
+
+    def planner_rows():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [Thread._meta.db_table])
+            return cursor.fetchone()[0]
+
+    assert not _analyze_if_grown({"added": 999, "updated": 0, "removed": 0}, 0)
+    assert not _analyze_if_grown({"added": 5000, "updated": 0, "removed": 0}, 100_000)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE pg_class SET reltuples = -1 WHERE oid = %s::regclass", [Thread._meta.db_table])
+    assert _analyze_if_grown({"added": 600, "updated": 300, "removed": 100}, 5000)
+    assert planner_rows() == Thread.objects.count() > 0
