@@ -80,8 +80,17 @@ class Thread(models.Model):
 class Tag(models.Model):
     """One (key, value) of a thread's tags: browsing by tag is an index lookup."""
 
-    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="+", help_text="Source of the thread.")
-    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="tag_rows", help_text="Tagged thread.")
+    # The source is the thread's, copied so that filters by source need no
+    # join; the thread's key already enforces it, so no second foreign key
+    # check or index is paid per row (a sync writes millions). Same below.
+    source = models.ForeignKey(
+        Source, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False,
+        help_text="Source of the thread.",
+    )
+    # Indexed first in tag_unique_key_per_thread.
+    thread = models.ForeignKey(
+        Thread, on_delete=models.CASCADE, related_name="tag_rows", db_index=False, help_text="Tagged thread."
+    )
     key = models.CharField(max_length=200, help_text="Metadata key.")
     value = models.CharField(max_length=500, help_text="Value as text: strings as is, booleans true/false, numbers as JSON.")
 
@@ -99,8 +108,15 @@ class Tag(models.Model):
 
 
 class Checkpoint(models.Model):
-    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="+", help_text="Source of the row.")
-    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="checkpoint_rows", help_text="Thread.")
+    # Indexed first in checkpoint_source_time_idx; the thread's source (see Tag).
+    source = models.ForeignKey(
+        Source, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False,
+        help_text="Source of the row.",
+    )
+    # Indexed first in checkpoint_unique_key.
+    thread = models.ForeignKey(
+        Thread, on_delete=models.CASCADE, related_name="checkpoint_rows", db_index=False, help_text="Thread."
+    )
     checkpoint_ns = models.TextField(blank=True, default="", help_text="Namespace: '' for the root graph, node:task for subgraphs.")
     checkpoint_id = models.CharField(max_length=64, help_text="uuid6 of the checkpoint.")
     parent_checkpoint_id = models.CharField(max_length=64, blank=True, default="", help_text="Parent checkpoint id, if any.")
@@ -173,7 +189,10 @@ class BlobReference(models.Model):
 class ReferenceUse(models.Model):
     """A checkpoint (its state or its writes) naming a BlobReference."""
 
-    reference = models.ForeignKey(BlobReference, on_delete=models.CASCADE, related_name="uses", help_text="The object.")
+    # Indexed first in reference_use_idx.
+    reference = models.ForeignKey(
+        BlobReference, on_delete=models.CASCADE, related_name="uses", db_index=False, help_text="The object."
+    )
     thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="reference_uses", help_text="Thread.")
     checkpoint = models.ForeignKey(
         Checkpoint, null=True, blank=True, on_delete=models.CASCADE, related_name="reference_uses",
