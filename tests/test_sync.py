@@ -402,3 +402,25 @@ def test_scheduled_sync_runs_every_source(backend, settings):
     result = sync_all()
     assert [s["error"] for s in result["sources"]] == [None]
     assert Run.objects.get(kind="sync").origin == "schedule"
+
+
+@pytest.mark.parametrize(
+    "lo, xmax, expected",
+    [
+        # No wrap: everything at or after lo (rows of an older epoch are re-read, harmless).
+        (100, 150, {100, 149, 4_000_000_000, 2**32 - 10, 2**32 - 5, 2**32 - 1}),
+        (2**32 - 5, 2**32 + 20, {2**32 - 5, 2**32 - 1, 10}),  # the counter wrapped between the syncs
+    ],
+)
+def test_rows_written_since_a_snapshot_by_xmin_across_a_wraparound(db, lo, xmax, expected):
+    from django.db import connection
+
+    from checkpoints.sources.postgres import _written_since
+
+    where, params = _written_since({"all": False, "lo": lo}, {"xmax": xmax})
+    xids = [10, 30, 99, 100, 149, 4_000_000_000, 2**32 - 10, 2**32 - 5, 2**32 - 1]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT xmin FROM unnest(%(xids)s::bigint[]) AS t(xmin) WHERE {where}", {**params, "xids": xids}
+        )
+        assert {r[0] for r in cursor.fetchall()} == expected

@@ -153,16 +153,16 @@ class PostgresReader:
         transaction as the checkpoint row that names them, so a new blob row
         means a new checkpoint row in the same thread. Blob rows deleted by
         other tools are found by the row-count comparison of the sync.
+
+        One query per table, with a predicate PostgreSQL may run in parallel
+        workers (age() is parallel-restricted, and a UNION is planned
+        serially): the two whole-table scans are most of an incremental sync.
         """
-        params = self._fresh_params(since, now)
-        rows = self._query(
-            f"""
-            SELECT thread_id FROM checkpoints WHERE {_FRESH}
-            UNION SELECT thread_id FROM checkpoint_writes WHERE {_FRESH}
-            """,
-            params,
-        )
-        return {r[0] for r in rows}
+        where, params = _written_since(self._fresh_params(since, now), now)
+        changed = set()
+        for table in ("checkpoints", "checkpoint_writes"):
+            changed.update(r[0] for r in self._query(f"SELECT DISTINCT thread_id FROM {table} WHERE {where}", params))
+        return changed
 
     def read_threads(self, thread_ids, since=None, now=None) -> list:
         """Every row of these threads; values fetched only where useful."""
@@ -204,6 +204,25 @@ class PostgresReader:
         ):
             threads[r[0]].writes.append(WriteRow(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]))
         return list(threads.values())
+
+
+def _written_since(fresh, now):
+    """A parallel-safe WHERE for rows written at or after the xid `fresh["lo"]`, and its params.
+
+    xmin is a 32-bit counter: once it wrapped, the newest ids are small again.
+
+    >>> _written_since({"all": True, "lo": 3}, {"xmax": 10})
+    ('TRUE', {})
+    >>> _written_since({"all": False, "lo": 100}, {"xmax": 150})
+    ('xmin::text::bigint >= %(lo)s', {'lo': 100, 'hi': 150})
+    >>> _written_since({"all": False, "lo": 2**32 - 5}, {"xmax": 2**32 + 20})[0]
+    'xmin::text::bigint >= %(lo)s OR xmin::text::bigint < %(hi)s'
+    """
+    if fresh["all"]:
+        return "TRUE", {}
+    lo, hi = fresh["lo"], now["xmax"] % _XID_WRAP
+    where = "xmin::text::bigint >= %(lo)s" + ("" if hi >= lo else " OR xmin::text::bigint < %(hi)s")
+    return where, {"lo": lo, "hi": hi}
 
 
 def _first_line(error) -> str:
