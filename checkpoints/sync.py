@@ -180,18 +180,21 @@ ANALYZE_FRACTION = 0.1
 
 
 def _analyze_if_grown(stats, mirrored_before):
-    """Refresh the planner's statistics of the mirror after a sync that changed a tenth of it or more.
+    """Refresh the planner's statistics and visibility map of the mirror after a sync that changed a tenth of it.
 
     Autovacuum gets there too, but minutes later: until then the planner of a
     freshly filled mirror has no statistics and picks plans a hundred times
-    slower (the tag browser took 600 ms instead of 5 after an initial sync).
+    slower (the tag browser took 600 ms instead of 5 after an initial sync),
+    and its index-only scans visit the heap (the threads page: 59 ms instead
+    of 41). VACUUM cannot run inside a transaction: there, only ANALYZE.
     """
     changed = stats["added"] + stats["updated"] + stats["removed"]
     if connection.vendor != "postgresql" or changed < max(1000, ANALYZE_FRACTION * mirrored_before):
         return False
-    tables = [m._meta.db_table for m in (Thread, Tag, Checkpoint, BlobReference, ReferenceUse)]
+    tables = ", ".join(connection.ops.quote_name(m._meta.db_table)
+                       for m in (Thread, Tag, Checkpoint, BlobReference, ReferenceUse))
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE " + ", ".join(connection.ops.quote_name(t) for t in tables))
+        cursor.execute(("ANALYZE " if connection.in_atomic_block else "VACUUM (ANALYZE) ") + tables)
     return True
 
 

@@ -424,3 +424,26 @@ def test_rows_written_since_a_snapshot_by_xmin_across_a_wraparound(db, lo, xmax,
             f"SELECT xmin FROM unnest(%(xids)s::bigint[]) AS t(xmin) WHERE {where}", {**params, "xids": xids}
         )
         assert {r[0] for r in cursor.fetchall()} == expected
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_big_sync_outside_a_transaction_vacuums_the_mirror_for_index_only_scans():
+    from django.db import connection
+
+    from checkpoints.sync import _analyze_if_grown
+
+    source = Source.objects.create(name="vacuumed", url="sqlite:////nonexistent/v.db", kind="sqlite")
+    for i in range(300):
+        Thread.objects.create(source=source, thread_id=f"t{i}", checkpoints=1, latest_checkpoint_id="x",
+                              logical_bytes=1, stored_bytes=1, tags={})
+
+    def visible_pages():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT relallvisible, reltuples FROM pg_class WHERE oid = %s::regclass",
+                           [Thread._meta.db_table])
+            return cursor.fetchone()
+
+    assert visible_pages()[0] == 0  # rows just written: nothing marked all-visible yet
+    assert _analyze_if_grown({"added": 1000, "updated": 0, "removed": 0}, 0)
+    pages, rows = visible_pages()
+    assert pages > 0 and rows == 300
