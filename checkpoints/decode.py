@@ -92,6 +92,70 @@ def safe_loads(type_, data, *, limit=DEFAULT_LIMIT, aes_key=None, clip=True):
     return _load(type_, data, clip)
 
 
+def references_in(type_, data, *, limit=None, aes_key=None) -> tuple[set[str], bool]:
+    """The blob URIs in one serialized value, and whether it was read whole.
+
+    What `find_references(safe_loads(..., clip=False))` finds, with
+    `is_undecodable` for the second item (False: the value's references are
+    unknown), but without building the plain copy: the sync scans millions of
+    values and only needs their strings.
+
+    >>> import ormsgpack
+    >>> references_in("msgpack", ormsgpack.packb({"doc": ["s3://b/u/a.pdf", 1], 5: "x"}, option=ormsgpack.OPT_NON_STR_KEYS))
+    ({'s3://b/u/a.pdf'}, True)
+    >>> references_in("msgpack", b"\\x92\\x01"), references_in("pickle", b"x"), references_in("bytes", b"s3://b/k")
+    ((set(), False), (set(), False), (set(), True))
+    >>> references_in("msgpack+aes", b"x" * 40), references_in("json", b'["file:///x/y"]', limit=4)
+    ((set(), False), (set(), False))
+    """
+    if data is None or type_ in ("null", "empty"):
+        return set(), True
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        return set(), False
+    data = bytes(data)
+    if limit is not None and len(data) > limit:
+        return set(), False
+    if is_encrypted(type_):
+        inner_type, cipher = type_.split("+", 1)
+        if aes_key is None or cipher != "aes":
+            return set(), False
+        data, error = _aes_eax_decrypt(aes_key, data)
+        if error:
+            return set(), False
+        type_ = inner_type
+        if type_ in ("null", "empty"):
+            return set(), True
+    if type_ in ("bytes", "bytearray"):
+        return set(), True
+    if type_ not in ("msgpack", "json"):
+        return set(), False
+    try:
+        value = _Unpacker().unpack(data) if type_ == "msgpack" else json.loads(data)
+    except Exception:  # noqa: BLE001 - untrusted data: unreadable means unknown references
+        return set(), False
+    found = set()
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if "://" in item:
+                found.update(find_uris(item))
+        elif isinstance(item, (dict, list, tuple)):
+            if depth >= MAX_SCAN_DEPTH:  # as safe_loads(clip=False): too deep to read whole
+                return set(), False
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    key = key if isinstance(key, str) else str(key)
+                    if "://" in key:
+                        found.update(find_uris(key))
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+    return found, True
+
+
 def decode_json_text(text, *, limit=DEFAULT_LIMIT, clip=True):
     """Decode JSON text, such as a PostgreSQL jsonb value read as `::text`.
 

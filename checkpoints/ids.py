@@ -16,15 +16,17 @@ def uuid6_time(checkpoint_id: str) -> datetime | None:
     """
     # Parsed by hand: the sync calls this for every checkpoint, and
     # uuid.UUID() costs several times more.
-    if not isinstance(checkpoint_id, str) or len(checkpoint_id) != 36 or checkpoint_id[14] != "6":
+    if (
+        not isinstance(checkpoint_id, str) or len(checkpoint_id) != 36 or checkpoint_id[14] != "6"
+        or checkpoint_id[8] != "-" or checkpoint_id[13] != "-" or checkpoint_id[18] != "-" or checkpoint_id[23] != "-"
+    ):
         return None
     try:
-        value = int(checkpoint_id.replace("-", ""), 16)
+        # The 60-bit timestamp: time_high, time_mid and the 12 bits after the version.
+        ticks = int(checkpoint_id[0:8] + checkpoint_id[9:13] + checkpoint_id[15:18], 16)
+        int(checkpoint_id[19:23] + checkpoint_id[24:], 16)  # the rest must be hex too
     except ValueError:
         return None
-    if checkpoint_id[8] != "-" or checkpoint_id[13] != "-" or checkpoint_id[18] != "-" or checkpoint_id[23] != "-":
-        return None
-    ticks = ((value >> 80) << 12) | ((value >> 64) & 0xFFF)
     return _GREGORIAN + timedelta(microseconds=ticks // 10)
 
 

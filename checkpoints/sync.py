@@ -13,6 +13,7 @@ threads that lost rows.
 """
 
 import logging
+import operator
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -386,11 +387,10 @@ def _compute_thread(context, rows, known):
 
 
 def _uris_in(context, type_, data):
-    loaded = decode.safe_loads(type_, data, limit=REFERENCE_DECODE_LIMIT, aes_key=context.aes_key, clip=False)
-    if decode.is_undecodable(loaded):
+    uris, whole = decode.references_in(type_, data, limit=REFERENCE_DECODE_LIMIT, aes_key=context.aes_key)
+    if not whole:
         context.undecodable += 1
-        return set()
-    return decode.find_references(loaded)
+    return uris
 
 
 def _parse_ts(ts):
@@ -460,7 +460,7 @@ def _apply_batch(context, thread_rows):
                 key = (thread_pk, r["checkpoint_ns"], r["checkpoint_id"])
                 old = current.get(key) if current else None
                 if old is None:
-                    to_insert.append((source.pk, thread_pk, *(r[f] for f in _RECORD_FIELDS)))
+                    to_insert.append((source.pk, thread_pk, *_record_values(r)))
                 else:
                     seen.add(key)
                     if any(old[f] != r[f] for f in _CHANGE_FIELDS):
@@ -506,6 +506,7 @@ def _apply_batch(context, thread_rows):
 
 _RECORD_FIELDS = ("checkpoint_ns", "checkpoint_id", "parent_checkpoint_id", "created_at", "step", "origin",
                   "metadata", "row_bytes", "blob_bytes", "write_bytes", "write_count", "logical_bytes", "new_bytes")
+_record_values = operator.itemgetter(*_RECORD_FIELDS)
 
 
 def _known_references(existing):

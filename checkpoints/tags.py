@@ -7,7 +7,9 @@ are never tags and their values are redacted wherever metadata is shown.
 """
 
 import fnmatch
+import functools
 import json
+import re
 
 # Keys LangGraph itself writes into metadata (DESIGN.md §3, Tags contract).
 LANGGRAPH_KEYS = frozenset(
@@ -26,9 +28,18 @@ def is_excluded(key: str, patterns) -> bool:
 
     >>> is_excluded("OPENAI_API_KEY", ["*key*"]), is_excluded("tenant", ["*key*"])
     (True, False)
+    >>> is_excluded("x", []), is_excluded("a[b", ["a[b"]), is_excluded("ab", ["a?"])
+    (False, True, True)
     """
-    lowered = key.lower()
-    return any(fnmatch.fnmatchcase(lowered, p.lower()) for p in patterns)
+    return _exclusion(tuple(patterns)).match(key.lower()) is not None
+
+
+@functools.lru_cache(maxsize=16)
+def _exclusion(patterns: tuple):
+    """One compiled regex for all the patterns: a sync tests every metadata key of every thread."""
+    if not patterns:
+        return re.compile(r"(?!)")  # matches nothing
+    return re.compile("|".join(f"(?:{fnmatch.translate(p.lower())})" for p in patterns))
 
 
 def tag_value(value):

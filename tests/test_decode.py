@@ -52,6 +52,7 @@ from checkpoints.decode import (
     is_encrypted,
     is_undecodable,
     iter_strings,
+    references_in,
     safe_loads,
     summarize,
 )
@@ -867,3 +868,53 @@ def test_any_msgpack_value_round_trips_to_plain_json(value):
     assert not is_undecodable(decoded)
     assert json.loads(json.dumps(decoded, allow_nan=False)) == decoded
     assert set(iter_strings(decoded)) >= {s for s in iter_strings(value) if isinstance(s, str)}
+
+
+def _full_scan(type_, data, limit=None):
+    decoded = safe_loads(type_, data, limit=limit, aes_key=KEY, clip=False)
+    return (set(), False) if is_undecodable(decoded) else (find_references(decoded), True)
+
+
+_URI_TEXT = st.sampled_from(["s3://b/u/a.pdf", "see file:///tmp/x.png.", "minio://m/k", "x://y", "plain"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    type_=st.sampled_from(["msgpack", "json", "bytes", "pickle", "msgpack+aes", "null+aes", "weird", "null"]),
+    data=st.binary(max_size=300),
+)
+def test_the_sync_reference_scan_agrees_with_the_full_decoder_on_arbitrary_bytes(type_, data):
+    assert references_in(type_, data, aes_key=KEY) == _full_scan(type_, data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | _URI_TEXT | st.text() | st.binary(),
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(_URI_TEXT | st.text(max_size=5) | st.integers(0, 9), children, max_size=5),
+    max_leaves=30,
+))
+def test_the_sync_reference_scan_agrees_with_the_full_decoder_on_any_msgpack_value(value):
+    data = ormsgpack.packb(value, option=ormsgpack.OPT_NON_STR_KEYS)
+    assert references_in("msgpack", data) == _full_scan("msgpack", data)
+    encrypted = EncryptedSerializer.from_pycryptodome_aes(key=KEY).dumps_typed(value) if isinstance(value, dict) else None
+    if encrypted is not None:
+        assert references_in(*encrypted, aes_key=KEY) == _full_scan(*encrypted)
+        assert references_in(*encrypted) == (set(), False)  # no key: unknown
+
+
+def test_the_sync_reference_scan_agrees_on_real_rows_depth_and_size_limits(source):
+    backend, where = source
+    rows = list(all_value_rows(backend, where))
+    assert rows
+    for _, type_, blob in rows:
+        assert references_in(type_, blob, aes_key=KEY) == _full_scan(type_, blob)
+        assert references_in(type_, blob, limit=10, aes_key=KEY) == _full_scan(type_, blob, limit=10)
+    leaf = ormsgpack.packb("s3://b/deep")
+    too_deep = b"\x91" * (decode.MAX_SCAN_DEPTH + 1) + leaf  # lists of one, nested
+    assert references_in("msgpack", too_deep) == _full_scan("msgpack", too_deep) == (set(), False)
+    deep = b"\x91" * (decode.MAX_SCAN_DEPTH - 5) + leaf
+    assert references_in("msgpack", deep) == _full_scan("msgpack", deep) == ({"s3://b/deep"}, True)
+    for hopeless in (b"\x91" * 5000 + leaf, ):
+        assert references_in("msgpack", hopeless) == _full_scan("msgpack", hopeless) == (set(), False)
+    assert references_in("json", b"[" * 100_000 + b"]" * 100_000) == (set(), False)
