@@ -11,7 +11,7 @@ from django.db.models.functions import Cast
 from django.shortcuts import get_object_or_404, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import escape
 from django.utils.http import RFC3986_SUBDELIMS
 from django.utils.safestring import mark_safe
 
@@ -187,10 +187,8 @@ def threads(request):
         html = chips.get(tag)
         if html is None:
             key, value = tag
-            html = chips[tag] = format_html(
-                '<a class="chip{}" href="{}">{}:{}</a>', " active" if tag in selected else "", with_tag(key, value),
-                key, value,
-            )
+            active = " active" if tag in selected else ""
+            html = chips[tag] = f'<a class="chip{active}" href="{escape(with_tag(key, value))}">{escape(key)}:{escape(value)}</a>'
         return html
 
     thread_url = reverse("thread", args=["SOURCE", "THREAD"])

@@ -7,7 +7,7 @@ title; times show how long ago, with the ISO time in the title.
 
 from django import template
 from django.contrib.humanize.templatetags.humanize import naturaltime
-from django.utils.html import format_html
+from django.utils.html import escape, format_html
 from django.utils.safestring import mark_safe
 
 from checkpoints.units import format_bytes, format_limit
@@ -17,11 +17,18 @@ register = template.Library()
 
 @register.filter
 def size(value):
-    """`<span title="12,345 bytes">12.3 KB</span>`; an em dash for None."""
+    """`<span title="12,345 bytes">12.3 KB</span>`; an em dash for None.
+
+    Built without format_html: digits and units need no escaping, and lists
+    call this for every row.
+
+    >>> size(12345), size(None)
+    ('<span class="size" title="12,345 bytes">12.3 KB</span>', '<span class="muted">—</span>')
+    """
     if value is None or value == "":
         return mark_safe('<span class="muted">—</span>')
     n = int(value)
-    return format_html('<span class="size" title="{} bytes">{}</span>', f"{n:,}", format_bytes(n))
+    return mark_safe(f'<span class="size" title="{n:,} bytes">{format_bytes(n)}</span>')
 
 
 @register.filter
@@ -36,8 +43,8 @@ def when(value):
     """`<time datetime=ISO title=ISO>3 minutes ago</time>`; "never" for None."""
     if not value:
         return mark_safe('<span class="muted">never</span>')
-    iso = value.isoformat()
-    return format_html('<time datetime="{}" title="{}">{}</time>', iso, iso, naturaltime(value))
+    iso = escape(value.isoformat())
+    return mark_safe(f'<time datetime="{iso}" title="{iso}">{escape(naturaltime(value))}</time>')
 
 
 @register.filter
