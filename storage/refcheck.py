@@ -41,7 +41,7 @@ def references_to_check(*, only_unchecked=False, source=None):
     return refs
 
 
-def check_references(only_unchecked=False, limit=None, *, source=None, progress=None) -> dict:
+def check_references(only_unchecked=False, limit=None, *, source=None, progress=None, threads=None) -> dict:
     """HEAD referenced objects and record size, type, last-modified, ETag and existence.
 
     Returns {"checked", "present", "missing", "unchecked", "skipped",
@@ -49,6 +49,11 @@ def check_references(only_unchecked=False, limit=None, *, source=None, progress=
     references the stores could not tell about, `skipped` those now outside
     the configured stores, `error` is None or why a store could not be read,
     `errors` lists per-object refusals (AccessDenied, ...).
+
+    `threads`: pks of threads whose references changed otherwise (a sync
+    rewrote them); with it, external bytes are recomputed only for those and
+    for the users of objects whose state or size this check changed. None
+    recomputes every thread.
     """
     started = time.monotonic()
     refs = references_to_check(only_unchecked=only_unchecked, source=source)
@@ -63,11 +68,15 @@ def check_references(only_unchecked=False, limit=None, *, source=None, progress=
     errors = []
     down = {}  # store family -> why it cannot be read
     done = 0
+    moved = []  # references whose existence or size changed
     for pks in batches:
         batch = list(BlobReference.objects.filter(pk__in=pks).order_by("pk"))
         changed = []
         for ref in batch:
+            known = (ref.exists, ref.size)
             outcome = _check_one(ref, down)
+            if (ref.exists, ref.size) != known:
+                moved.append(ref.pk)
             counts[outcome] += 1
             if outcome != "skipped":
                 changed.append(ref)
@@ -81,7 +90,11 @@ def check_references(only_unchecked=False, limit=None, *, source=None, progress=
         if progress is not None:
             progress(done)
 
-    threads_updated = update_external_bytes(source=source)
+    if threads is not None:
+        threads = set(threads) | set(
+            ReferenceUse.objects.filter(reference_id__in=moved).values_list("thread_id", flat=True).distinct()
+        )
+    threads_updated = update_external_bytes(source=source, threads=threads)
     error = "; ".join(dict.fromkeys(down.values())) or None
     if error:
         log.warning("reference check: %s", error)
@@ -142,7 +155,7 @@ def _unchecked(ref, message) -> str:
     return "unchecked"
 
 
-def update_external_bytes(*, source=None) -> int:
+def update_external_bytes(*, source=None, threads=None) -> int:
     """Thread.external_bytes = the sizes of the present objects it references, each once.
 
     The sums run in one grouped query (an object named by many checkpoints
@@ -153,7 +166,16 @@ def update_external_bytes(*, source=None) -> int:
     uses = ReferenceUse._meta.db_table
     refs = BlobReference._meta.db_table
     threads_table = Thread._meta.db_table
-    where, params = ("WHERE t.source_id = %s", [source.pk]) if source is not None else ("", [])
+    if threads is not None and not threads:
+        return 0
+    conditions, params = [], []
+    if source is not None:
+        conditions.append("t.source_id = %s")
+        params.append(source.pk)
+    if threads is not None:
+        conditions.append("t.id = ANY(%s)")
+        params.append(sorted(threads))
+    where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
@@ -166,19 +188,24 @@ def update_external_bytes(*, source=None) -> int:
             params,
         )
         totals = {thread_id: int(total) for thread_id, total in cursor.fetchall()}
-    threads = Thread.objects.filter(Q(external_bytes__gt=0) | Q(Exists(ReferenceUse.objects.filter(thread_id=OuterRef("pk")))))
+    candidates = Thread.objects.filter(
+        Q(external_bytes__gt=0) | Q(Exists(ReferenceUse.objects.filter(thread_id=OuterRef("pk"))))
+    )
     if source is not None:
-        threads = threads.filter(source=source)
+        candidates = candidates.filter(source=source)
+    if threads is not None:
+        candidates = candidates.filter(pk__in=sorted(threads))
     changed = [
         Thread(pk=pk, external_bytes=totals.get(pk, 0))
-        for pk, current in threads.values_list("pk", "external_bytes")
+        for pk, current in candidates.values_list("pk", "external_bytes")
         if current != totals.get(pk, 0)
     ]
     Thread.objects.bulk_update(changed, ["external_bytes"], batch_size=1000)
     return len(changed)
 
 
-def run_reference_check(*, source=None, only_unchecked=False, limit=None, origin="command", requested_by=None, wait=0.0):
+def run_reference_check(*, source=None, only_unchecked=False, limit=None, origin="command", requested_by=None, wait=0.0,
+                        threads=None):
     """check_references() recorded as a Run (kind `refcheck`): the audit log and the error.
 
     Returns the result dict; `error` says why when it failed or was skipped.
@@ -193,7 +220,8 @@ def run_reference_check(*, source=None, only_unchecked=False, limit=None, origin
         total = references_to_check(only_unchecked=only_unchecked, source=source).count()
         heartbeat(run, done=0, total=min(total, limit) if limit is not None else total)
         result = check_references(
-            only_unchecked=only_unchecked, limit=limit, source=source, progress=lambda n: heartbeat(run, done=n)
+            only_unchecked=only_unchecked, limit=limit, source=source, progress=lambda n: heartbeat(run, done=n),
+            threads=threads,
         )
     except Exception as e:
         finish_run(run, error=f"{type(e).__name__}: {e}")
@@ -202,9 +230,9 @@ def run_reference_check(*, source=None, only_unchecked=False, limit=None, origin
     return {**result, "run": run.pk}
 
 
-def check_after_sync(sender, source, result, **kwargs):
+def check_after_sync(sender, source, result, threads=None, **kwargs):
     """sync_finished receiver: check the source's newest and stalest references."""
     try:
-        run_reference_check(source=source, limit=AFTER_SYNC_LIMIT, origin="sync")
+        run_reference_check(source=source, limit=AFTER_SYNC_LIMIT, origin="sync", threads=threads)
     except Exception:  # a failed check must not turn a finished sync into a failed task
         log.exception("reference check after the sync of %s failed", source)

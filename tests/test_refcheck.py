@@ -125,6 +125,31 @@ def test_external_bytes_count_each_present_object_once_per_thread(moto_s3, s3_bu
     assert (got[a.pk], got[b.pk], got[idle.pk]) == (100, 107, 0)
 
 
+def test_a_check_after_a_sync_recomputes_only_the_rewritten_threads_and_the_users_of_changed_objects(moto_s3, s3_bucket):
+    c = moto_s3.client()
+    c.put_object(Bucket=s3_bucket, Key="uploads/stable", Body=b"s" * 10)
+    c.put_object(Bucket=s3_bucket, Key="uploads/grown", Body=b"g" * 20)
+    rewritten, user_of_grown, bystander = mirrored_thread(), mirrored_thread(), mirrored_thread()
+    reference(f"s3://{s3_bucket}/uploads/stable", thread=rewritten)
+    reference(f"s3://{s3_bucket}/uploads/stable", thread=bystander)
+    reference(f"s3://{s3_bucket}/uploads/grown", thread=user_of_grown)
+    check_references()
+    assert dict(Thread.objects.values_list("pk", "external_bytes")) == {
+        rewritten.pk: 10, user_of_grown.pk: 20, bystander.pk: 10}
+
+    # Stale figures planted on all three; the object `grown` changes size.
+    Thread.objects.update(external_bytes=1)
+    c.put_object(Bucket=s3_bucket, Key="uploads/grown", Body=b"g" * 25)
+    result = check_references(threads={rewritten.pk})
+
+    got = dict(Thread.objects.values_list("pk", "external_bytes"))
+    assert (got[rewritten.pk], got[user_of_grown.pk], got[bystander.pk]) == (10, 25, 1)
+    assert result["threads_updated"] == 2
+    assert check_references(threads=set())["threads_updated"] == 0  # nothing rewritten, nothing moved
+    assert check_references()["threads_updated"] == 1  # the full check fixes the bystander too
+    assert Thread.objects.get(pk=bystander.pk).external_bytes == 10
+
+
 def test_limit_checks_unchecked_first_then_the_stalest(moto_s3, s3_bucket):
     refs = [reference(f"s3://{s3_bucket}/uploads/{i}") for i in range(5)]
     BlobReference.objects.filter(pk=refs[0].pk).update(exists=False, checked_at=timezone.now() - timezone.timedelta(days=3))

@@ -82,6 +82,13 @@ def test_second_sync_changes_nothing_and_new_runs_are_added(backend):
     assert result["error"] is None and result["added"] > 0
     assert_mirror_matches(source, url)
 
+    # Pending writes on an existing checkpoint: its mirrored sizes and the thread's totals change.
+    latest = saver.get_tuple({"configurable": {"thread_id": "t-chat0"}})
+    saver.put_writes(latest.config, [("messages", ["a late write"]), ("extra", {"k": "v" * 500})], "late-task")
+    result = sync_source(source)
+    assert (result["error"], result["added"], result["updated"]) == (None, 0, 1)
+    assert_mirror_matches(source, url)
+
 
 def test_blob_references_found_in_state_and_writes(backend):
     saver, url, kind = backend
