@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import JSONField, Sum
 from django.dispatch import Signal
 from django.utils import timezone
@@ -198,8 +198,17 @@ def _analyze_if_grown(stats, mirrored_before):
         return False
     tables = ", ".join(connection.ops.quote_name(m._meta.db_table)
                        for m in (Thread, Tag, Checkpoint, BlobReference, ReferenceUse))
-    with connection.cursor() as cursor:
-        cursor.execute(("ANALYZE " if connection.in_atomic_block else "VACUUM (ANALYZE) ") + tables)
+    try:
+        if connection.in_atomic_block:
+            with transaction.atomic(), connection.cursor() as cursor:  # a savepoint: a failure stays here
+                cursor.execute("ANALYZE " + tables)
+        else:
+            with connection.cursor() as cursor:
+                cursor.execute("VACUUM (ANALYZE) " + tables)
+    except DatabaseError as e:
+        # Housekeeping only (autovacuum gets there later): never fail the sync for it.
+        log.warning("could not vacuum/analyze the mirror after a big sync: %s", e)
+        return False
     return True
 
 

@@ -454,3 +454,27 @@ def test_a_big_sync_outside_a_transaction_vacuums_the_mirror_for_index_only_scan
     assert _analyze_if_grown({"added": 1000, "updated": 0, "removed": 0}, 0)
     pages, rows = visible_pages()
     assert pages > 0 and rows == 300
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_vacuum_that_cannot_run_never_fails_the_sync():
+    from django.db import connection
+
+    from checkpoints.sync import _analyze_if_grown
+    from tests.pg import url_for_database
+
+    # Another session holds the thread table: VACUUM times out on its lock.
+    blocker = psycopg.connect(url_for_database(connection.settings_dict["NAME"]))
+    blocker.execute(f"LOCK TABLE {Thread._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '50ms'")
+        assert _analyze_if_grown({"added": 5000, "updated": 0, "removed": 0}, 0) is False
+    finally:
+        blocker.rollback()
+        blocker.close()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+    assert Thread.objects.count() == 0  # the connection is still usable
+    assert _analyze_if_grown({"added": 5000, "updated": 0, "removed": 0}, 0) is True
+
