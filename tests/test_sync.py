@@ -478,3 +478,24 @@ def test_a_vacuum_that_cannot_run_never_fails_the_sync():
     assert Thread.objects.count() == 0  # the connection is still usable
     assert _analyze_if_grown({"added": 5000, "updated": 0, "removed": 0}, 0) is True
 
+
+
+def test_the_collector_is_paused_only_while_a_batch_job_runs():
+    import gc
+
+    from checkpoints.sync import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        raise RuntimeError("a failing batch")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
