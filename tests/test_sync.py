@@ -499,3 +499,25 @@ def test_the_collector_is_paused_only_while_a_batch_job_runs():
         assert not gc.isenabled()  # left as the caller had it
     finally:
         gc.enable()
+
+
+def test_rows_written_by_copy_come_back_exactly(db):
+    from checkpoints.ids import uuid6_time
+    from checkpoints.models import Tag
+    from checkpoints.sync import _insert_rows
+
+    source = Source.objects.create(name="copy", url="sqlite:////nonexistent/c.db", kind="sqlite")
+    thread = Thread.objects.create(source=source, thread_id="t", checkpoints=1, latest_checkpoint_id="x",
+                                   logical_bytes=1, stored_bytes=1, tags={})
+    odd = ["back\\slash", "tab\there", "new\nline", "cr\rret", "\\N", "\\\\N", "quote ' \" ", "ünï 東京 🙂", "", " "]
+    _insert_rows(Tag, ("source_id", "thread_id", "key", "value"),
+                 [(source.pk, thread.pk, f"k{i}", value) for i, value in enumerate(odd)])
+    assert [t.value for t in Tag.objects.filter(thread=thread).order_by("id")] == odd
+    meta = {"text": "a\\b\tc\nd", "nested": {"q": "\"x\""}, "n": 1, "none": None}
+    ckpt_id = "1f0c8a6e-1d2c-6f3e-8001-0242ac120002"
+    record = {"checkpoint_ns": "ns:\\x", "checkpoint_id": ckpt_id, "parent_checkpoint_id": "", "created_at": uuid6_time(ckpt_id),
+              "step": None, "origin": "loop", "metadata": meta, "row_bytes": 1, "blob_bytes": 2, "write_bytes": 3,
+              "write_count": 4, "logical_bytes": 5, "new_bytes": 6}
+    _insert_rows(Checkpoint, ("source_id", "thread_id", *record), [(source.pk, thread.pk, *record.values())])
+    row = Checkpoint.objects.get(thread=thread)
+    assert (row.checkpoint_ns, row.metadata, row.created_at, row.step) == ("ns:\\x", meta, uuid6_time(ckpt_id), None)
