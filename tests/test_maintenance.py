@@ -24,6 +24,7 @@ from checkpoints.runs import lock_key
 from dashboard.models import SavedPolicy
 from dashboard.tasks import POLICY_SCHEDULE, new_queued_run, run_due_policies, run_queued
 from tests.graphs import chat_graph, config, file_graph
+from tests.mirror_data import operator, operator_client, viewer, viewer_client  # noqa: F401
 from tests.test_maintenance_support import (
     latest_values, make_source, make_user, old_scenarios, prune_post, read_rows,
 )
@@ -44,28 +45,6 @@ def quiet_window(settings):
     # Threads written a second ago are not "active": the age cut alone decides.
     settings.PRUNE_ACTIVE_WINDOW = timedelta(0)
     settings.CHECKPOINT_DATABASE_URL = ""
-
-
-@pytest.fixture
-def operator(db):
-    return make_user("otto", "operator")
-
-
-@pytest.fixture
-def viewer(db):
-    return make_user("vera", "viewer")
-
-
-@pytest.fixture
-def operator_client(client, operator):
-    client.force_login(operator)
-    return client
-
-
-@pytest.fixture
-def viewer_client(client, viewer):
-    client.force_login(viewer)
-    return client
 
 
 def run_url(run):

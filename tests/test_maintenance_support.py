@@ -11,12 +11,12 @@ from contextlib import closing
 from dataclasses import dataclass
 
 import psycopg
-from django.contrib.auth.models import Group, Permission, User
 
 from checkpoints.dburl import kind_of, parse_database_url
 from checkpoints.models import Source
 from checkpoints.sync import sync_source
 from tests.graphs import run_scenarios
+from tests.mirror_data import make_user  # noqa: F401 - the maintenance tests' users
 
 PG_SQL = {
     "checkpoints": "SELECT thread_id, checkpoint_ns, checkpoint_id,"
@@ -71,21 +71,6 @@ def latest_values(saver, thread_ids) -> dict:
     for tid in thread_ids:
         found[tid] = saver.get_tuple({"configurable": {"thread_id": tid, "checkpoint_ns": ""}}).checkpoint["channel_values"]
     return found
-
-
-GROUP_PERMS = {"viewer": ["view_thread", "view_run"], "operator": ["view_thread", "view_run", "run_maintenance"]}
-
-
-def make_user(username, group=None):
-    user = User.objects.create_user(username, password="pw-" + username)
-    if group:
-        found, created = Group.objects.get_or_create(name=group)
-        if created:
-            # A transactional test flushed the groups the migration made: make them again.
-            found.permissions.add(*Permission.objects.filter(content_type__app_label="checkpoints",
-                                                             codename__in=GROUP_PERMS[group]))
-        user.groups.add(found)
-    return user
 
 
 def make_source(url, name="src") -> Source:
