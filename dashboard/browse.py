@@ -6,7 +6,6 @@ JSON tags: the planner either walks threads in the requested order probing
 tags, or starts from the rarest (key, value) and sorts the few matches.
 """
 
-import json
 import math
 
 from django.core.paginator import Paginator
@@ -17,6 +16,7 @@ from django.utils.functional import cached_property
 
 from checkpoints.models import Source, Tag, Thread
 from checkpoints.tags import split_tag
+from dashboard.planner import estimated_rows, table_rows
 
 # Orders a B-tree index on the first column can produce (scanned backwards),
 # so "newest first, 50 rows" stops after 50 index entries instead of sorting
@@ -124,12 +124,7 @@ def estimated_count(threads):
     """The planner's estimate of the rows of a query (PostgreSQL), for sizing a sample."""
     if connection.vendor != "postgresql":
         return threads.count()
-    sql, params = threads.order_by().values("pk").query.sql_with_params()
-    with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
-        plan = cursor.fetchone()[0]
-    plan = json.loads(plan) if isinstance(plan, str) else plan
-    return int(plan[0]["Plan"]["Plan Rows"])
+    return int(estimated_rows(threads))
 
 
 def facets(pairs, prefix, source, total, keys=12, values=8):
@@ -217,11 +212,3 @@ def _block_sample(pairs, prefix, source, percent):
     sql = (f"SELECT thread_id FROM {quote(Tag._meta.db_table)} WHERE thread_id IN ({sql}) AND ({either})"
            " GROUP BY thread_id HAVING COUNT(*) = %s")
     return sql, [*params, *(x for pair in pairs for x in pair), len(pairs)]
-
-
-def table_rows(model) -> float | None:
-    """The planner's row count of a table (PostgreSQL's pg_class, not a scan); None before its first ANALYZE."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [model._meta.db_table])
-        row = cursor.fetchone()
-    return float(row[0]) if row and row[0] >= 0 else None

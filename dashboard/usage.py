@@ -6,7 +6,6 @@ history from daily usage (one row per source and day). Fast at a million
 checkpoints because each query returns at most a few hundred rows.
 """
 
-import json
 from datetime import UTC, datetime, time, timedelta
 
 from django.db import connection
@@ -15,6 +14,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from checkpoints.models import Checkpoint, DailyUsage, ReferenceUse, Source, Thread
+from dashboard.planner import estimated_rows, table_rows
 
 RANGES = {"7": 7, "30": 30, "90": 90, "all": None}
 DEFAULT_RANGE = "30"
@@ -206,18 +206,12 @@ def _sample_percent(checkpoints):
     """
     if connection.vendor != "postgresql":
         return None
-    sql, params = checkpoints.values("id").query.sql_with_params()
-    with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
-        plan = cursor.fetchone()[0]
-        cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [Checkpoint._meta.db_table])
-        table_rows = max(float(cursor.fetchone()[0]), 1.0)
-    plan = json.loads(plan) if isinstance(plan, str) else plan
-    in_scope = max(float(plan[0]["Plan"]["Plan Rows"]), 1.0)
+    in_scope = max(estimated_rows(checkpoints), 1.0)
+    total_rows = max(table_rows(Checkpoint) or 0.0, 1.0)
     if in_scope <= EXACT_ROWS:
         return None
     percent = min(100.0, 100.0 * SAMPLE_ROWS / in_scope)
-    if table_rows * percent / 100 >= in_scope:
+    if total_rows * percent / 100 >= in_scope:
         return None  # sampling would read more rows than counting them all
     return max(0.01, percent)
 
