@@ -1,5 +1,6 @@
 """The dashboard's pages: access for each kind of user, and what they show."""
 
+import re
 from html import unescape
 from urllib.parse import parse_qs, urlencode
 
@@ -84,7 +85,10 @@ def test_overview_totals_follow_the_mirror(viewer_client, mirror, settings):
 def test_overview_charts_are_local_plotly_with_embedded_json(viewer_client, mirror):
     html = viewer_client.get("/").content.decode()
     assert '<script src="/static/js/plotly.min.js" defer>' in html
-    assert "cdn" not in html.lower()
+    # every script and stylesheet is served by us: no external host, no protocol-relative URL
+    urls = re.findall(r'<(?:script|link)\b[^>]*\b(?:src|href)="([^"]*)"', html)
+    local = [url for url in urls if url.startswith("data:") or (url.startswith("/") and not url.startswith("//"))]
+    assert urls and local == urls
     for chart in ("fig-stored", "fig-added", "fig-sizes", "fig-top"):
         assert f'data-figure="{chart}"' in html
         assert f'<script id="{chart}" type="application/json">' in html
