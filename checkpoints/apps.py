@@ -12,7 +12,8 @@ class CheckpointsConfig(AppConfig):
         post_migrate.connect(_schedules_after_migrate, sender=self)
 
 
-def _schedules_after_migrate(sender, **kwargs):
-    from checkpoints.tasks import ensure_schedules
+def _schedules_after_migrate(sender, using="default", **kwargs):
+    from checkpoints.tasks import ensure_schedules, schedules_table_exists
 
-    ensure_schedules()
+    if schedules_table_exists(using):
+        ensure_schedules()

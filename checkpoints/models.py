@@ -81,15 +81,19 @@ class Tag(models.Model):
     """One (key, value) of a thread's tags: browsing by tag is an index lookup."""
 
     # The source is the thread's, copied so that filters by source need no
-    # join; the thread's key already enforces it, so no second foreign key
-    # check or index is paid per row (a sync writes millions). Same below.
+    # join. No foreign key constraint here nor on the other mirror rows
+    # below: the sync is their only writer and deletes a thread's rows
+    # itself before the thread, and the constraints' checks (one query per
+    # row at commit) were a quarter of an initial sync of a million
+    # checkpoints. tests/truth.py checks that no row is left dangling.
     source = models.ForeignKey(
         Source, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False,
         help_text="Source of the thread.",
     )
     # Indexed first in tag_unique_key_per_thread.
     thread = models.ForeignKey(
-        Thread, on_delete=models.CASCADE, related_name="tag_rows", db_index=False, help_text="Tagged thread."
+        Thread, on_delete=models.CASCADE, related_name="tag_rows", db_index=False, db_constraint=False,
+        help_text="Tagged thread.",
     )
     key = models.CharField(max_length=200, help_text="Metadata key.")
     value = models.CharField(max_length=500, help_text="Value as text: strings as is, booleans true/false, numbers as JSON.")
@@ -115,7 +119,8 @@ class Checkpoint(models.Model):
     )
     # Indexed first in checkpoint_unique_key.
     thread = models.ForeignKey(
-        Thread, on_delete=models.CASCADE, related_name="checkpoint_rows", db_index=False, help_text="Thread."
+        Thread, on_delete=models.CASCADE, related_name="checkpoint_rows", db_index=False, db_constraint=False,
+        help_text="Thread.",
     )
     checkpoint_ns = models.TextField(blank=True, default="", help_text="Namespace: '' for the root graph, node:task for subgraphs.")
     checkpoint_id = models.CharField(max_length=64, help_text="uuid6 of the checkpoint.")
@@ -189,13 +194,17 @@ class BlobReference(models.Model):
 class ReferenceUse(models.Model):
     """A checkpoint (its state or its writes) naming a BlobReference."""
 
-    # Indexed first in reference_use_idx.
+    # Indexed first in reference_use_idx. No constraints: see Tag.
     reference = models.ForeignKey(
-        BlobReference, on_delete=models.CASCADE, related_name="uses", db_index=False, help_text="The object."
+        BlobReference, on_delete=models.CASCADE, related_name="uses", db_index=False, db_constraint=False,
+        help_text="The object.",
     )
-    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="reference_uses", help_text="Thread.")
+    thread = models.ForeignKey(
+        Thread, on_delete=models.CASCADE, related_name="reference_uses", db_constraint=False, help_text="Thread."
+    )
     checkpoint = models.ForeignKey(
         Checkpoint, null=True, blank=True, on_delete=models.CASCADE, related_name="reference_uses",
+        db_constraint=False,
         help_text="Checkpoint whose state or writes name it; empty for a write whose checkpoint row is gone.",
     )
     location = models.TextField(

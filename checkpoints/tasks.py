@@ -18,6 +18,18 @@ def sync_all():
     return sync_sources(origin="schedule", wait=0)
 
 
+def schedules_table_exists(using="default") -> bool:
+    """False during a migrate that stops before django-q2's own tables exist.
+
+    post_migrate follows every migrate, also `migrate checkpoints 0004`; the
+    schedules are written by the later migrate that creates django_q_schedule.
+    """
+    from django.db import connections
+    from django_q.models import Schedule
+
+    return Schedule._meta.db_table in connections[using].introspection.table_names()
+
+
 def ensure_schedules(**kwargs):
     """Create or update the sync schedule from SYNC_INTERVAL (after migrate)."""
     from django_q.models import Schedule

@@ -13,10 +13,12 @@ class DashboardConfig(AppConfig):
         post_migrate.connect(_groups_after_migrate, sender=self)
 
 
-def _schedules_after_migrate(sender, **kwargs):
+def _schedules_after_migrate(sender, using="default", **kwargs):
+    from checkpoints.tasks import schedules_table_exists
     from dashboard.tasks import ensure_schedules
 
-    ensure_schedules()
+    if schedules_table_exists(using):
+        ensure_schedules()
 
 
 def _groups_after_migrate(sender, using="default", **kwargs):
@@ -30,8 +32,12 @@ def _groups_after_migrate(sender, using="default", **kwargs):
     def perms(pairs):
         return [Permission.objects.db_manager(using).get(content_type__app_label=app, codename=code) for app, code in pairs]
 
-    view = perms((app, f"view_{model}") for app, model in _groups.VIEW_MODELS)
+    try:
+        view = perms((app, f"view_{model}") for app, model in _groups.VIEW_MODELS)
+        extra = perms(_groups.OPERATOR_EXTRA)
+    except Permission.DoesNotExist:
+        return  # a partial migrate (`migrate checkpoints 0004`): the full one comes back here
     viewer, _ = Group.objects.db_manager(using).get_or_create(name="viewer")
     viewer.permissions.add(*view)
     operator, _ = Group.objects.db_manager(using).get_or_create(name="operator")
-    operator.permissions.add(*view, *perms(_groups.OPERATOR_EXTRA))
+    operator.permissions.add(*view, *extra)

@@ -18,7 +18,9 @@ class StorageConfig(AppConfig):
         post_migrate.connect(_schedules_after_migrate, sender=self)
 
 
-def _schedules_after_migrate(sender, **kwargs):
+def _schedules_after_migrate(sender, using="default", **kwargs):
+    from checkpoints.tasks import schedules_table_exists
     from storage.tasks import ensure_schedules
 
-    ensure_schedules()
+    if schedules_table_exists(using):
+        ensure_schedules()

@@ -16,6 +16,7 @@ from checkpoints.models import Run, Thread
 from checkpoints.prune import CONTRACT_KEYS, PruneBusy, PrunePolicy, prune, run_prune
 from tests.graphs import chat_graph, config, delta_graph, run_scenarios
 from tests.test_prune_support import Histories, SourceDB, build_mirror, expected, make_source
+from tests.truth import assert_mirror_consistent
 
 pytestmark = pytest.mark.django_db
 
@@ -325,6 +326,8 @@ def test_whole_threads_idle_longer_than_the_age_go(backend):
     after = db.dump()
     assert after.thread("idle") == ({}, {}, {})
     assert after.thread("recent") == before.thread("recent")
+    assert not Thread.objects.filter(source=source, thread_id="idle").exists()
+    assert_mirror_consistent()
     assert result["whole_threads"] == result["threads"] == 1
     assert histories.state("idle") is None and histories.state("recent") == recent_state
 
@@ -374,6 +377,7 @@ def test_command_prunes_records_the_run_and_refreshes_the_mirror(pg_source):
     for thread in Thread.objects.filter(source=pg_source):
         count = db.query("SELECT count(*) FROM checkpoints WHERE thread_id = %s", (thread.thread_id,))[0][0]
         assert thread.checkpoints == count, thread.thread_id
+    assert_mirror_consistent()
     run = Run.objects.get(kind="prune")
     assert run.state == "done" and run.result["bytes"] == out["bytes"] and not run.dry_run
 

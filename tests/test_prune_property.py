@@ -21,6 +21,7 @@ from checkpoints.ids import uuid6_time
 from checkpoints.models import Source, Thread
 from checkpoints.prune import PrunePolicy, prune
 from tests.test_prune_support import Histories, SourceDB, build_mirror, expected, make_source
+from tests.truth import assert_mirror_consistent
 
 AGE = timedelta(hours=1)
 
@@ -124,7 +125,8 @@ def check_prune(source, db, histories, specs, p):
     for tid in want.skipped:
         assert before.thread(tid) == after.thread(tid)
 
-    # No orphans made.
+    # No orphans made, in the source or the mirror.
+    assert_mirror_consistent()
     assert db.orphan_blobs() <= orphan_blobs
     assert db.orphan_writes() <= orphan_writes
 

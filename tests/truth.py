@@ -122,10 +122,34 @@ def expected_tags(metadata: dict) -> dict:
     return tags
 
 
+def assert_mirror_consistent():
+    """No mirror row points at a row that is gone, and each copied source is its thread's.
+
+    The mirror's tables have no foreign key constraints (checkpoints/models.py,
+    Tag): this is what the constraints would have enforced.
+    """
+    from django.db.models import F
+
+    from checkpoints.models import BlobReference, Checkpoint, ReferenceUse, Tag, Thread
+
+    threads = Thread.objects.values("pk")
+    assert not Checkpoint.objects.exclude(thread_id__in=threads).exists(), "checkpoints of a deleted thread"
+    assert not Tag.objects.exclude(thread_id__in=threads).exists(), "tags of a deleted thread"
+    assert not ReferenceUse.objects.exclude(thread_id__in=threads).exists(), "references of a deleted thread"
+    assert not ReferenceUse.objects.exclude(checkpoint_id=None).exclude(
+        checkpoint_id__in=Checkpoint.objects.values("pk")
+    ).exists(), "references of a deleted checkpoint"
+    assert not ReferenceUse.objects.exclude(reference_id__in=BlobReference.objects.values("pk")).exists()
+    assert not Checkpoint.objects.exclude(source_id=F("thread__source_id")).exists()
+    assert not Tag.objects.exclude(source_id=F("thread__source_id")).exists()
+    assert not ReferenceUse.objects.exclude(checkpoint_id=None).exclude(thread_id=F("checkpoint__thread_id")).exists()
+
+
 def assert_mirror_matches(source, url):
     """Every thread, checkpoint key, size and tag of the mirror equals the source."""
     from checkpoints.models import Checkpoint, Thread
 
+    assert_mirror_consistent()
     truth = source_truth(url)
     mirror_threads = {t.thread_id: t for t in Thread.objects.filter(source=source)}
     assert set(mirror_threads) == set(truth["threads"])
