@@ -17,15 +17,24 @@ from django.utils import timezone
 from checkpoints.models import BlobReference, Checkpoint, DailyUsage, ReferenceUse, Thread
 
 
-def capture(source):
+def thread_totals(source) -> dict:
+    """The mirror's sums over a source's threads, in one scan (the sync reuses them)."""
+    today = timezone.now().date()
+    totals = Thread.objects.filter(source=source).aggregate(
+        threads=Count("pk"), checkpoints=Sum("checkpoints"), blob_rows=Sum("blob_rows"), write_rows=Sum("write_rows"),
+        stored=Sum("stored_bytes"), ckpt=Sum("checkpoint_bytes"), blobs=Sum("blob_bytes"), writes=Sum("write_bytes"),
+        new_threads=Count("pk", filter=Q(first_checkpoint_at__date=today)),
+    )
+    return {"day": today, **{key: value or 0 for key, value in totals.items()}}
+
+
+def capture(source, totals=None):
+    """Today's row of the source's usage; `totals`: thread_totals() if the caller has them."""
     if not DailyUsage.objects.filter(source=source).exists():
         backfill(source)
     today = timezone.now().date()
-    totals = Thread.objects.filter(source=source).aggregate(
-        threads=Count("pk"), checkpoints=Sum("checkpoints"), stored=Sum("stored_bytes"),
-        ckpt=Sum("checkpoint_bytes"), blobs=Sum("blob_bytes"), writes=Sum("write_bytes"),
-        new_threads=Count("pk", filter=Q(first_checkpoint_at__date=today)),
-    )
+    if totals is None or totals["day"] != today:
+        totals = thread_totals(source)
     added = Checkpoint.objects.filter(source=source, created_at__gte=_day_start(today)).aggregate(
         n=Count("pk"), bytes=Sum("new_bytes")
     )

@@ -521,3 +521,32 @@ def test_rows_written_by_copy_come_back_exactly(db):
     _insert_rows(Checkpoint, ("source_id", "thread_id", *record), [(source.pk, thread.pk, *record.values())])
     row = Checkpoint.objects.get(thread=thread)
     assert (row.checkpoint_ns, row.metadata, row.created_at, row.step) == ("ns:\\x", meta, uuid6_time(ckpt_id), None)
+
+
+def test_a_sync_commits_without_waiting_for_the_disk_and_puts_the_setting_back(pg_saver, pg_source_url):
+    from checkpoints.sync import sync_finished
+
+    def setting():
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return cursor.fetchone()[0]
+
+    seen = []
+
+    def receiver(sender, source, result, **kwargs):
+        seen.append((result["error"] is None, setting()))
+
+    run_scenarios(pg_saver)
+    source = make_source(pg_source_url, "postgres")
+    sync_finished.connect(receiver)
+    try:
+        assert setting() == "on"
+        assert sync_source(source)["error"] is None
+        assert setting() == "on"
+        source.url = "postgresql://postgres@127.0.0.1:1/nowhere"  # a failing sync puts it back too
+        assert "cannot connect" in sync_source(source)["error"]
+        assert setting() == "on"
+    finally:
+        sync_finished.disconnect(receiver)
+    assert seen == [(True, "off"), (False, "off")]
+    assert_mirror_matches(source, pg_source_url)
