@@ -538,7 +538,12 @@ def _apply_batch(context, thread_rows):
         if vanished:
             ReferenceUse.objects.filter(checkpoint_id__in=vanished)._raw_delete(ReferenceUse.objects.db)
             Checkpoint.objects.filter(pk__in=vanished)._raw_delete(Checkpoint.objects.db)
-        _insert_rows(Checkpoint, ("source_id", "thread_id", *_RECORD_FIELDS), to_insert)
+        columns = ("source_id", "thread_id", *_RECORD_FIELDS)
+        new_pks = _reserve_ids(Checkpoint, len(to_insert))
+        if new_pks is not None:
+            columns = ("id", *columns)
+            to_insert = [(pk, *row) for pk, row in zip(new_pks, to_insert)]
+        _insert_rows(Checkpoint, columns, to_insert)
         _update_rows(Checkpoint, _CHANGE_FIELDS, to_update)
         context.stats["added"] += len(to_insert)
         context.stats["updated"] += len(to_update)
@@ -562,13 +567,18 @@ def _apply_batch(context, thread_rows):
             ReferenceUse.objects.filter(thread__in=old_threads)._raw_delete(ReferenceUse.objects.db)
         if uses:
             refs = _references_for({u[4] for u in uses}, context)
-            ckpt_pk = dict(
-                ((t, ns, cid), pk) for pk, t, ns, cid in Checkpoint.objects.filter(
-                    thread_id__in={pks[u[0]] for u in uses}
-                ).values_list("pk", "thread__thread_id", "checkpoint_ns", "checkpoint_id")
-            )
+            if new_pks is not None:  # every checkpoint's pk is known: the ones just inserted and those kept
+                ckpt_pk = {(row[2], row[3], row[4]): row[0] for row in to_insert}
+                ckpt_pk.update((key, row["pk"]) for key, row in current.items() if key in seen)
+            else:
+                ckpt_pk = dict(
+                    ((t, ns, cid), pk) for pk, t, ns, cid in Checkpoint.objects.filter(
+                        thread_id__in={pks[u[0]] for u in uses}
+                    ).values_list("pk", "thread_id", "checkpoint_ns", "checkpoint_id")
+                )
             _insert_rows(ReferenceUse, ("reference_id", "thread_id", "checkpoint_id", "location"), [
-                (refs[uri].pk, pks[tid], ckpt_pk.get((tid, ns, cid)), location) for tid, ns, cid, location, uri in uses
+                (refs[uri].pk, pks[tid], ckpt_pk.get((pks[tid], ns, cid)), location)
+                for tid, ns, cid, location, uri in uses
             ])
 
 
@@ -614,14 +624,8 @@ def _insert_threads(source, items):
     """Insert new threads; return {thread_id: pk}."""
     if not items:
         return {}
-    if connection.vendor == "postgresql":
-        # Take ids from the sequence up front so the rows can go in by COPY.
-        table = Thread._meta.db_table
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [table, len(items)]
-            )
-            ids = [r[0] for r in cursor.fetchall()]
+    ids = _reserve_ids(Thread, len(items))
+    if ids is not None:
         rows = [(pk, source.pk, tid, 0, *(thread[f] for f in _THREAD_FIELDS)) for pk, (tid, thread) in zip(ids, items)]
         _insert_rows(Thread, ("id", "source_id", "thread_id", "external_bytes", *_THREAD_FIELDS), rows)
         return {tid: pk for pk, (tid, _) in zip(ids, items)}
@@ -630,6 +634,22 @@ def _insert_threads(source, items):
     if objs[0].pk is None:
         return dict(Thread.objects.filter(source=source, thread_id__in=[t.thread_id for t in objs]).values_list("thread_id", "pk"))
     return {t.thread_id: t.pk for t in objs}
+
+
+def _reserve_ids(model, count):
+    """On PostgreSQL, `count` new primary keys from the table's sequence; None elsewhere.
+
+    Known up front, they let the rows go in by COPY and spare reading them
+    back to link other rows to them.
+    """
+    if connection.vendor != "postgresql":
+        return None
+    if not count:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+                       [model._meta.db_table, count])
+        return [r[0] for r in cursor.fetchall()]
 
 
 def _insert_rows(model, columns, rows):

@@ -140,6 +140,8 @@ def assert_mirror_consistent():
         checkpoint_id__in=Checkpoint.objects.values("pk")
     ).exists(), "references of a deleted checkpoint"
     assert not ReferenceUse.objects.exclude(reference_id__in=BlobReference.objects.values("pk")).exists()
+    # Only a pending write may outlive its checkpoint row; state is always linked to its checkpoint.
+    assert not ReferenceUse.objects.filter(checkpoint_id=None).exclude(location__startswith="write:").exists()
     assert not Checkpoint.objects.exclude(source_id=F("thread__source_id")).exists()
     assert not Tag.objects.exclude(source_id=F("thread__source_id")).exists()
     assert not ReferenceUse.objects.exclude(checkpoint_id=None).exclude(thread_id=F("checkpoint__thread_id")).exists()
