@@ -8,6 +8,7 @@ drags every blob of a large database through Python.
 """
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from checkpoints.dburl import kind_of, redact
 
@@ -16,8 +17,11 @@ class SourceError(Exception):
     """A source that cannot be read: down, not LangGraph, or an unsupported layout."""
 
 
-@dataclass(slots=True)
-class CheckpointRow:
+# Named tuples whose fields follow the readers' SELECT lists: PostgreSQL's
+# driver builds them straight from each result row (see
+# postgres._rows_as), with no Python call per row.
+class CheckpointRow(NamedTuple):
+    thread_id: str
     checkpoint_ns: str
     checkpoint_id: str
     parent_checkpoint_id: str | None
@@ -33,8 +37,8 @@ class CheckpointRow:
     fresh: bool = True
 
 
-@dataclass(slots=True)
-class BlobRow:
+class BlobRow(NamedTuple):
+    thread_id: str
     checkpoint_ns: str
     channel: str
     version: str
@@ -44,8 +48,8 @@ class BlobRow:
     fresh: bool = True
 
 
-@dataclass(slots=True)
-class WriteRow:
+class WriteRow(NamedTuple):
+    thread_id: str
     checkpoint_ns: str
     checkpoint_id: str
     task_id: str

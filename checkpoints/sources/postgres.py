@@ -9,6 +9,8 @@ transaction at or after that snapshot's xmin, so "xmin >= previous xmin"
 price of re-reading a few rows that were already seen.
 """
 
+from functools import partial
+
 import orjson
 import psycopg
 from psycopg.types.json import set_json_loads
@@ -66,9 +68,11 @@ class PostgresReader:
                 pass
         return False
 
-    def _query(self, sql, params=None):
+    def _query(self, sql, params=None, row_type=None):
+        """All rows, as tuples or as `row_type` (a NamedTuple matching the SELECT list)."""
         try:
-            return self.conn.execute(sql, params).fetchall()
+            cursor = self.conn.cursor(row_factory=_rows_as(row_type)) if row_type else self.conn.cursor()
+            return cursor.execute(sql, params).fetchall()
         except psycopg.Error as e:
             raise SourceError(f"reading {redact(self.url)} failed: {_first_line(e)}") from None
 
@@ -176,14 +180,13 @@ class PostgresReader:
                    metadata, checkpoint->'channel_versions', checkpoint->>'ts',
                    CASE WHEN (checkpoint->'channel_values')::text ~ '(s3|minio|file)://'
                         THEN checkpoint->'channel_values' END,
-                   {_FRESH}
+                   NULL, NULL, {_FRESH}
             FROM checkpoints WHERE thread_id = ANY(%(ids)s)
             """,
             params,
+            CheckpointRow,
         ):
-            threads[r[0]].checkpoints.append(
-                CheckpointRow(r[1], r[2], r[3], r[4], r[5], r[6], r[7], inline_values=r[8], fresh=r[9])
-            )
+            threads[r[0]].checkpoints.append(r)
         for r in self._query(
             f"""
             SELECT thread_id, checkpoint_ns, channel, version, type, coalesce(octet_length(blob), 0),
@@ -191,8 +194,9 @@ class PostgresReader:
             FROM checkpoint_blobs WHERE thread_id = ANY(%(ids)s)
             """,
             params,
+            BlobRow,
         ):
-            threads[r[0]].blobs.append(BlobRow(r[1], r[2], r[3], r[4], r[5], r[6], r[7]))
+            threads[r[0]].blobs.append(r)
         for r in self._query(
             f"""
             SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type,
@@ -201,9 +205,16 @@ class PostgresReader:
             FROM checkpoint_writes WHERE thread_id = ANY(%(ids)s)
             """,
             params,
+            WriteRow,
         ):
-            threads[r[0]].writes.append(WriteRow(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]))
+            threads[r[0]].writes.append(r)
         return list(threads.values())
+
+
+def _rows_as(row_type):
+    """A psycopg row factory building `row_type` tuples in C: tuple.__new__(row_type, values)."""
+    make = partial(tuple.__new__, row_type)
+    return lambda cursor: make
 
 
 def _written_since(fresh, now):

@@ -141,7 +141,7 @@ class SqliteReader:
         ):
             threads[r[0]].checkpoints.append(
                 CheckpointRow(
-                    r[1], r[2], r[3], r[4], _json_or_none(r[5]), None, None,
+                    r[0], r[1], r[2], r[3], r[4], _json_or_none(r[5]), None, None,
                     value_type=r[6], value_data=r[7], fresh=bool(r[8]),
                 )
             )
@@ -155,7 +155,7 @@ class SqliteReader:
             """,
             (floors["writes"], floors["writes"], ids_json),
         ):
-            threads[r[0]].writes.append(WriteRow(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9])))
+            threads[r[0]].writes.append(WriteRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9])))
         return list(threads.values())
 
 
