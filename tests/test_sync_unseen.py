@@ -1,0 +1,96 @@
+"""Graphs unlike those of tests/graphs.py, synced and compared with SQL on the source."""
+
+import operator
+from typing import Annotated, TypedDict
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.types import Command, Send, interrupt
+
+from checkpoints.models import BlobReference, ReferenceUse, Source, Thread
+from checkpoints.sync import sync_source
+from tests.truth import assert_mirror_matches
+
+pytestmark = pytest.mark.django_db
+
+
+class MapState(TypedDict, total=False):
+    items: list
+    results: Annotated[list, operator.add]
+    files: Annotated[list, operator.add]
+
+
+def _fan_out(state):
+    return [Send("work", {"items": [item]}) for item in state["items"]]
+
+
+def _work(state):
+    item = state["items"][0]
+    if item == "boom":
+        raise ValueError("a failing branch")
+    return {"results": [item.upper()], "files": [f"s3://bucket/uploads/{item}.pdf"]}
+
+
+def map_graph(saver):
+    g = StateGraph(MapState)
+    g.add_node("work", _work)
+    g.add_conditional_edges(START, _fan_out, ["work"])
+    g.add_edge("work", END)
+    return g.compile(checkpointer=saver)
+
+
+def _agent(state: MessagesState):
+    last = state["messages"][-1]
+    if isinstance(last, HumanMessage):
+        return {"messages": [AIMessage(content="", tool_calls=[{"name": "fetch", "args": {"uri": "minio://docs/scans/ü.png"}, "id": "c1"}])]}
+    return {"messages": [AIMessage(content="done: see file:///srv/blobs/out.txt")]}
+
+
+def _tool(state: MessagesState):
+    approved = interrupt({"question": "fetch?", "uri": "s3://bucket/uploads/asked.pdf"})
+    return Command(goto="agent", update={"messages": [ToolMessage(content=f"approved={approved}", tool_call_id="c1")]})
+
+
+def messages_graph(saver):
+    g = StateGraph(MessagesState)
+    g.add_node("agent", _agent)
+    g.add_node("tool", _tool)
+    g.add_edge(START, "agent")
+    g.add_conditional_edges("agent", lambda s: "tool" if s["messages"][-1].tool_calls else END, ["tool", END])
+    return g.compile(checkpointer=saver)
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def saver_and_url(request):
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_saver"), request.getfixturevalue("pg_source_url"), "postgres"
+    return request.getfixturevalue("sqlite_saver"), request.getfixturevalue("sqlite_source_url"), "sqlite"
+
+
+def test_send_fan_out_messages_interrupts_and_a_failing_branch(saver_and_url):
+    saver, url, kind = saver_and_url
+    mapper = map_graph(saver)
+    mapper.invoke({"items": ["a", "b", "c"]}, {"configurable": {"thread_id": "map/1", "tenant": "acme"}})
+    with pytest.raises(ValueError):
+        mapper.invoke({"items": ["d", "boom"]}, {"configurable": {"thread_id": "map 2"}})
+    chat = messages_graph(saver)
+    cfg = {"configurable": {"thread_id": "msg-ü"}, "metadata": {"user": "u1", "score": 1.5, "big": 2**40}}
+    chat.invoke({"messages": [HumanMessage(content="get it")]}, cfg)
+    chat.invoke(Command(resume=True), cfg, durability="exit")
+    chat.update_state(cfg, {"messages": [HumanMessage(content="again s3://bucket/uploads/later.pdf")]}, as_node="tool")
+
+    source = Source.objects.create(name="unseen", url=url, kind=kind)
+    result = sync_source(source)
+    assert result["error"] is None
+    assert_mirror_matches(source, url)
+    uris = set(BlobReference.objects.values_list("uri", flat=True))
+    assert {"s3://bucket/uploads/a.pdf", "s3://bucket/uploads/d.pdf", "minio://docs/scans/ü.png", "file:///srv/blobs/out.txt",
+            "s3://bucket/uploads/asked.pdf", "s3://bucket/uploads/later.pdf"} <= uris, uris
+    failed = Thread.objects.get(source=source, thread_id="map 2")
+    assert ReferenceUse.objects.filter(thread=failed, location__startswith="write:").exists()
+
+    # Again after more work: the incremental sync agrees with the source too.
+    mapper.invoke({"items": ["e"]}, {"configurable": {"thread_id": "map/1"}})
+    assert sync_source(source)["error"] is None
+    assert_mirror_matches(source, url)
