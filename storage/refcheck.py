@@ -8,6 +8,7 @@ unchecked with the reason in `check_error`, and the reason comes back in
 whatever the store's state.
 """
 
+import json
 import logging
 import time
 
@@ -173,8 +174,12 @@ def update_external_bytes(*, source=None, threads=None) -> int:
         conditions.append("t.source_id = %s")
         params.append(source.pk)
     if threads is not None:
-        conditions.append("t.id = ANY(%s)")
-        params.append(sorted(threads))
+        if connection.vendor == "postgresql":
+            conditions.append("t.id = ANY(%s)")
+            params.append(sorted(threads))
+        else:  # SQLite, the embedded default: no arrays; one JSON parameter whatever the count
+            conditions.append("t.id IN (SELECT value FROM json_each(%s))")
+            params.append(json.dumps(sorted(threads)))
     where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
     with connection.cursor() as cursor:
         cursor.execute(

@@ -1,0 +1,74 @@
+"""The README's first command on the embedded defaults: a SQLite console and the local file store.
+
+The rest of the suite runs the console on PostgreSQL; this runs `demo` in a
+separate process on a fresh SQLite console, as a new user would, then opens
+every page as its operator (a download included) and
+checks what the sync and the reference check after it wrote.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PAGES = r"""
+import json, sys
+from django.test import Client
+from django.urls import reverse
+from checkpoints.models import BlobReference, Checkpoint, Run, Thread
+
+user, password = sys.argv[1], sys.argv[2]
+client = Client(HTTP_HOST="127.0.0.1")  # a host the default ALLOWED_HOSTS accepts
+assert client.login(username=user, password=password)
+thread = Thread.objects.filter(external_bytes__gt=0).first()
+ref = BlobReference.objects.filter(exists=True, uses__thread=thread).first()
+checkpoint = Checkpoint.objects.filter(thread=thread).order_by("-checkpoint_id").first()
+tag = thread.tag_rows.first()
+urls = [
+    "/", "/?range=all", "/threads/", f"/threads/?tag={tag.key}:{tag.value}&sort=stored",
+    reverse("thread", args=[thread.source.name, thread.thread_id]), reverse("checkpoint", args=[checkpoint.pk]),
+    "/maintenance/", "/api/summary/", "/api/threads/",
+    reverse("api-thread", args=[thread.source.name, thread.thread_id]), "/metrics",
+]
+status = {url: client.get(url).status_code for url in urls}
+download = client.get(reverse("blob-download", args=[ref.pk]))
+status["download"] = download.status_code
+if download.status_code == 302:
+    status["download target"] = client.get(download["Location"]).status_code
+runs = {f"{run.kind} {run.state}": run.error for run in Run.objects.all()}
+print(json.dumps({"status": status, "runs": runs, "external": thread.external_bytes}))
+"""
+
+
+def test_demo_on_a_sqlite_console_syncs_checks_references_and_serves_every_page(tmp_path):
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/console.db",
+        "CONSOLE_VAR_DIR": str(tmp_path / "var"),
+        "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+    }
+    for name in ("CHECKPOINT_DATABASE_URL", "S3_BUCKET_NAME", "BLOB_ROOT"):
+        env.pop(name, None)
+    demo = subprocess.run(
+        [sys.executable, "manage.py", "demo", "--no-serve", "--no-cluster", "--threads", "6"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    output = demo.stdout + demo.stderr
+    assert demo.returncode == 0, output
+    assert "Traceback" not in output and "failed" not in output, output
+    user, password = re.search(r"operator login: (\S+) / (\S+)", output).groups()
+
+    pages = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", PAGES.replace("sys.argv[1], sys.argv[2]", f"{user!r}, {password!r}")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert pages.returncode == 0, pages.stdout + pages.stderr
+    report = json.loads(pages.stdout.strip().splitlines()[-1])
+    assert report["status"].pop("download") == 302
+    assert set(report["status"].values()) == {200}, report["status"]
+    assert report["runs"] == {"sync done": "", "refcheck done": ""}, report["runs"]
+    assert report["external"] > 0
