@@ -2,8 +2,8 @@
 
 The rest of the suite runs the console on PostgreSQL; this runs `demo` in a
 separate process on a fresh SQLite console, as a new user would, then opens
-every page as its operator (a download included) and
-checks what the sync and the reference check after it wrote.
+every page as its operator (a download included), checks what the sync
+and the reference check after it wrote, and runs each job's command.
 """
 
 import json
@@ -72,3 +72,19 @@ def test_demo_on_a_sqlite_console_syncs_checks_references_and_serves_every_page(
     assert set(report["status"].values()) == {200}, report["status"]
     assert report["runs"] == {"sync done": "", "refcheck done": ""}, report["runs"]
     assert report["external"] > 0
+
+    # The jobs, as a user scripts them on the same console: dry runs first, then a real prune.
+    def command(*args):
+        done = subprocess.run([sys.executable, "manage.py", *args, "--json"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads(done.stdout)
+
+    assert command("sync_checkpoints")["sources"][0]["error"] is None
+    preview = command("prune_checkpoints", "--older-than", "0s", "--keep-last", "1", "--dry-run")
+    assert preview["checkpoints"] > 0
+    pruned = command("prune_checkpoints", "--older-than", "0s", "--keep-last", "1")
+    assert pruned["checkpoints"] == preview["checkpoints"] and pruned["threads"] == preview["threads"]
+    sweep = command("sweep_orphans", "--dry-run")
+    assert sweep["deleted"] == 0 and not sweep.get("error"), sweep
+    assert command("check_references")["error"] is None
