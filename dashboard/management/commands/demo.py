@@ -36,7 +36,8 @@ class Command(BaseCommand):
         db_path = Path(settings.VAR_DIR) / "demo" / "checkpoints.sqlite"
         self.stdout.write(f"Writing demo threads into {db_path} ...")
         counts = demo.build(db_path, Path(settings.BLOB_ROOT), threads=options["threads"])
-        self.stdout.write(f"  {counts['threads']} threads, {counts['checkpoints']} checkpoints, {counts['files']} files")
+        files = f"{counts['files']} file" + ("" if counts["files"] == 1 else "s")
+        self.stdout.write(f"  {counts['threads']} threads, {counts['checkpoints']} checkpoints, {files}")
 
         url = f"sqlite:///{db_path.resolve()}"
         source, _ = Source.objects.update_or_create(name="demo", defaults={"url": url, "kind": "sqlite", "sync_state": {}})
