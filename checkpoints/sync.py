@@ -354,15 +354,14 @@ def _compute_thread(context, rows, known):
         agg = writes_by_ckpt[(w.checkpoint_ns, w.checkpoint_id)]
         agg[0] += 1
         agg[1] += w.size
-        location = f"write:{w.task_id}/{w.idx}/{w.channel}"
         if w.data is not None:
             uris = _uris_in(context, w.type, w.data)
-        elif not w.fresh:
-            uris = known.get(("write", w.checkpoint_ns, w.checkpoint_id, location))
+        elif not w.fresh and known:
+            uris = known.get(("write", w.checkpoint_ns, w.checkpoint_id, _write_location(w)))
         else:
             uris = None
         if uris:
-            refs.append((w.checkpoint_ns, w.checkpoint_id, location, uris))
+            refs.append((w.checkpoint_ns, w.checkpoint_id, _write_location(w), uris))
 
     versions_of = {}
     for c in rows.checkpoints:
@@ -450,6 +449,10 @@ def _compute_thread(context, rows, known):
             "tags": extract_tags(latest["metadata"], settings.TAG_EXCLUDE) if latest else {},
         }
     return thread, records, refs
+
+
+def _write_location(w):
+    return f"write:{w.task_id}/{w.idx}/{w.channel}"
 
 
 def _uris_in(context, type_, data):
