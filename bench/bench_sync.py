@@ -7,7 +7,8 @@ Figures, all measured in the same run:
 - baseline: `COPY (SELECT <the columns the sync reads>) TO STDOUT` of the whole source, streamed
   and discarded: the cost of just getting the data out of PostgreSQL;
 - initial sync of the whole source into an empty console database (checkpoints/s, and the ratio
-  to the baseline; target >= 50,000/s and <= 5x);
+  to the baseline; target >= 50,000/s and <= 5x), and for scale the time to COPY the mirror's
+  checkpoint rows alone, already formatted, into an empty copy of their table;
 - incremental sync after `bench/generate.py`'s append() adds N checkpoints (target <= 0.5 s for 1,000),
   and, run alone right after it, the part of it that any exact incremental sync pays on the source:
   the change scan by xmin since the previous sync and the row counts that reveal deletions;
@@ -69,6 +70,32 @@ def source_scans(url, since) -> float:
         return time.perf_counter() - started
 
 
+def mirror_load_floor(url) -> float:
+    """Seconds to COPY the mirror's checkpoint rows, already formatted, into an empty copy of their table.
+
+    The least any sync spends writing those rows; the scratch table is dropped.
+    """
+    import io
+
+    with psycopg.connect(url) as conn:
+        buffer = io.BytesIO()
+        with conn.cursor().copy("COPY checkpoints_checkpoint TO STDOUT") as copy:
+            for block in copy:
+                buffer.write(block)
+        conn.execute("CREATE TABLE bench_load_floor (LIKE checkpoints_checkpoint INCLUDING ALL)")
+        conn.commit()
+        try:
+            conn.execute("SET synchronous_commit TO OFF")
+            started = time.perf_counter()
+            with conn.cursor().copy("COPY bench_load_floor FROM STDIN") as copy:
+                copy.write(buffer.getbuffer())
+            conn.commit()
+            return time.perf_counter() - started
+        finally:
+            conn.execute("DROP TABLE bench_load_floor")
+            conn.commit()
+
+
 def recreate_database(url):
     from urllib.parse import urlsplit
 
@@ -119,6 +146,10 @@ def main():
         print(f"initial sync: {initial:.2f} s, {rate:,.0f} checkpoints/s, {initial / baseline:.2f}x the COPY baseline")
         lines.append(f"| initial sync, {checkpoints:,} checkpoints | {initial:.2f} s = {rate:,.0f} checkpoints/s | "
                      f"COPY baseline {baseline:.2f} s: **{initial / baseline:.2f}x** |")
+        load = mirror_load_floor(args.console)
+        print(f"  for scale: COPY of the mirror's {result['added']:,} checkpoint rows alone into an empty copy of "
+              f"their table (same indexes): {load:.2f} s; baseline + that = {baseline + load:.2f} s "
+              f"= {result['added'] / (baseline + load):,.0f} checkpoints/s before any other work")
     source = Source.objects.get(name="bench")
 
     started = time.perf_counter()

@@ -13,6 +13,7 @@ threads that lost rows.
 """
 
 import gc
+import json
 import logging
 import operator
 import time
@@ -387,10 +388,15 @@ def _compute_thread(context, rows, known):
             if uris:
                 refs.append((c.checkpoint_ns, c.checkpoint_id, f"blob:{channel}@{version}", uris))
         write_count, write_bytes = writes_by_ckpt.get(key, (0, 0))
-        metadata = c.metadata if c.metadata is not None else {}
+        metadata = c.metadata
+        if type(metadata) is str:  # PostgreSQL's JSON text, copied as is; SQL read step and source
+            metadata = JsonText(metadata)
+            step, origin = _int_or_none(c.meta_step), c.meta_source
+        else:
+            metadata = metadata if metadata is not None else {}
+            step = metadata.get("step") if isinstance(metadata, dict) else None
+            origin = metadata.get("source") if isinstance(metadata, dict) else None
         created = uuid6_time(c.checkpoint_id) or _parse_ts(c.ts) or timezone.now()
-        step = metadata.get("step") if isinstance(metadata, dict) else None
-        origin = metadata.get("source") if isinstance(metadata, dict) else None
         records.append({
             "checkpoint_ns": c.checkpoint_ns,
             "checkpoint_id": c.checkpoint_id,
@@ -446,9 +452,55 @@ def _compute_thread(context, rows, known):
             "stored_bytes": checkpoint_bytes + blob_total + write_total,
             "blob_rows": len(rows.blobs),
             "write_rows": len(rows.writes),
-            "tags": extract_tags(latest["metadata"], settings.TAG_EXCLUDE) if latest else {},
+            "tags": extract_tags(_json_value(latest["metadata"]), settings.TAG_EXCLUDE) if latest else {},
         }
     return thread, records, refs
+
+
+class JsonText(str):
+    """JSON text read from the source (PostgreSQL's jsonb), written to the mirror unchanged.
+
+    Parsing every checkpoint's metadata only to serialize it again cost time
+    and exactness: orjson turns integers beyond 64 bits into floats and
+    refuses numbers beyond a double, both of which jsonb keeps.
+    """
+
+
+def _json_value(value):
+    """The Python value of mirror JSON: JsonText parsed exactly, anything else as it is."""
+    return json.loads(value) if isinstance(value, JsonText) else value
+
+
+def _json_text(value) -> str:
+    """Text for a JSON column of the mirror.
+
+    >>> _json_text({"n": 1}), _json_text({"n": 2**70}), _json_text(JsonText('{"a": 1}'))
+    ('{"n":1}', '{"n": 1180591620717411303424}', '{"a": 1}')
+    >>> _json_text({"n": 2**70, "x": float("inf")})
+    '{"n": 1180591620717411303424, "x": {"__float__": "inf"}}'
+    """
+    if isinstance(value, JsonText):
+        return str(value)
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # integers beyond 64 bits (SQLite's metadata, parsed exactly)
+        pass
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:  # NaN or infinity, which jsonb rejects: the display markers of decode.plain
+        return json.dumps(decode.plain(value, clip=False))
+
+
+def _int_or_none(text):
+    """A JSON number read as text by SQL, if it is an integer.
+
+    >>> _int_or_none("3"), _int_or_none("-2"), _int_or_none("3.0"), _int_or_none(None)
+    (3, -2, None, None)
+    """
+    if text is None:
+        return None
+    digits = text[1:] if text[:1] == "-" else text
+    return int(text) if digits.isdigit() else None
 
 
 def _write_location(w):
@@ -535,7 +587,7 @@ def _apply_batch(context, thread_rows):
                     to_insert.append((source_pk, thread_pk, *_record_values(r)))
                 else:
                     seen.add(key)
-                    if any(old[f] != r[f] for f in _CHANGE_FIELDS):
+                    if any(old[f] != _json_value(r[f]) for f in _CHANGE_FIELDS):
                         to_update.append((old["pk"], *(r[f] for f in _CHANGE_FIELDS)))
         vanished = [row["pk"] for key, row in current.items() if key not in seen]
         if vanished:
@@ -672,7 +724,7 @@ def _insert_rows(model, columns, rows):
                 if json_columns:
                     row = list(row)
                     for i in json_columns:
-                        row[i] = orjson.dumps(row[i]).decode()
+                        row[i] = _json_text(row[i])
                 copy.write_row(row)
 
 
@@ -704,7 +756,7 @@ def _update_rows(model, fields, rows):
     values = [list(column) for column in zip(*rows)]
     for i, field in enumerate(columns, 1):
         if isinstance(field, JSONField):
-            values[i] = [orjson.dumps(v).decode() for v in values[i]]
+            values[i] = [_json_text(v) for v in values[i]]
     names = ", ".join(quote(f.column) for f in columns)
     table = quote(model._meta.db_table)
     with connection.cursor() as cursor:

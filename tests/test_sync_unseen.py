@@ -94,3 +94,29 @@ def test_send_fan_out_messages_interrupts_and_a_failing_branch(saver_and_url):
     mapper.invoke({"items": ["e"]}, {"configurable": {"thread_id": "map/1"}})
     assert sync_source(source)["error"] is None
     assert_mirror_matches(source, url)
+
+
+def test_numbers_beyond_64_bits_in_metadata(saver_and_url):
+    saver, url, kind = saver_and_url
+    from tests.graphs import chat_graph
+
+    class Big(TypedDict, total=False):
+        n: int
+        note: str
+
+    g = StateGraph(Big)
+    # LangGraph's msgpack refuses integers beyond 64 bits in state; metadata is JSON and keeps them.
+    g.add_node("grow", lambda s: {"n": s["n"] * 2, "note": "kept at s3://bucket/uploads/big.bin"})
+    g.add_edge(START, "grow")
+    g.add_edge("grow", END)
+    big = g.compile(checkpointer=saver)
+    big.invoke({"n": 2**40}, {"configurable": {"thread_id": "big"}, "metadata": {"huge": 10**400, "wide": 2**70}})
+    chat_graph(saver).invoke({"messages": []}, {"configurable": {"thread_id": "plain"}})
+
+    source = Source.objects.create(name="big", url=url, kind=kind)
+    result = sync_source(source)
+    assert result["error"] is None, result["error"]
+    assert_mirror_matches(source, url)
+    thread = Thread.objects.get(source=source, thread_id="big")
+    assert thread.tags["wide"] == str(2**70) and thread.tags["huge"] == str(10**400)
+    assert BlobReference.objects.filter(uri="s3://bucket/uploads/big.bin").exists()

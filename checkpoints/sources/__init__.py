@@ -26,7 +26,7 @@ class CheckpointRow(NamedTuple):
     checkpoint_id: str
     parent_checkpoint_id: str | None
     row_bytes: int
-    metadata: object  # decoded JSON (dict normally), or None when unreadable
+    metadata: object  # decoded JSON (dict normally), None when unreadable; JSON text on PostgreSQL
     channel_versions: object  # dict on PostgreSQL; None on SQLite (no blob table)
     ts: str | None
     # Values that may hold blob URIs: PostgreSQL inline channel_values (a dict)
@@ -35,6 +35,10 @@ class CheckpointRow(NamedTuple):
     value_type: str | None = None
     value_data: bytes | None = None
     fresh: bool = True
+    # PostgreSQL: `metadata` is its JSON text, and SQL read these two from it
+    # (the step when a JSON number, the source when a string).
+    meta_step: str | None = None
+    meta_source: str | None = None
 
 
 class BlobRow(NamedTuple):

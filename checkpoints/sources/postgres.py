@@ -9,6 +9,7 @@ transaction at or after that snapshot's xmin, so "xmin >= previous xmin"
 price of re-reading a few rows that were already seen.
 """
 
+import json
 from functools import partial
 
 import orjson
@@ -50,7 +51,7 @@ class PostgresReader:
             self.conn = psycopg.connect(self.url, connect_timeout=self.connect_timeout, autocommit=False)
         except psycopg.Error as e:
             raise SourceError(f"cannot connect to {redact(self.url)}: {_first_line(e)}") from None
-        set_json_loads(orjson.loads, self.conn)
+        set_json_loads(_json_loads, self.conn)
         # JIT compilation costs more than it saves on these scans.
         self.conn.execute("SET jit = off")
         self.conn.commit()
@@ -177,10 +178,12 @@ class PostgresReader:
             f"""
             SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
                    octet_length(checkpoint::text) + octet_length(metadata::text),
-                   metadata, checkpoint->'channel_versions', checkpoint->>'ts',
+                   metadata::text, checkpoint->'channel_versions', checkpoint->>'ts',
                    CASE WHEN (checkpoint->'channel_values')::text ~ '(s3|minio|file)://'
                         THEN checkpoint->'channel_values' END,
-                   NULL, NULL, {_FRESH}
+                   NULL, NULL, {_FRESH},
+                   CASE WHEN jsonb_typeof(metadata->'step') = 'number' THEN metadata->>'step' END,
+                   CASE WHEN jsonb_typeof(metadata->'source') = 'string' THEN metadata->>'source' END
             FROM checkpoints WHERE thread_id = ANY(%(ids)s)
             """,
             params,
@@ -209,6 +212,14 @@ class PostgresReader:
         ):
             threads[r[0]].writes.append(r)
         return list(threads.values())
+
+
+def _json_loads(data):
+    """orjson, or the standard parser for numbers orjson refuses (beyond a double, which jsonb keeps)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
 
 
 def _rows_as(row_type):
