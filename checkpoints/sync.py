@@ -16,6 +16,7 @@ import gc
 import json
 import logging
 import operator
+import re
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,10 @@ REFERENCE_DECODE_LIMIT = 256 * 1024 * 1024
 
 class SyncRefused(Exception):
     """A sync that would do something surprising, such as wiping the mirror."""
+
+
+class SyncIncomplete(Exception):
+    """Some threads could not be mirrored; the rest were, and those are retried next time."""
 
 
 def register_default_source():
@@ -94,7 +99,7 @@ def sync_source(source, *, full=False, requested_by=None, origin="command", wait
     with commits_without_flush_wait():
         try:
             totals = _sync(source, full, stats, run, touched)
-        except (SourceError, SyncRefused) as e:
+        except (SourceError, SyncRefused, SyncIncomplete) as e:
             error = str(e)
         except Exception as e:  # noqa: BLE001 - recorded on the run and the source, then re-raised
             error = f"{type(e).__name__}: {e}"
@@ -179,6 +184,8 @@ def _sync(source, full, stats, run, touched):
             changed = reader.changed_thread_ids(since, now)
             if changed is None:  # the reader cannot tell what changed: compare everything
                 since, changed = None, None
+            else:
+                changed |= {_unhex(t) for t in state.get("retry", [])}  # the previous sync could not mirror them
         if since is None:
             changed = set(reader.thread_ids()) | set(
                 Thread.objects.filter(source=source).values_list("thread_id", flat=True)
@@ -197,7 +204,7 @@ def _sync(source, full, stats, run, touched):
                 mirror_counts = dict(Thread.objects.filter(source=source).values_list("thread_id", field))
                 suspects |= {t for t in source_counts.keys() | mirror_counts.keys()
                              if source_counts.get(t, 0) != mirror_counts.get(t, 0)}
-        suspects -= set(changed)
+        suspects -= set(changed) | context.failed.keys()
         if suspects:
             _process(reader, context, sorted(suspects), run)
             mirror_totals = usage.thread_totals(source)
@@ -206,11 +213,19 @@ def _sync(source, full, stats, run, touched):
         usage.capture(source, mirror_totals)
         source.layout = layout
         source.sync_state = {"watermark": now}
+        if context.failed:  # in hex: an id may hold a NUL, which jsonb cannot
+            source.sync_state["retry"] = sorted(t.encode("utf-8", "surrogatepass").hex() for t in context.failed)
         source.references_unknown = context.undecodable > 0 if since is None else (
             source.references_unknown or context.undecodable > 0
         )
         source.undecodable_values = context.undecodable if since is None else source.undecodable_values + context.undecodable
         source.save(update_fields=["layout", "sync_state", "references_unknown", "undecodable_values"])
+    if context.failed:
+        thread_id, reason = next(iter(context.failed.items()))
+        raise SyncIncomplete(
+            f"{len(context.failed)} thread(s) could not be mirrored and are retried by the next sync; "
+            f"the first, {thread_id!r}: {reason}"
+        )
     return mirror_totals
 
 
@@ -269,6 +284,7 @@ class _Context:
         self.stats = stats
         self.touched = touched if touched is not None else set()  # pks of the threads rewritten
         self.undecodable = 0
+        self.failed = {}  # thread_id -> why it could not be mirrored
         self.store_settings = {
             "bucket": settings.S3_BUCKET_NAME,
             "prefix": settings.S3_PREFIX,
@@ -293,10 +309,41 @@ def _process(reader, context, thread_ids, run):
             rows = pending.result()
             if i + 1 < len(batches):
                 pending = pool.submit(reader.read_threads, batches[i + 1], context.since, context.now)
-            _apply_batch(context, rows)
+            _apply_isolated(context, rows)
             done += len(batch)
             if run is not None:
                 heartbeat(run, done=done, total=max(run.progress_total, done))
+
+
+def _apply_isolated(context, thread_rows):
+    """Mirror a batch; if it fails, thread by thread, so one bad thread stops only itself.
+
+    A thread that still fails keeps its previous mirror rows and is recorded
+    in context.failed with the reason (a NUL in an id that PostgreSQL cannot
+    store, a bug on odd data): the sync reports it and the next one retries it.
+    """
+    batches = [thread_rows]
+    while batches:
+        batch = batches.pop()
+        stats, undecodable = dict(context.stats), context.undecodable
+        try:
+            _apply_batch(context, batch)
+        except Exception as e:  # noqa: BLE001 - narrowed down to the thread, then reported
+            context.stats.update(stats)  # what the rolled-back transaction counted
+            context.undecodable = undecodable
+            if len(batch) > 1:
+                batches.extend([rows] for rows in batch)
+            else:
+                context.failed[batch[0].thread_id] = f"{type(e).__name__}: {_first_line(e)}"
+                log.warning("thread %r of %s could not be mirrored: %s", batch[0].thread_id, context.source, e)
+
+
+def _unhex(text) -> str:
+    return bytes.fromhex(text).decode("utf-8", "surrogatepass")
+
+
+def _first_line(error) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 @contextmanager
@@ -472,23 +519,30 @@ def _json_value(value):
 
 
 def _json_text(value) -> str:
-    """Text for a JSON column of the mirror.
+    r"""Text for a JSON column of the mirror.
 
     >>> _json_text({"n": 1}), _json_text({"n": 2**70}), _json_text(JsonText('{"a": 1}'))
     ('{"n":1}', '{"n": 1180591620717411303424}', '{"a": 1}')
     >>> _json_text({"n": 2**70, "x": float("inf")})
     '{"n": 1180591620717411303424, "x": {"__float__": "inf"}}'
+    >>> print(_json_text({"a\x00": "b\x00", "c": "\\u0000"}))
+    {"a\ufffd":"b\ufffd","c":"\\u0000"}
     """
     if isinstance(value, JsonText):
         return str(value)
     try:
-        return orjson.dumps(value).decode()
+        text = orjson.dumps(value).decode()
     except TypeError:  # integers beyond 64 bits (SQLite's metadata, parsed exactly)
-        pass
-    try:
-        return json.dumps(value, allow_nan=False)
-    except ValueError:  # NaN or infinity, which jsonb rejects: the display markers of decode.plain
-        return json.dumps(decode.plain(value, clip=False))
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except ValueError:  # NaN or infinity, which jsonb rejects: the display markers of decode.plain
+            text = json.dumps(decode.plain(value, clip=False))
+    if "\\u0000" in text:  # jsonb cannot hold NUL: shown as U+FFFD (an escaped backslash stays)
+        text = _JSON_NUL.sub(r"\1\\ufffd", text)
+    return text
+
+
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 def _int_or_none(text):
@@ -541,6 +595,8 @@ def _apply_batch(context, thread_rows):
             # for each batch's WAL flush.
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        if connection.vendor == "postgresql":
+            ids = [i for i in ids if "\x00" not in i]  # never mirrored (text cannot hold NUL): a query would fail
         existing = {t.thread_id: t for t in Thread.objects.filter(source=source, thread_id__in=ids)}
         known = _known_references(existing) if context.since is not None and existing else {}
         computed = {rows.thread_id: _compute_thread(context, rows, known.get(rows.thread_id, {})) for rows in thread_rows}

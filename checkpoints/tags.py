@@ -64,8 +64,11 @@ def tag_value(value):
 def extract_tags(metadata, patterns) -> dict:
     """Tags of one checkpoint's metadata.
 
+    A key or value holding a NUL character is no tag: PostgreSQL's text
+    cannot store it, and no one types it into a filter.
+
     >>> extract_tags({"source": "loop", "step": 3, "tenant": "acme", "api_key": "s",
-    ...               "urgent": True, "n": None, "cfg": {"a": 1}}, ["*key*"])
+    ...               "urgent": True, "n": None, "cfg": {"a": 1}, "nul": "a\\x00b"}, ["*key*"])
     {'tenant': 'acme', 'urgent': 'true'}
     """
     if not isinstance(metadata, dict):
@@ -75,7 +78,7 @@ def extract_tags(metadata, patterns) -> dict:
         if not isinstance(key, str) or key in LANGGRAPH_KEYS or is_excluded(key, patterns):
             continue
         text = tag_value(value)
-        if text is None or len(key) > MAX_KEY:
+        if text is None or len(key) > MAX_KEY or "\x00" in key or "\x00" in text:
             continue
         tags[key] = text[:MAX_VALUE]
     return tags

@@ -550,3 +550,24 @@ def test_a_sync_commits_without_waiting_for_the_disk_and_puts_the_setting_back(p
         sync_finished.disconnect(receiver)
     assert seen == [(True, "off"), (False, "off")]
     assert_mirror_matches(source, pg_source_url)
+
+
+def test_sqlite_watermarks_are_digests_and_earlier_ones_still_count(sqlite_saver, sqlite_source_url):
+    from checkpoints.sources import open_reader
+
+    run_scenarios(sqlite_saver)
+    source = make_source(sqlite_source_url, "sqlite")
+    sync_source(source)
+    source.refresh_from_db()
+    mark = source.sync_state["watermark"]
+    rowid, digest = mark["checkpoints"]
+    assert isinstance(digest, str) and len(digest) == 64  # no thread id in the state: it may hold a NUL
+    conn = sqlite3.connect(sqlite_source_url.removeprefix("sqlite:///"))
+    key = list(conn.execute("SELECT thread_id, checkpoint_ns, checkpoint_id FROM checkpoints WHERE rowid = ?",
+                            (rowid,)).fetchone())
+    conn.close()
+    legacy = {table: [r, key if table == "checkpoints" else None] for table, (r, _) in mark.items()}
+    with open_reader(sqlite_source_url) as reader:
+        assert reader._since_rowids(mark) == {"checkpoints": rowid, "writes": mark["writes"][0]}
+        assert reader._since_rowids(legacy)["checkpoints"] == rowid  # saved by an earlier version
+        assert reader._since_rowids({**mark, "checkpoints": [rowid, "0" * 64]}) is None  # another row now

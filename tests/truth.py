@@ -111,7 +111,9 @@ def expected_tags(metadata: dict) -> dict:
     secret_words = ("key", "token", "secret", "password", "auth")
     tags = {}
     for key, value in metadata.items():
-        if key in own or any(w in key.lower() for w in secret_words) or value is None:
+        if key in own or any(w in key.lower() for w in secret_words) or value is None or "\x00" in key:
+            continue
+        if isinstance(value, str) and "\x00" in value:
             continue
         if isinstance(value, bool):
             tags[key] = "true" if value else "false"

@@ -7,6 +7,7 @@ is deleted, so the watermark also remembers which row held it and falls back
 to a full comparison when another row holds it now.
 """
 
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
@@ -82,7 +83,7 @@ class SqliteReader:
         mark = {}
         for table in ("checkpoints", "writes"):
             row = self._query(f"SELECT rowid, thread_id, checkpoint_ns, checkpoint_id FROM {table} ORDER BY rowid DESC LIMIT 1")
-            mark[table] = [row[0][0], list(row[0][1:])] if row else [0, None]
+            mark[table] = [row[0][0], _key_digest(row[0][1:])] if row else [0, None]
         return mark
 
     def totals(self) -> dict:
@@ -107,7 +108,9 @@ class SqliteReader:
             rowid, key = since.get(table, [0, None])
             if rowid and key is not None:
                 row = self._query(f"SELECT thread_id, checkpoint_ns, checkpoint_id FROM {table} WHERE rowid = ?", (rowid,))
-                if not row or list(row[0]) != key:
+                # A digest since the key may hold a NUL that the mirror's jsonb cannot;
+                # watermarks saved before that hold the key itself.
+                if not row or (_key_digest(row[0]) if isinstance(key, str) else list(row[0])) != key:
                     return None  # the watermark row was deleted or its rowid reused
             floors[table] = rowid
         return floors
@@ -127,7 +130,9 @@ class SqliteReader:
         ids = list(thread_ids)
         floors = self._since_rowids(since) or {"checkpoints": 0, "writes": 0}
         threads = {t: ThreadRows(t) for t in ids}
-        ids_json = json.dumps(ids)
+        # One placeholder per id (a batch is far below SQLite's limit of 32,766):
+        # json_each() would cut an id at a NUL character and miss its rows.
+        marks = ", ".join("?" * len(ids)) or "NULL"
         for r in self._query(
             f"""
             SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
@@ -135,9 +140,9 @@ class SqliteReader:
                    CAST(metadata AS BLOB), type,
                    CASE WHEN rowid > ? AND {_MAY_HOLD_URI.format(col='checkpoint')} THEN CAST(checkpoint AS BLOB) END,
                    rowid > ?
-            FROM checkpoints WHERE thread_id IN (SELECT value FROM json_each(?))
+            FROM checkpoints WHERE thread_id IN ({marks})
             """,
-            (floors["checkpoints"], floors["checkpoints"], ids_json),
+            (floors["checkpoints"], floors["checkpoints"], *ids),
         ):
             threads[r[0]].checkpoints.append(
                 CheckpointRow(
@@ -151,12 +156,22 @@ class SqliteReader:
                    coalesce(length(CAST(value AS BLOB)), 0),
                    CASE WHEN rowid > ? AND {_MAY_HOLD_URI.format(col='value')} THEN CAST(value AS BLOB) END,
                    rowid > ?
-            FROM writes WHERE thread_id IN (SELECT value FROM json_each(?))
+            FROM writes WHERE thread_id IN ({marks})
             """,
-            (floors["writes"], floors["writes"], ids_json),
+            (floors["writes"], floors["writes"], *ids),
         ):
             threads[r[0]].writes.append(WriteRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9])))
         return list(threads.values())
+
+
+def _key_digest(key) -> str:
+    """A stand-in for a row's (thread_id, checkpoint_ns, checkpoint_id) that any JSON store can hold.
+
+    >>> _key_digest(("t\\x00", "", "1")) == _key_digest(["t\\x00", "", "1"]) != _key_digest(("t", "", "1"))
+    True
+    """
+    text = json.dumps(list(key))  # NUL and lone surrogates become ASCII escapes
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _json_or_none(data):
