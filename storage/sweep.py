@@ -402,6 +402,8 @@ class _Recheck:
             changed = reader.changed_thread_ids(since, reader.watermark()) if since else None
         if changed is not None and not changed:
             return
+        if changed and any("\x00" in t for t in changed):
+            changed = None  # SQLite's json_each() cuts an id at a NUL: check every thread instead
         ids = sorted(changed or ())
         if source.kind == "postgres":
             with self.conns[source.pk].cursor() as cur:
