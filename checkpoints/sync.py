@@ -688,7 +688,7 @@ def _apply_batch(context, thread_rows):
                     ).values_list("pk", "thread_id", "checkpoint_ns", "checkpoint_id")
                 )
             _insert_rows(ReferenceUse, ("reference_id", "thread_id", "checkpoint_id", "location"), [
-                (refs[uri].pk, pks[tid], ckpt_pk.get((pks[tid], ns, cid)), location)
+                (refs[uri], pks[tid], ckpt_pk.get((pks[tid], ns, cid)), location)
                 for tid, ns, cid, location, uri in uses
             ])
 
@@ -824,9 +824,11 @@ def _update_rows(model, fields, rows):
 
 
 def _references_for(uris, context):
-    found = {r.uri: r for r in BlobReference.objects.filter(uri__in=list(uris))}
+    """{uri: BlobReference pk}, creating the references not seen before."""
+    found = dict(BlobReference.objects.filter(uri__in=list(uris)).values_list("uri", "pk"))
     missing = [BlobReference(uri=u, store=classify(u, **context.store_settings)) for u in uris if u not in found]
     if missing:
+        # ignore_conflicts: another source's sync may create the same reference meanwhile.
         BlobReference.objects.bulk_create(missing, ignore_conflicts=True, batch_size=1000)
-        found.update({r.uri: r for r in BlobReference.objects.filter(uri__in=[m.uri for m in missing])})
+        found.update(BlobReference.objects.filter(uri__in=[m.uri for m in missing]).values_list("uri", "pk"))
     return found
