@@ -24,7 +24,7 @@ from contextlib import contextmanager
 
 import orjson
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import JSONField, Sum
 from django.dispatch import Signal
 from django.utils import timezone
@@ -331,6 +331,8 @@ def _apply_isolated(context, thread_rows):
         except Exception as e:  # noqa: BLE001 - narrowed down to the thread, then reported
             context.stats.update(stats)  # what the rolled-back transaction counted
             context.undecodable = undecodable
+            if isinstance(e, (OperationalError, InterfaceError)):
+                raise  # the console's database is down or gone: no thread would fare better
             if len(batch) > 1:
                 batches.extend([rows] for rows in batch)
             else:

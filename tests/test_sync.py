@@ -571,3 +571,30 @@ def test_sqlite_watermarks_are_digests_and_earlier_ones_still_count(sqlite_saver
         assert reader._since_rowids(mark) == {"checkpoints": rowid, "writes": mark["writes"][0]}
         assert reader._since_rowids(legacy)["checkpoints"] == rowid  # saved by an earlier version
         assert reader._since_rowids({**mark, "checkpoints": [rowid, "0" * 64]}) is None  # another row now
+
+
+def test_a_console_database_that_fails_stops_the_sync_instead_of_blaming_threads(sqlite_saver, sqlite_source_url,
+                                                                                  monkeypatch):
+    from django.db import OperationalError
+
+    from checkpoints import sync
+
+    run_scenarios(sqlite_saver)
+    source = make_source(sqlite_source_url, "sqlite")
+    real = sync._apply_batch
+    calls = []
+
+    def flaky(context, thread_rows):
+        calls.append(len(thread_rows))
+        if any(rows.thread_id == "t-chat1" for rows in thread_rows):
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(context, thread_rows)
+
+    monkeypatch.setattr(sync, "_apply_batch", flaky)
+    with pytest.raises(OperationalError):  # recorded, then raised: the task fails too
+        sync_source(source)
+    assert len(calls) == 1  # not retried thread by thread
+    source.refresh_from_db()
+    assert not source.last_sync_ok and "server closed the connection" in source.last_error
+    assert "could not be mirrored" not in source.last_error and "retry" not in (source.sync_state or {})
+    assert Run.objects.get(kind="sync", source=source).state == "failed"
