@@ -184,15 +184,23 @@ def _sync(source, full, stats, run, touched):
             changed = reader.changed_thread_ids(since, now)
             if changed is None:  # the reader cannot tell what changed: compare everything
                 since, changed = None, None
-            else:
-                changed |= {_unhex(t) for t in state.get("retry", [])}  # the previous sync could not mirror them
+
         if since is None:
             changed = set(reader.thread_ids()) | set(
                 Thread.objects.filter(source=source).values_list("thread_id", flat=True)
             )
         context = _Context(source, since, now, aes_key, stats, touched)
-        run.progress_total = len(changed)
+        # Threads the previous sync could not mirror: read whole, since their
+        # older rows were never seen (their references would be missed).
+        retry = {_unhex(t) for t in state.get("retry", [])} - set(changed) if since is not None else set()
+        run.progress_total = len(changed) + len(retry)
         _process(reader, context, sorted(changed), run)
+        if retry:
+            whole = _Context(source, None, now, aes_key, stats, touched)
+            _process(reader, whole, sorted(retry), run)
+            context.failed.update(whole.failed)
+            context.undecodable += whole.undecodable
+            changed = set(changed) | retry
 
         # Rows deleted in threads that did not otherwise change.
         mirror_totals = usage.thread_totals(source)
@@ -272,6 +280,9 @@ def refresh_threads(source, thread_ids):
         context = _Context(source, None, None, aes_key, stats)
         _process(reader, context, sorted(set(thread_ids)), None)
     usage.capture(source)
+    if context.failed:  # the next sync retries them: the counts differ from the source's
+        thread_id, reason = next(iter(context.failed.items()))
+        raise SyncIncomplete(f"{len(context.failed)} thread(s) could not be mirrored; the first, {thread_id!r}: {reason}")
     return stats
 
 
@@ -285,6 +296,8 @@ class _Context:
         self.touched = touched if touched is not None else set()  # pks of the threads rewritten
         self.undecodable = 0
         self.failed = {}  # thread_id -> why it could not be mirrored
+        # Source JSON text goes to a PostgreSQL mirror as it is; elsewhere Django stores parsed values.
+        self.json_passthrough = connection.vendor == "postgresql"
         self.store_settings = {
             "bucket": settings.S3_BUCKET_NAME,
             "prefix": settings.S3_PREFIX,
@@ -331,8 +344,9 @@ def _apply_isolated(context, thread_rows):
         except Exception as e:  # noqa: BLE001 - narrowed down to the thread, then reported
             context.stats.update(stats)  # what the rolled-back transaction counted
             context.undecodable = undecodable
-            if isinstance(e, (OperationalError, InterfaceError)):
-                raise  # the console's database is down or gone: no thread would fare better
+            if isinstance(e, (OperationalError, InterfaceError, connection.Database.OperationalError,
+                              connection.Database.InterfaceError)):
+                raise  # the console's database is down, full or gone (COPY's errors come unwrapped): no thread would fare better
             if len(batch) > 1:
                 batches.extend([rows] for rows in batch)
             else:
@@ -407,7 +421,7 @@ def _compute_thread(context, rows, known):
         if w.data is not None:
             uris = _uris_in(context, w.type, w.data)
         elif not w.fresh and known:
-            uris = known.get(("write", w.checkpoint_ns, w.checkpoint_id, _write_location(w)))
+            uris = known.get(("write", _write_location(w)))
         else:
             uris = None
         if uris:
@@ -438,8 +452,8 @@ def _compute_thread(context, rows, known):
                 refs.append((c.checkpoint_ns, c.checkpoint_id, f"blob:{channel}@{version}", uris))
         write_count, write_bytes = writes_by_ckpt.get(key, (0, 0))
         metadata = c.metadata
-        if type(metadata) is str:  # PostgreSQL's JSON text, copied as is; SQL read step and source
-            metadata = JsonText(metadata)
+        if c.metadata_is_text:  # PostgreSQL's JSON text, copied as is; SQL read step and source
+            metadata = JsonText(metadata) if context.json_passthrough else json.loads(metadata)
             step, origin = _int_or_none(c.meta_step), c.meta_source
         else:
             metadata = metadata if metadata is not None else {}
@@ -474,9 +488,9 @@ def _compute_thread(context, rows, known):
             elif isinstance(loaded, dict) and isinstance(loaded.get("channel_values"), dict):
                 values = loaded["channel_values"]
         elif not c.fresh and c.inline_values is None and c.channel_versions is None:
-            for (kind, ns, cid, location), uris in known.items():
-                if kind == "value" and ns == c.checkpoint_ns and cid == c.checkpoint_id:
-                    refs.append((ns, cid, location, uris))
+            for key, uris in known.items():
+                if key[0] == "value" and key[1] == c.checkpoint_ns and key[2] == c.checkpoint_id:
+                    refs.append((key[1], key[2], key[3], uris))
         for channel, value in (values or {}).items():
             uris = decode.find_references(value)
             if uris:
@@ -599,7 +613,10 @@ def _apply_batch(context, thread_rows):
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
         if connection.vendor == "postgresql":
             ids = [i for i in ids if "\x00" not in i]  # never mirrored (text cannot hold NUL): a query would fail
-        existing = {t.thread_id: t for t in Thread.objects.filter(source=source, thread_id__in=ids)}
+        # Locked until the batch commits: a prune refreshing the same threads
+        # waits instead of deleting a thread this batch then writes rows for
+        # (the mirror has no foreign keys to refuse them).
+        existing = {t.thread_id: t for t in Thread.objects.select_for_update().filter(source=source, thread_id__in=ids)}
         known = _known_references(existing) if context.since is not None and existing else {}
         computed = {rows.thread_id: _compute_thread(context, rows, known.get(rows.thread_id, {})) for rows in thread_rows}
 
@@ -719,6 +736,10 @@ def _known_references(existing):
         if kind == "blob":
             channel, _, version = rest.rpartition("@")
             known[thread_id][("blob", ns, channel, version)].add(uri)
+        elif kind == "write":
+            # By location alone (its task id is unique in the thread): the
+            # write's checkpoint row may be gone, and its link with it.
+            known[thread_id][("write", location)].add(uri)
         else:
             known[thread_id][(kind, ns, cid, location)].add(uri)
     return known

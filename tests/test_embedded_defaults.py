@@ -44,7 +44,7 @@ print(json.dumps({"status": status, "runs": runs, "external": thread.external_by
 """
 
 
-def test_demo_on_a_sqlite_console_syncs_checks_references_and_serves_every_page(tmp_path):
+def test_demo_on_a_sqlite_console_syncs_checks_references_and_serves_every_page(tmp_path, pg_saver, pg_source_url):
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{tmp_path}/console.db",
@@ -88,3 +88,20 @@ def test_demo_on_a_sqlite_console_syncs_checks_references_and_serves_every_page(
     sweep = command("sweep_orphans", "--dry-run")
     assert sweep["deleted"] == 0 and not sweep.get("error"), sweep
     assert command("check_references")["error"] is None
+
+    # A PostgreSQL source mirrored into the SQLite console: metadata arrives as JSON text there.
+    from tests.graphs import run_scenarios
+
+    run_scenarios(pg_saver)
+    env["CHECKPOINT_DATABASE_URL"] = pg_source_url
+    assert all(s["error"] is None for s in command("sync_checkpoints")["sources"])
+    check = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c",
+         "from checkpoints.models import Checkpoint, Thread; "
+         "rows = Checkpoint.objects.filter(source__name='default'); "
+         "print(rows.count(), all(isinstance(c.metadata, dict) for c in rows), "
+         "Thread.objects.get(source__name='default', thread_id='t-chat2').tags['tenant'])"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    count, all_dicts, tenant = check.stdout.split()[-3:]
+    assert int(count) > 0 and all_dicts == "True" and tenant == "globex", check.stdout + check.stderr

@@ -161,3 +161,45 @@ def test_nul_characters_in_metadata_and_a_thread_id_postgresql_cannot_store(sqli
     source.refresh_from_db()
     assert result["error"] is None and "retry" not in source.sync_state and source.last_sync_ok
     assert_mirror_matches(source, sqlite_source_url)
+
+
+def test_a_thread_that_failed_is_read_whole_when_retried(saver_and_url):
+    """Its rows from before the watermark were never seen: their references must not be missed."""
+    saver, url, kind = saver_and_url
+    from checkpoints import sync
+    from tests.graphs import chat_graph, file_graph
+
+    file_graph(saver).invoke({"attachment": "s3://bucket/uploads/retry.pdf"}, {"configurable": {"thread_id": "flaky"}})
+    chat_graph(saver).invoke({"messages": []}, {"configurable": {"thread_id": "steady"}})
+    source = Source.objects.create(name="retry", url=url, kind=kind)
+    real = sync._apply_batch
+
+    def failing_for_flaky(context, thread_rows):
+        if any(rows.thread_id == "flaky" for rows in thread_rows):
+            raise ValueError("odd data")
+        return real(context, thread_rows)
+
+    sync._apply_batch = failing_for_flaky
+    try:
+        assert "'flaky': ValueError: odd data" in sync_source(source)["error"]
+    finally:
+        sync._apply_batch = real
+    chat_graph(saver).invoke({"messages": []}, {"configurable": {"thread_id": "steady"}})  # the watermark moves on
+    assert sync_source(source)["error"] is None
+    assert_mirror_matches(source, url)
+    flaky = Thread.objects.get(source=source, thread_id="flaky")
+    assert ReferenceUse.objects.filter(thread=flaky, reference__uri="s3://bucket/uploads/retry.pdf").exists()
+
+
+def test_sqlite_metadata_that_is_a_json_string(sqlite_saver, sqlite_source_url):
+    import sqlite3
+
+    from tests.graphs import chat_graph
+
+    chat_graph(sqlite_saver).invoke({"messages": []}, {"configurable": {"thread_id": "odd-meta"}})
+    with sqlite3.connect(sqlite_source_url.removeprefix("sqlite:///")) as conn:
+        conn.execute("UPDATE checkpoints SET metadata = ? WHERE rowid = (SELECT min(rowid) FROM checkpoints)",
+                     (b'"hello"',))
+    source = Source.objects.create(name="odd", url=sqlite_source_url, kind="sqlite")
+    assert sync_source(source)["error"] is None
+    assert_mirror_matches(source, sqlite_source_url)

@@ -39,6 +39,7 @@ class CheckpointRow(NamedTuple):
     # (the step when a JSON number, the source when a string).
     meta_step: str | None = None
     meta_source: str | None = None
+    metadata_is_text: bool = False  # True on PostgreSQL, whose reader passes the JSON text on
 
 
 class BlobRow(NamedTuple):

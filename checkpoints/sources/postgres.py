@@ -183,7 +183,8 @@ class PostgresReader:
                         THEN checkpoint->'channel_values' END,
                    NULL, NULL, {_FRESH},
                    CASE WHEN jsonb_typeof(metadata->'step') = 'number' THEN metadata->>'step' END,
-                   CASE WHEN jsonb_typeof(metadata->'source') = 'string' THEN metadata->>'source' END
+                   CASE WHEN jsonb_typeof(metadata->'source') = 'string' THEN metadata->>'source' END,
+                   metadata IS NOT NULL
             FROM checkpoints WHERE thread_id = ANY(%(ids)s)
             """,
             params,

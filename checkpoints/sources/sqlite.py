@@ -130,9 +130,14 @@ class SqliteReader:
         ids = list(thread_ids)
         floors = self._since_rowids(since) or {"checkpoints": 0, "writes": 0}
         threads = {t: ThreadRows(t) for t in ids}
-        # One placeholder per id (a batch is far below SQLite's limit of 32,766):
-        # json_each() would cut an id at a NUL character and miss its rows.
-        marks = ", ".join("?" * len(ids)) or "NULL"
+        # One placeholder per id, at most 500 a query (SQLite before 3.32 allows
+        # 999): json_each() would cut an id at a NUL character and miss its rows.
+        for i in range(0, len(ids), 500):
+            self._read_rows(threads, ids[i : i + 500], floors)
+        return list(threads.values())
+
+    def _read_rows(self, threads, ids, floors):
+        marks = ", ".join("?" * len(ids))
         for r in self._query(
             f"""
             SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
@@ -161,7 +166,6 @@ class SqliteReader:
             (floors["writes"], floors["writes"], *ids),
         ):
             threads[r[0]].writes.append(WriteRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9])))
-        return list(threads.values())
 
 
 def _key_digest(key) -> str:
