@@ -616,7 +616,8 @@ def _apply_batch(context, thread_rows):
         # Locked until the batch commits: a prune refreshing the same threads
         # waits instead of deleting a thread this batch then writes rows for
         # (the mirror has no foreign keys to refuse them).
-        existing = {t.thread_id: t for t in Thread.objects.select_for_update().filter(source=source, thread_id__in=ids)}
+        existing = {t.thread_id: t for t in Thread.objects.select_for_update().filter(
+            source=source, thread_id__in=ids).order_by("pk")}  # one lock order for all: no deadlock
         known = _known_references(existing) if context.since is not None and existing else {}
         computed = {rows.thread_id: _compute_thread(context, rows, known.get(rows.thread_id, {})) for rows in thread_rows}
 
