@@ -631,9 +631,11 @@ def _apply_batch(context, thread_rows):
         if not live:
             return
         old_threads = []
+        old_tags = {}
         for tid, (thread, _, _) in live.items():
             obj = existing.get(tid)
             if obj is not None:
+                old_tags[tid] = obj.tags if isinstance(obj.tags, dict) else {}
                 for f in _THREAD_FIELDS:
                     setattr(obj, f, thread[f])
                 old_threads.append(obj)
@@ -680,12 +682,21 @@ def _apply_batch(context, thread_rows):
         context.stats["updated"] += len(to_update)
         context.stats["removed"] += len(vanished)
 
-        # Tags of the latest root checkpoint.
-        if old_threads:
-            Tag.objects.filter(thread__in=old_threads)._raw_delete(Tag.objects.db)
-        _insert_rows(Tag, ("source_id", "thread_id", "key", "value"), [
-            (source.pk, pks[tid], k, v) for tid, (thread, _, _) in live.items() for k, v in thread["tags"].items()
-        ])
+        # Tags of the latest root checkpoint; for a thread mirrored before,
+        # only what changed (Thread.tags holds what its Tag rows hold). Most
+        # re-read threads keep their tags, and rewriting them anyway cleared
+        # the visibility map of the tag table page by page, which the tag
+        # browser's index-only scans need until autovacuum comes by.
+        stale, fresh = [], []
+        for tid, (thread, _, _) in live.items():
+            before, after = old_tags.get(tid), thread["tags"]
+            if before is None:
+                fresh.extend((source.pk, pks[tid], k, v) for k, v in after.items())
+            elif before != after:
+                stale.extend((pks[tid], k) for k, v in before.items() if after.get(k) != v)
+                fresh.extend((source.pk, pks[tid], k, v) for k, v in after.items() if before.get(k) != v)
+        _delete_tags(stale)
+        _insert_rows(Tag, ("source_id", "thread_id", "key", "value"), fresh)
 
         # References.
         uses = {
@@ -744,6 +755,26 @@ def _known_references(existing):
         else:
             known[thread_id][(kind, ns, cid, location)].add(uri)
     return known
+
+
+def _delete_tags(pairs):
+    """Delete the tag rows named by (thread pk, key) pairs."""
+    if not pairs:
+        return
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"DELETE FROM {connection.ops.quote_name(Tag._meta.db_table)} AS t"
+                " USING unnest(%s::bigint[], %s::text[]) AS d(thread_id, key)"
+                " WHERE t.thread_id = d.thread_id AND t.key = d.key",
+                [[p[0] for p in pairs], [p[1] for p in pairs]],
+            )
+        return
+    by_thread = defaultdict(list)
+    for thread_pk, key in pairs:
+        by_thread[thread_pk].append(key)
+    for thread_pk, keys in by_thread.items():
+        Tag.objects.filter(thread_id=thread_pk, key__in=keys)._raw_delete(Tag.objects.db)
 
 
 def _delete_threads(pks):

@@ -203,3 +203,25 @@ def test_sqlite_metadata_that_is_a_json_string(sqlite_saver, sqlite_source_url):
     source = Source.objects.create(name="odd", url=sqlite_source_url, kind="sqlite")
     assert sync_source(source)["error"] is None
     assert_mirror_matches(source, sqlite_source_url)
+
+
+def test_tags_of_a_re_read_thread_change_row_by_row(saver_and_url):
+    saver, url, kind = saver_and_url
+    from checkpoints.models import Tag
+    from tests.graphs import chat_graph
+
+    chat = chat_graph(saver)
+    chat.invoke({"messages": []}, {"configurable": {"thread_id": "tagged", "tenant": "acme", "user_id": "u1",
+                                                    "plan": "free"}})
+    source = Source.objects.create(name="tags", url=url, kind=kind)
+    assert sync_source(source)["error"] is None
+    thread = Thread.objects.get(source=source, thread_id="tagged")
+    kept = Tag.objects.get(thread=thread, key="plan").pk
+
+    chat.invoke({"messages": []}, {"configurable": {"thread_id": "tagged", "tenant": "globex", "plan": "free",
+                                                    "project": "demo"}})
+    assert sync_source(source)["error"] is None
+    assert_mirror_matches(source, url)
+    thread.refresh_from_db()
+    assert thread.tags == {"tenant": "globex", "plan": "free", "project": "demo"}
+    assert Tag.objects.get(thread=thread, key="plan").pk == kept  # unchanged: not rewritten
