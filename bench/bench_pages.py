@@ -386,6 +386,14 @@ def measure(source_url, pairs, runs):
             return call
 
         results["tag_page_ms"] = timed(get(url), runs)
+
+        def cold():  # the count and facets of a filter are cached per sync: the first view pays them
+            from django.core.cache import cache
+
+            cache.clear()
+            get(url)()
+
+        results["tag_page_cold_ms"] = timed(cold, runs)
         results["api_threads_ms"] = timed(get("/api/threads/?" + urlencode([("tag", browse.tag_text(k, v)) for k, v in pairs])), runs)
         results["overview_ms"] = timed(get("/"), runs)
         results["overview_all_ms"] = timed(get("/?range=all"), runs)
@@ -431,6 +439,7 @@ def report(results):
     print(line("  same, through the ORM (ms)", results["tag_query_orm_ms"]))
     print(line("tag count (ms)", results["tag_count_ms"]))
     print(line("/threads/?tag&tag page (ms)", results["tag_page_ms"], TARGETS["tag_page_ms"]))
+    print(line("  same, first view of the filter (ms)", results["tag_page_cold_ms"]))
     print(line("/api/threads/?tag&tag (ms)", results["api_threads_ms"]))
     print(line("/threads/ unfiltered page (ms)", results["unfiltered_threads_ms"]))
     print(line("overview / (ms)", results["overview_ms"], TARGETS["overview_ms"]))

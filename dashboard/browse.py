@@ -6,8 +6,11 @@ JSON tags: the planner either walks threads in the requested order probing
 tags, or starts from the rarest (key, value) and sorts the few matches.
 """
 
+import hashlib
+import json
 import math
 
+from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db import connection
 from django.db.models import Exists, F, OuterRef
@@ -118,6 +121,31 @@ class CappedPaginator(Paginator):
     @property
     def capped(self):
         return self.count > self.cap
+
+
+SUMMARY_SECONDS = 60
+
+
+def filter_summary(found, pairs, prefix, source, sources):
+    """(count up to COUNT_CAP + 1, matches to show, facets, facets estimated) of a filter.
+
+    Paging through a filter or sorting it asks the same again, and the
+    answer changes only with the mirror: it is cached per filter and per
+    sync of the sources (their last_sync_at), for SUMMARY_SECONDS at most
+    (a prune refreshes the mirror between syncs). The count and the facets
+    were half of the tag browser's database time.
+    """
+    stamp = [(s.pk, s.last_sync_at.isoformat() if s.last_sync_at else None) for s in sources]
+    raw = json.dumps([sorted(pairs), prefix, source.pk if source else None, stamp])
+    key = "threads-summary:" + hashlib.sha256(raw.encode()).hexdigest()
+    summary = cache.get(key)
+    if summary is None:
+        count = CappedPaginator(found, 1).count
+        matches = count if count <= COUNT_CAP else max(estimated_count(found), COUNT_CAP + 1)
+        counted, estimated = facets(pairs, prefix, source, matches)
+        summary = (count, matches, counted, estimated)
+        cache.set(key, summary, SUMMARY_SECONDS)
+    return summary
 
 
 def estimated_count(threads):

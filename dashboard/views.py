@@ -144,10 +144,10 @@ def threads(request):
     sources = list(Source.objects.all())
 
     found = browse.find_threads(pairs, prefix, source, sort)
-    page = browse.CappedPaginator(found, THREADS_PER_PAGE).get_page(request.GET.get("page"))
-    matches = page.paginator.count
-    if page.paginator.capped:
-        matches = max(browse.estimated_count(found), browse.COUNT_CAP + 1)
+    count, matches, counted, facets_estimated = browse.filter_summary(found, pairs, prefix, source, sources)
+    paginator = browse.CappedPaginator(found, THREADS_PER_PAGE)
+    paginator.count = count  # known: no second count query
+    page = paginator.get_page(request.GET.get("page"))
     listed = browse.attach_sources(list(page.object_list))
     tags_by_thread = {}
     for thread_pk, key, value in (
@@ -174,7 +174,6 @@ def threads(request):
         rest = [(k, v) for k, v in params if not (k == "tag" and v == browse.tag_text(key, value))]
         return _query(rest, page=None)
 
-    counted, facets_estimated = browse.facets(pairs, prefix, source, matches)
     facets = [
         (key, [(value, n, (key, value) in selected, without_tag(key, value) if (key, value) in selected else with_tag(key, value)) for value, n in values])
         for key, values in counted

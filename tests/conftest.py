@@ -72,3 +72,12 @@ def s3_bucket(moto_s3, settings):
     for key, value in moto_s3.env(name, prefix="uploads/").items():
         setattr(settings, key, value)
     yield name
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Each test starts with an empty cache: the tag browser caches per filter and sync."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlencode
 import pytest
 from django.urls import reverse
 
-from checkpoints.models import Checkpoint, Source, Thread
+from checkpoints.models import Checkpoint, Source, Tag, Thread
 from tests.mirror_data import SECRET, TRICKY_VALUES, make_user, static_settings  # noqa: F401
 from tests.mirror_data import mirror, operator, operator_client, shared_mirror, viewer, viewer_client  # noqa: F401
 
@@ -203,6 +203,26 @@ def test_threads_facets_count_the_filtered_threads(viewer_client, mirror):
             assert url.startswith("?")
     keys = [k for k, _ in response.context["facets"]]
     assert "api_key" not in keys and "tenant" in keys
+
+
+def test_threads_count_and_facets_are_computed_once_per_sync(viewer_client, mirror):
+    from django.utils import timezone
+
+    def plan_values(response):
+        return {value: n for value, n, _, _ in dict(response.context["facets"]).get("plan", [])}
+
+    first = viewer_client.get("/threads/", {"tag": "plan:pro"})
+    assert plan_values(first)["pro"] > 0
+    Tag.objects.filter(key="plan", value="pro").update(value="gold")  # changed without a sync
+    again = viewer_client.get("/threads/", {"tag": "plan:pro", "sort": "stored"})  # another sort, same filter
+    counts = [[(key, value, n) for value, n, _, _ in values] for key, values in first.context["facets"]]
+    assert [[(key, value, n) for value, n, _, _ in values] for key, values in again.context["facets"]] == counts
+    assert again.context["page"].paginator.count == first.context["page"].paginator.count > 0
+    assert thread_ids(again) == [], "the rows themselves are never cached"
+
+    Source.objects.filter(pk=Source.objects.first().pk).update(last_sync_at=timezone.now())  # a sync landed
+    after = viewer_client.get("/threads/", {"tag": "plan:pro"})
+    assert after.context["page"].paginator.count == 0 and "pro" not in plan_values(after)
 
 
 def test_threads_prefix_search_and_sorts(viewer_client, mirror):
