@@ -635,7 +635,8 @@ def _apply_batch(context, thread_rows):
         for tid, (thread, _, _) in live.items():
             obj = existing.get(tid)
             if obj is not None:
-                old_tags[tid] = obj.tags if isinstance(obj.tags, dict) else {}
+                # A full sync (or odd JSON) rewrites the thread's tag rows whole: a repair.
+                old_tags[tid] = obj.tags if context.since is not None and isinstance(obj.tags, dict) else _REWRITE
                 for f in _THREAD_FIELDS:
                     setattr(obj, f, thread[f])
                 old_threads.append(obj)
@@ -687,14 +688,18 @@ def _apply_batch(context, thread_rows):
         # re-read threads keep their tags, and rewriting them anyway cleared
         # the visibility map of the tag table page by page, which the tag
         # browser's index-only scans need until autovacuum comes by.
-        stale, fresh = [], []
+        stale, fresh, rewrite = [], [], []
         for tid, (thread, _, _) in live.items():
             before, after = old_tags.get(tid), thread["tags"]
-            if before is None:
+            if before is None or before is _REWRITE:
                 fresh.extend((source.pk, pks[tid], k, v) for k, v in after.items())
+                if before is _REWRITE:
+                    rewrite.append(pks[tid])
             elif before != after:
                 stale.extend((pks[tid], k) for k, v in before.items() if after.get(k) != v)
                 fresh.extend((source.pk, pks[tid], k, v) for k, v in after.items() if before.get(k) != v)
+        if rewrite:
+            Tag.objects.filter(thread_id__in=rewrite)._raw_delete(Tag.objects.db)
         _delete_tags(stale)
         _insert_rows(Tag, ("source_id", "thread_id", "key", "value"), fresh)
 
@@ -755,6 +760,9 @@ def _known_references(existing):
         else:
             known[thread_id][(kind, ns, cid, location)].add(uri)
     return known
+
+
+_REWRITE = object()  # old_tags marker: replace all of a thread's tag rows
 
 
 def _delete_tags(pairs):
@@ -881,7 +889,8 @@ def _update_rows(model, fields, rows):
 def _references_for(uris, context):
     """{uri: BlobReference pk}, creating the references not seen before."""
     found = dict(BlobReference.objects.filter(uri__in=list(uris)).values_list("uri", "pk"))
-    missing = [BlobReference(uri=u, store=classify(u, **context.store_settings)) for u in uris if u not in found]
+    # In URI order: two syncs creating overlapping references lock them in one order, never deadlock.
+    missing = [BlobReference(uri=u, store=classify(u, **context.store_settings)) for u in sorted(uris) if u not in found]
     if missing:
         # ignore_conflicts: another source's sync may create the same reference meanwhile.
         BlobReference.objects.bulk_create(missing, ignore_conflicts=True, batch_size=1000)

@@ -126,24 +126,24 @@ class CappedPaginator(Paginator):
 SUMMARY_SECONDS = 60
 
 
-def filter_summary(found, pairs, prefix, source, sources):
-    """(count up to COUNT_CAP + 1, matches to show, facets, facets estimated) of a filter.
+def filter_summary(found, pairs, prefix, source, sources, count):
+    """(matches to show, facets, facets estimated) of a filter whose capped count is `count`.
 
     Paging through a filter or sorting it asks the same again, and the
-    answer changes only with the mirror: it is cached per filter and per
-    sync of the sources (their last_sync_at), for SUMMARY_SECONDS at most
-    (a prune refreshes the mirror between syncs). The count and the facets
-    were half of the tag browser's database time.
+    answer changes only with the mirror: it is cached per filter, capped
+    count and sync of the sources (their last_sync_at), for SUMMARY_SECONDS
+    at most (a prune refreshes the mirror between syncs). The facets and the
+    planner's estimate were half of the tag browser's database time. The
+    capped count itself is counted on every request: pagination relies on it.
     """
     stamp = [(s.pk, s.last_sync_at.isoformat() if s.last_sync_at else None) for s in sources]
-    raw = json.dumps([sorted(pairs), prefix, source.pk if source else None, stamp])
+    raw = json.dumps([sorted(pairs), prefix, source.pk if source else None, count, stamp])
     key = "threads-summary:" + hashlib.sha256(raw.encode()).hexdigest()
     summary = cache.get(key)
     if summary is None:
-        count = CappedPaginator(found, 1).count
         matches = count if count <= COUNT_CAP else max(estimated_count(found), COUNT_CAP + 1)
         counted, estimated = facets(pairs, prefix, source, matches)
-        summary = (count, matches, counted, estimated)
+        summary = (matches, counted, estimated)
         cache.set(key, summary, SUMMARY_SECONDS)
     return summary
 

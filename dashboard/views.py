@@ -144,10 +144,10 @@ def threads(request):
     sources = list(Source.objects.all())
 
     found = browse.find_threads(pairs, prefix, source, sort)
-    count, matches, counted, facets_estimated = browse.filter_summary(found, pairs, prefix, source, sources)
-    paginator = browse.CappedPaginator(found, THREADS_PER_PAGE)
-    paginator.count = count  # known: no second count query
-    page = paginator.get_page(request.GET.get("page"))
+    page = browse.CappedPaginator(found, THREADS_PER_PAGE).get_page(request.GET.get("page"))
+    matches, counted, facets_estimated = browse.filter_summary(
+        found, pairs, prefix, source, sources, page.paginator.count
+    )
     listed = browse.attach_sources(list(page.object_list))
     tags_by_thread = {}
     for thread_pk, key, value in (

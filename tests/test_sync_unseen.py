@@ -225,3 +225,15 @@ def test_tags_of_a_re_read_thread_change_row_by_row(saver_and_url):
     thread.refresh_from_db()
     assert thread.tags == {"tenant": "globex", "plan": "free", "project": "demo"}
     assert Tag.objects.get(thread=thread, key="plan").pk == kept  # unchanged: not rewritten
+
+
+def test_a_full_sync_repairs_tag_rows_that_drifted(saver_and_url):
+    from checkpoints.models import Tag
+    from tests.graphs import chat_graph
+
+    chat_graph(saver_and_url[0]).invoke({"messages": []}, {"configurable": {"thread_id": "drift", "tenant": "acme"}})
+    source = Source.objects.create(name="drift", url=saver_and_url[1], kind=saver_and_url[2])
+    assert sync_source(source)["error"] is None
+    Tag.objects.filter(thread__thread_id="drift").update(value="wrong")  # rows no longer what Thread.tags says
+    assert sync_source(source, full=True)["error"] is None
+    assert_mirror_matches(source, saver_and_url[1])
