@@ -34,7 +34,7 @@ from checkpoints.dburl import kind_of
 from checkpoints.ids import uuid6_time
 from checkpoints.models import BlobReference, Checkpoint, ReferenceUse, Source, Tag, Thread
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
-from checkpoints.sources import SourceError, open_reader
+from checkpoints.sources import SourceError, first_line, open_reader
 from checkpoints.tags import extract_tags
 from checkpoints.uris import classify
 
@@ -57,6 +57,12 @@ class SyncRefused(Exception):
 
 class SyncIncomplete(Exception):
     """Some threads could not be mirrored; the rest were, and those are retried next time."""
+
+    @classmethod
+    def of(cls, failed):
+        thread_id, reason = next(iter(failed.items()))
+        return cls(f"{len(failed)} thread(s) could not be mirrored and are retried by the next sync; "
+                   f"the first, {thread_id!r}: {reason}")
 
 
 def register_default_source():
@@ -229,11 +235,7 @@ def _sync(source, full, stats, run, touched):
         source.undecodable_values = context.undecodable if since is None else source.undecodable_values + context.undecodable
         source.save(update_fields=["layout", "sync_state", "references_unknown", "undecodable_values"])
     if context.failed:
-        thread_id, reason = next(iter(context.failed.items()))
-        raise SyncIncomplete(
-            f"{len(context.failed)} thread(s) could not be mirrored and are retried by the next sync; "
-            f"the first, {thread_id!r}: {reason}"
-        )
+        raise SyncIncomplete.of(context.failed)
     return mirror_totals
 
 
@@ -281,8 +283,7 @@ def refresh_threads(source, thread_ids):
         _process(reader, context, sorted(set(thread_ids)), None)
     usage.capture(source)
     if context.failed:  # the next sync retries them: the counts differ from the source's
-        thread_id, reason = next(iter(context.failed.items()))
-        raise SyncIncomplete(f"{len(context.failed)} thread(s) could not be mirrored; the first, {thread_id!r}: {reason}")
+        raise SyncIncomplete.of(context.failed)
     return stats
 
 
@@ -350,16 +351,12 @@ def _apply_isolated(context, thread_rows):
             if len(batch) > 1:
                 batches.extend([rows] for rows in batch)
             else:
-                context.failed[batch[0].thread_id] = f"{type(e).__name__}: {_first_line(e)}"
+                context.failed[batch[0].thread_id] = f"{type(e).__name__}: {first_line(e)}"
                 log.warning("thread %r of %s could not be mirrored: %s", batch[0].thread_id, context.source, e)
 
 
 def _unhex(text) -> str:
     return bytes.fromhex(text).decode("utf-8", "surrogatepass")
-
-
-def _first_line(error) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import ormsgpack
 
 from checkpoints.dburl import parse_database_url, redact
 from checkpoints.decode import decode_json_text, safe_loads, summarize
+from checkpoints.sources import first_line
 
 CONNECT_TIMEOUT = 5
 STATEMENT_TIMEOUT_MS = 10_000
@@ -138,7 +139,7 @@ def _read_postgres(url, key, parent, limit, aes_key):
             writes = conn.execute(_PG_WRITES, params).fetchall()
             conn.rollback()
     except psycopg.Error as e:
-        raise ReadError(f"cannot read {redact(url)}: {_first_line(e)}") from None
+        raise ReadError(f"cannot read {redact(url)}: {first_line(e)}") from None
 
     out = CheckpointValues()
     out.versions = _object(versions[cid][0])
@@ -255,7 +256,3 @@ def _split_sqlite_checkpoint(type_, size, data, limit, aes_key, values=True):
             decoded = safe_loads("msgpack", packed, limit=limit, aes_key=aes_key)
             channels.append(Value(str(name), "msgpack", len(packed), decoded, versions.get(str(name), "")))
     return channels, versions, sizes, ""
-
-
-def _first_line(error) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -58,7 +58,7 @@ from checkpoints.dburl import parse_database_url, redact
 from checkpoints.ids import uuid6_floor
 from checkpoints.models import BlobReference, ReferenceUse, Source
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
-from checkpoints.sources import SourceError, open_reader
+from checkpoints.sources import SourceError, first_line, open_reader
 from checkpoints.sync import refresh_threads, register_default_source, sync_source
 from checkpoints.units import parse_duration
 from checkpoints.uris import file_path_inside, parse_uri
@@ -364,7 +364,7 @@ class _Recheck:
                 conn = self.conns.pop(source.pk, None)
                 if conn is not None:
                     conn.close()
-                raise _RecheckFailed(f"re-check at source {source.name} failed: {_first_line(e)}") from None
+                raise _RecheckFailed(f"re-check at source {source.name} failed: {first_line(e)}") from None
         return found
 
     def _postgres(self, source, markers, needles):
@@ -418,10 +418,6 @@ class _Recheck:
                 "encrypted values were written since the sync; they cannot be searched, so nothing is deleted "
                 "(run the sweep again when the source is quiet)"
             )
-
-
-def _first_line(error) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 # --- Database orphans -----------------------------------------------------------
@@ -769,7 +765,7 @@ class _Sweep:
         try:
             found = db_orphans(source, self.cutoff, dry_run=self.dry_run)
         except (SourceError, psycopg.Error, sqlite3.Error) as e:
-            message = f"database orphans of {source.name}: {_first_line(e)}"
+            message = f"database orphans of {source.name}: {first_line(e)}"
             self.failures.append(message)
             self.error({"uri": redact(source.url), "error": message})
             return

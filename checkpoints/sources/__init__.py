@@ -17,6 +17,15 @@ class SourceError(Exception):
     """A source that cannot be read: down, not LangGraph, or an unsupported layout."""
 
 
+def first_line(error) -> str:
+    """The first line of an exception's message (drivers add hints and context lines), or its type.
+
+    >>> first_line(ValueError("bad value\\nDETAIL: more")), first_line(KeyError())
+    ('bad value', 'KeyError')
+    """
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 # Named tuples whose fields follow the readers' SELECT lists: PostgreSQL's
 # driver builds them straight from each result row (see
 # postgres._rows_as), with no Python call per row.
@@ -89,4 +98,4 @@ def open_reader(url: str, *, connect_timeout: int = 10):
     return SqliteReader(url)
 
 
-__all__ = ["SourceError", "CheckpointRow", "BlobRow", "WriteRow", "ThreadRows", "open_reader", "redact"]
+__all__ = ["SourceError", "first_line", "CheckpointRow", "BlobRow", "WriteRow", "ThreadRows", "open_reader", "redact"]

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.types.json import set_json_loads
 
 from checkpoints.dburl import redact
-from checkpoints.sources import BlobRow, CheckpointRow, SourceError, ThreadRows, WriteRow
+from checkpoints.sources import BlobRow, CheckpointRow, SourceError, ThreadRows, WriteRow, first_line
 
 _XID_WRAP = 2**32
 # Only fetch a value's bytes when they may contain a URI of a blob store, or
@@ -50,7 +50,7 @@ class PostgresReader:
         try:
             self.conn = psycopg.connect(self.url, connect_timeout=self.connect_timeout, autocommit=False)
         except psycopg.Error as e:
-            raise SourceError(f"cannot connect to {redact(self.url)}: {_first_line(e)}") from None
+            raise SourceError(f"cannot connect to {redact(self.url)}: {first_line(e)}") from None
         set_json_loads(_json_loads, self.conn)
         # JIT compilation costs more than it saves on these scans.
         self.conn.execute("SET jit = off")
@@ -75,7 +75,7 @@ class PostgresReader:
             cursor = self.conn.cursor(row_factory=_rows_as(row_type)) if row_type else self.conn.cursor()
             return cursor.execute(sql, params).fetchall()
         except psycopg.Error as e:
-            raise SourceError(f"reading {redact(self.url)} failed: {_first_line(e)}") from None
+            raise SourceError(f"reading {redact(self.url)} failed: {first_line(e)}") from None
 
     def layout(self) -> str:
         """`standard`, or a SourceError that says why the schema cannot be read."""
@@ -246,7 +246,3 @@ def _written_since(fresh, now):
     lo, hi = fresh["lo"], now["xmax"] % _XID_WRAP
     where = "xmin::text::bigint >= %(lo)s" + ("" if hi >= lo else " OR xmin::text::bigint < %(hi)s")
     return where, {"lo": lo, "hi": hi}
-
-
-def _first_line(error) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
