@@ -97,7 +97,21 @@ def threads(request):
 
 @require_GET
 @api_auth
+def thread_by_query(request, source):
+    """One thread by ?thread_id=, for ids such as ".." that HTTP clients drop from a path."""
+    thread_id = request.GET.get("thread_id")
+    if not thread_id:
+        return _error("thread_id is required: /api/threads/<source>/?thread_id=<id>")
+    return _thread_detail(source, thread_id)
+
+
+@require_GET
+@api_auth
 def thread(request, source, thread_id):
+    return _thread_detail(source, thread_id)
+
+
+def _thread_detail(source, thread_id):
     t = Thread.objects.select_related("source").filter(source__name=source, thread_id=thread_id).first()
     if t is None:
         return _error(f"no thread {thread_id!r} in source {source!r}", status=404)
