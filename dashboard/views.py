@@ -14,6 +14,7 @@ from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
+from checkpoints.decode import plain
 from checkpoints.models import BlobReference, Checkpoint, Source, Tag, Thread
 from checkpoints.tags import redact_metadata, split_tag
 from dashboard import browse, charts, usage
@@ -342,7 +343,9 @@ def checkpoint(request, pk):
         "parent": parent,
         "children": children,
         "graph_parents": graph_parents,
-        "metadata": json.dumps(metadata, indent=2, ensure_ascii=False, sort_keys=True),
+        # The display caps of channel values: a 1 MB string shows its first 10,000 characters and its size.
+        "metadata": json.dumps(plain(metadata), indent=2, ensure_ascii=False, sort_keys=True),
+        "metadata_bytes": len(json.dumps(cp.metadata, ensure_ascii=False).encode()),
         "values": values,
         "diff": values.diff() if values else None,
         "error": error,

@@ -5,6 +5,8 @@ request once reached the database and came back as a 500. Pages quietly
 correct a bad page number, sort or range; the API refuses them with 400.
 """
 
+import json
+from html import unescape
 from urllib.parse import quote
 
 import pytest
@@ -96,3 +98,32 @@ def test_the_api_refuses_an_unknown_range_on_the_summary(operator_client, mirror
 @pytest.mark.parametrize("url", ["/", "/threads/", "/threads/alpha/alpha-thread-001/", "/maintenance/"])
 def test_the_pages_quietly_correct_them(operator_client, mirror, url, query):
     assert operator_client.get(url, query).status_code == 200, (url, query)
+
+
+# --- very large user data on the checkpoint page ---------------------------------------
+
+
+def test_the_checkpoint_page_cuts_very_large_metadata(client, sqlite_saver, sqlite_source_url):
+    from checkpoints.decode import MAX_STRING
+    from checkpoints.models import Thread
+    from tests.graphs import chat_graph
+    from tests.mirror_data import make_user, synced_source
+
+    big = "m" * 1_000_000
+    chat_graph(sqlite_saver).invoke(
+        {"messages": ["hi"]}, {"configurable": {"thread_id": "big-meta"}, "metadata": {"note": big, "tenant": "acme"}}
+    )
+    synced_source(sqlite_source_url, "lite")
+    thread = Thread.objects.get(thread_id="big-meta")
+    cp = Checkpoint.objects.get(thread=thread, checkpoint_id=thread.latest_checkpoint_id)
+    assert cp.metadata["note"] == big  # the mirror keeps it whole
+
+    client.force_login(make_user("vera", "viewer"))
+    response = client.get(f"/checkpoints/{cp.pk}/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert len(html) < 200_000 and "m" * MAX_STRING in html and "m" * (MAX_STRING + 1) not in html
+    # the cut says how large the value is, and the card the size of the whole metadata
+    assert f"[cut, {len(big):,} bytes in all]".replace(",", "") in html.replace(",", "")
+    assert response.context["metadata_bytes"] == len(json.dumps(cp.metadata, ensure_ascii=False).encode())
+    assert '"tenant": "acme"' in unescape(html)
