@@ -128,7 +128,7 @@ def threads(request):
         if not text.strip():  # the form's empty "add a tag" box
             continue
         try:
-            pair = split_tag(text, ":")
+            pair = split_tag(text)
         except ValueError:
             errors.append(f"Ignored the tag filter {text!r}: write it as key:value.")
             continue
