@@ -100,17 +100,32 @@ def redact_metadata(metadata, patterns):
     return metadata
 
 
-def split_tag(text: str, separator: str):
-    """Split `key:value` (URLs) or `KEY=VALUE` (commands) at the first separator.
+SEPARATORS = (":", "=")
 
-    >>> split_tag("url:http://x:1", ":")
-    ('url', 'http://x:1')
-    >>> split_tag("nokey", ":")
+
+def split_tag(text: str, separator: str = ":"):
+    """Split a tag filter at its first separator, `:` or `=`, whichever comes first.
+
+    Every surface takes both spellings: `tenant:acme` (the documented one, as
+    in URLs) and `TENANT=acme` (what the prune command took first). The value
+    keeps any later separator; a key holding `:` or `=` cannot be written.
+    `separator` only names the spelling an error message asks for.
+
+    >>> split_tag("url:http://x:1"), split_tag("expr=a=b"), split_tag("url=http://x:1"), split_tag("t:a=b")
+    (('url', 'http://x:1'), ('expr', 'a=b'), ('url', 'http://x:1'), ('t', 'a=b'))
+    >>> split_tag("tenant:"), split_tag("plan=free tier")
+    (('tenant', ''), ('plan', 'free tier'))
+    >>> split_tag("nokey")
     Traceback (most recent call last):
     ...
     ValueError: 'nokey' is not key:value
+    >>> split_tag("=v", "=")
+    Traceback (most recent call last):
+    ...
+    ValueError: '=v' is not key=value
     """
-    key, sep, value = str(text).partition(separator)
-    if not sep or not key:
+    text = str(text)
+    cut = min((i for i in (text.find(s) for s in SEPARATORS) if i >= 0), default=-1)
+    if cut <= 0:
         raise ValueError(f"{text!r} is not key{separator}value")
-    return key, value
+    return text[:cut], text[cut + 1:]

@@ -33,6 +33,20 @@ def _error(message, status=400):
     return JsonResponse({"error": message}, status=status)
 
 
+def _bad_common(request):
+    """The error message for a `range` or `page` that the pages would quietly correct, or None.
+
+    The pages fall back to a default; a script gets told, so that a typo does
+    not pass for an answer.
+    """
+    if "range" in request.GET and request.GET["range"] not in usage.RANGES:
+        return f"range must be one of {', '.join(usage.RANGES)}"
+    raw = request.GET.get("page", "1")
+    if not (raw.isascii() and raw.isdigit() and int(raw) >= 1):
+        return f"page must be a whole number from 1, not {raw!r}"
+    return None
+
+
 def _thread_json(t, tags):
     return {
         "source": t.source.name,
@@ -55,6 +69,8 @@ def _tags_of(thread_pks):
 @require_GET
 @api_auth
 def threads(request):
+    if message := _bad_common(request):
+        return _error(message)
     try:
         pairs = browse.parse_tag_filters(request.GET.getlist("tag"))
     except browse.BadFilter as e:
@@ -67,11 +83,7 @@ def threads(request):
         source = Source.objects.filter(name=request.GET["source"]).first()
         if source is None:
             return _error(f"no source named {request.GET['source']!r}", status=404)
-    raw_page = request.GET.get("page", "1")
-    try:
-        number = int(raw_page)
-    except ValueError:
-        return _error(f"page must be a whole number, not {raw_page!r}")
+    number = int(request.GET.get("page", "1"))
 
     found = browse.find_threads(pairs, request.GET.get("q", "").strip(), source, sort)
     paginator = Paginator(found, PAGE_SIZE)
@@ -97,7 +109,21 @@ def threads(request):
 
 @require_GET
 @api_auth
+def thread_by_query(request, source):
+    """One thread by ?thread_id=, for ids such as ".." that HTTP clients drop from a path."""
+    thread_id = request.GET.get("thread_id")
+    if not thread_id:
+        return _error("thread_id is required: /api/threads/<source>/?thread_id=<id>")
+    return _thread_detail(source, thread_id)
+
+
+@require_GET
+@api_auth
 def thread(request, source, thread_id):
+    return _thread_detail(source, thread_id)
+
+
+def _thread_detail(source, thread_id):
     t = Thread.objects.select_related("source").filter(source__name=source, thread_id=thread_id).first()
     if t is None:
         return _error(f"no thread {thread_id!r} in source {source!r}", status=404)
@@ -114,6 +140,8 @@ def thread(request, source, thread_id):
 @require_GET
 @api_auth
 def summary(request):
+    if message := _bad_common(request):
+        return _error(message)
     rows, _ = usage.sources_summary(settings.CHECKPOINT_SIZE_LIMIT)
     return JsonResponse(
         {

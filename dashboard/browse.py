@@ -38,9 +38,9 @@ class BadFilter(ValueError):
 
 
 def parse_tag_filters(texts) -> list[tuple[str, str]]:
-    """`key:value` texts as (key, value) pairs, split at the first colon, deduplicated.
+    """`key:value` texts as (key, value) pairs, split at the first `:` or `=`, deduplicated.
 
-    >>> parse_tag_filters(["tenant:acme", "url:http://x:1", "tenant:acme", ""])
+    >>> parse_tag_filters(["tenant:acme", "url:http://x:1", "tenant=acme", ""])
     [('tenant', 'acme'), ('url', 'http://x:1')]
     >>> parse_tag_filters(["acme"])
     Traceback (most recent call last):
@@ -52,7 +52,7 @@ def parse_tag_filters(texts) -> list[tuple[str, str]]:
         if not text.strip():
             continue
         try:
-            pair = split_tag(text, ":")
+            pair = split_tag(text)
         except ValueError:
             raise BadFilter(f"tag filter {text!r} is not key:value") from None
         if pair not in pairs:

@@ -12,6 +12,7 @@ from django.conf import settings
 
 from checkpoints.models import Source
 from checkpoints.prune import PrunePolicy
+from checkpoints.tags import split_tag
 from checkpoints.units import parse_duration
 from storage.sweep import SweepRefused, check_grace, duration_text
 
@@ -19,10 +20,10 @@ MIN_INTERVAL = timedelta(minutes=10)
 
 
 def split_tag_lines(text: str) -> list:
-    """KEY=VALUE filters, one a line (values may hold spaces, commas and '=').
+    """Tag filters, key:value or KEY=VALUE, one a line (values may hold spaces, commas, ':' and '=').
 
-    >>> split_tag_lines("tenant=acme\\n\\n  plan = free tier \\r\\nexpr=a=b")
-    ['tenant=acme', 'plan = free tier', 'expr=a=b']
+    >>> split_tag_lines("tenant:acme\\n\\n  plan = free tier \\r\\nexpr=a=b")
+    ['tenant:acme', 'plan = free tier', 'expr=a=b']
     """
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -40,13 +41,22 @@ class PruneForm(forms.Form):
         help_text="Checkpoints kept per thread however old (at least 1, 0 only with whole threads).",
     )
     tags = forms.CharField(
-        required=False, label="Tag filters", widget=forms.Textarea(attrs={"rows": 2, "placeholder": "tenant=acme"}),
-        help_text="KEY=VALUE, one a line; a thread must carry them all.",
+        required=False, label="Tag filters", widget=forms.Textarea(attrs={"rows": 2, "placeholder": "tenant:acme"}),
+        help_text="key:value (KEY=VALUE works too), one a line; a thread must carry them all.",
     )
     threads = forms.BooleanField(
         required=False, label="Whole threads",
         help_text="Delete threads idle for longer than the age entirely.",
     )
+
+    def clean_tags(self):
+        text = self.cleaned_data.get("tags") or ""
+        for line in split_tag_lines(text):
+            try:
+                split_tag(line)
+            except ValueError as e:
+                raise forms.ValidationError(str(e)) from None
+        return text
 
     def clean_older_than(self):
         text = self.cleaned_data["older_than"].strip()

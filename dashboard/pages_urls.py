@@ -1,11 +1,13 @@
 from django.urls import path
 
-from dashboard import api, maintenance, metrics, views
+from dashboard import api, links, maintenance, metrics, views  # noqa: F401 (links registers <thread_id:>)
 
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("threads/", views.threads, name="threads"),
-    path("threads/<slug:source>/<path:thread_id>/", views.thread, name="thread"),
+    path("threads/<slug:source>/<thread_id:thread_id>/", views.thread, name="thread"),
+    # Thread ids "." and "..", which no browser keeps as a path segment: ?thread_id=..
+    path("threads/<slug:source>/", views.thread_by_query, name="thread-by-query"),
     path("checkpoints/<int:pk>/", views.checkpoint, name="checkpoint"),
     path("maintenance/", maintenance.index, name="maintenance"),
     path("maintenance/prune/preview", maintenance.prune_preview, name="maintenance-prune-preview"),
@@ -17,7 +19,8 @@ urlpatterns = [
     path("maintenance/policies/<int:pk>/toggle", maintenance.policy_toggle, name="maintenance-policy-toggle"),
     path("maintenance/policies/<int:pk>/delete", maintenance.policy_delete, name="maintenance-policy-delete"),
     path("api/threads/", api.threads, name="api-threads"),
-    path("api/threads/<slug:source>/<path:thread_id>/", api.thread, name="api-thread"),
+    path("api/threads/<slug:source>/<thread_id:thread_id>/", api.thread, name="api-thread"),
+    path("api/threads/<slug:source>/", api.thread_by_query, name="api-thread-by-query"),
     path("api/summary/", api.summary, name="api-summary"),
     path("metrics", metrics.metrics, name="metrics"),
 ]

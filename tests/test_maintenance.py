@@ -195,7 +195,7 @@ def test_bad_prune_input_is_refused_with_the_reason_and_queues_nothing(operator_
     cases = [
         (prune_post(source, older_than="ten days"), "is not a duration"),
         (prune_post(source, keep_last=0), "0 is only allowed with whole threads"),
-        (prune_post(source, tags="tenant"), "is not key=value"),
+        (prune_post(source, tags="tenant"), "is not key:value"),
         ({**prune_post(source), "prune-source": 999999}, "Select a valid choice"),
     ]
     for data, message in cases:

@@ -64,3 +64,11 @@ def duration(seconds):
     if seconds < 172800:
         return f"{seconds // 3600} h"
     return f"{seconds // 86400} d"
+
+
+@register.simple_tag
+def thread_url(source, thread_id):
+    """The link to a thread page: `{% url 'thread' %}` leaves "../" in ids for browsers to rewrite."""
+    from dashboard.links import thread_path
+
+    return thread_path(source, thread_id)

@@ -22,8 +22,8 @@ class Command(BaseCommand):
                             help="Age of the checkpoints to delete: 90s, 15m, 24h, 30d.")
         parser.add_argument("--keep-last", type=int, default=1, metavar="N",
                             help="Checkpoints kept per thread whatever their age (default 1; 0 only with --threads).")
-        parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
-                            help="Only threads with this tag (repeat: all must match).")
+        parser.add_argument("--tag", action="append", default=[], metavar="KEY:VALUE",
+                            help="Only threads with this tag, key:value or KEY=VALUE (repeat: all must match).")
         parser.add_argument("--source", metavar="NAME", help="Only this source (default: all).")
         parser.add_argument("--threads", action="store_true",
                             help="Also delete whole threads idle for longer than the age.")
