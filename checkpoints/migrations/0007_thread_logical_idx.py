@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('checkpoints', '0005_mirror_without_fk_checks'),
+        ('checkpoints', '0006_capture_mode'),
     ]
 
     operations = [
