@@ -96,7 +96,7 @@ def test_ids_mirrored_before_holding_the_signs_are_rekeyed(db):
 
     from checkpoints.ids import source_thread_id
 
-    migration = importlib.import_module("checkpoints.migrations.0006_thread_keys")
+    migration = importlib.import_module("checkpoints.migrations.0007_thread_keys")
     source = Source.objects.create(name="old", url="sqlite:////nowhere.db", kind="sqlite")
     # The key of the first is the second's id as stored before: rewritten in the wrong order, they would collide.
     raw = ["x\u2400y", "x\u241b\u2400y", "\u241b", "plain"]

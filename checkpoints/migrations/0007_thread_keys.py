@@ -26,7 +26,7 @@ def rekey(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("checkpoints", "0005_mirror_without_fk_checks"),
+        ("checkpoints", "0006_capture_mode"),
     ]
 
     operations = [
