@@ -162,7 +162,8 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    # Hashed, compressed names once collectstatic has run; plain names before.
+    "staticfiles": {"BACKEND": "dashboard.staticstorage.FallbackManifestStaticFilesStorage"},
 }
 STATICFILES_FINDERS = [
     "django.contrib.staticfiles.finders.FileSystemFinder",
@@ -170,7 +171,8 @@ STATICFILES_FINDERS = [
     # plotly.js comes from the installed plotly package, never from a CDN.
     "dashboard.staticfinders.PlotlyFinder",
 ]
-# Pages work from a fresh checkout before collectstatic has run.
+# Pages work from a fresh checkout before collectstatic has run: the storage
+# links unknown names plainly and WhiteNoise serves them from the finders.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 

@@ -102,7 +102,7 @@ _INLINE = """
                          THEN c.checkpoint->'channel_values' ELSE '{}'::jsonb END) v
     WHERE c.thread_id = %(thread)s AND c.checkpoint_ns = %(ns)s AND c.checkpoint_id = %(id)s
 """
-# A checkpoint's blob rows are those its channel_versions name (DESIGN.md §3).
+# A checkpoint's blob rows are those its channel_versions name (docs/architecture.md §3).
 _BLOBS = """
     SELECT c.checkpoint_id, b.channel, b.version, b.type, coalesce(octet_length(b.blob), 0),
            CASE WHEN c.checkpoint_id = %(id)s AND octet_length(b.blob) <= %(limit)s THEN b.blob END
