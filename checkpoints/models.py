@@ -33,6 +33,11 @@ class Source(models.Model):
     )
     undecodable_values = models.BigIntegerField(default=0, help_text="Values the last sync could not decode.")
     sync_state = models.JSONField(default=dict, blank=True, help_text="Watermarks of the incremental sync.")
+    CAPTURE_CHOICES = [("scan", "Scan"), ("logical", "Logical decoding")]
+    capture = models.CharField(
+        max_length=16, choices=CAPTURE_CHOICES, default="scan",
+        help_text="How a sync finds what changed: scan the tables, or read a logical replication slot (PostgreSQL).",
+    )
 
     class Meta:
         ordering = ["name"]

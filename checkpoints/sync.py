@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from checkpoints import decode, usage
 from checkpoints.dburl import kind_of
+from checkpoints.sources.capture import Capture, new_slot_name
 from checkpoints.ids import uuid6_time
 from checkpoints.models import BlobReference, Checkpoint, ReferenceUse, Source, Tag, Thread
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
@@ -70,11 +71,16 @@ def register_default_source():
     url = settings.CHECKPOINT_DATABASE_URL
     if not url:
         return None
-    source, created = Source.objects.get_or_create(name="default", defaults={"url": url, "kind": kind_of(url)})
+    source, created = Source.objects.get_or_create(
+        name="default", defaults={"url": url, "kind": kind_of(url), "capture": settings.CHECKPOINT_CAPTURE}
+    )
     if not created and source.url != url:
         # Another database: its watermark means nothing there.
         source.url, source.kind, source.sync_state = url, kind_of(url), {}
         source.save(update_fields=["url", "kind", "sync_state"])
+    if not created and source.capture != settings.CHECKPOINT_CAPTURE:
+        source.capture = settings.CHECKPOINT_CAPTURE
+        source.save(update_fields=["capture"])
     return source
 
 
@@ -171,22 +177,54 @@ def _empty_result(name, error):
             "seconds": 0.0, "error": error}
 
 
+def _peek_changes(source):
+    """The changes a source's replication slot holds, or None when this sync must scan.
+
+    The slot is created (with its publication) before the scan that covers
+    what came before it, so nothing falls between the two.
+    """
+    if source.capture != "logical" or source.kind != "postgres":
+        return None
+    slot = (source.sync_state or {}).get("slot")
+    if not slot:
+        slot = new_slot_name(source.name)
+        source.sync_state = {**(source.sync_state or {}), "slot": slot}
+        source.save(update_fields=["sync_state"])
+    with Capture(source.url, slot) as capture:
+        if capture.ensure():
+            log.info("source %s: new replication slot; this sync scans once", source)
+            return None
+        changes = capture.peek()
+    return None if changes.truncated else changes
+
+
 def _sync(source, full, stats, run, touched):
     aes_key = settings.LANGGRAPH_AES_KEY.encode() if settings.LANGGRAPH_AES_KEY else None
+    changes = _peek_changes(source)
     with open_reader(source.url) as reader:
+        if changes is not None:
+            # Read in a snapshot that sees every transaction the slot reported.
+            reader.cover_transactions(changes.xids)
         layout = reader.layout()
         now = reader.watermark()
         state = source.sync_state or {}
         since = None if full else state.get("watermark")
-        totals = reader.totals()
         mirrored = Thread.objects.filter(source=source).aggregate(n=Sum("checkpoints"))["n"] or 0
-        if not full and mirrored and mirrored - totals["checkpoints"] > mirrored / 2:
+        if changes is not None:
+            # Deletions arrive as deletions: no counting of the source's tables.
+            totals, removing = None, changes.deleted_checkpoints
+        else:
+            totals = reader.totals()
+            removing = mirrored - totals["checkpoints"]
+        if not full and mirrored and removing > mirrored / 2:
             raise SyncRefused(
-                f"the source now holds {totals['checkpoints']} checkpoints where the mirror has {mirrored}: "
+                f"the source now holds {mirrored - removing} checkpoints where the mirror has {mirrored}: "
                 "a sync would remove more than half of the mirror. If that is right (a big prune, a new "
                 "database), run sync_checkpoints --full; if not, check the source URL."
             )
-        if since is not None:
+        if changes is not None and since is not None:
+            changed = set(changes.threads)
+        elif since is not None:
             changed = reader.changed_thread_ids(since, now)
             if changed is None:  # the reader cannot tell what changed: compare everything
                 since, changed = None, None
@@ -208,11 +246,12 @@ def _sync(source, full, stats, run, touched):
             context.undecodable += whole.undecodable
             changed = set(changed) | retry
 
-        # Rows deleted in threads that did not otherwise change.
+        # Rows deleted in threads that did not otherwise change (the slot
+        # reports deletions itself).
         mirror_totals = usage.thread_totals(source)
         suspects = set()
         for table, key in (("checkpoints", "checkpoints"), ("blobs", "blob_rows"), ("writes", "write_rows")):
-            if mirror_totals[key] != totals[table]:
+            if totals is not None and mirror_totals[key] != totals[table]:
                 source_counts = reader.thread_counts(table)
                 field = {"checkpoints": "checkpoints", "blobs": "blob_rows", "writes": "write_rows"}[table]
                 mirror_counts = dict(Thread.objects.filter(source=source).values_list("thread_id", field))
@@ -226,7 +265,7 @@ def _sync(source, full, stats, run, touched):
         _analyze_if_grown(stats, mirrored)
         usage.capture(source, mirror_totals)
         source.layout = layout
-        source.sync_state = {"watermark": now}
+        source.sync_state = {"watermark": now, **({"slot": state["slot"]} if state.get("slot") else {})}
         if context.failed:  # in hex: an id may hold a NUL, which jsonb cannot
             source.sync_state["retry"] = sorted(t.encode("utf-8", "surrogatepass").hex() for t in context.failed)
         source.references_unknown = context.undecodable > 0 if since is None else (
@@ -234,6 +273,11 @@ def _sync(source, full, stats, run, touched):
         )
         source.undecodable_values = context.undecodable if since is None else source.undecodable_values + context.undecodable
         source.save(update_fields=["layout", "sync_state", "references_unknown", "undecodable_values"])
+    if changes is not None:
+        # Only now that the mirror has committed: a crash before this line
+        # makes the next sync see the same changes again.
+        with Capture(source.url, source.sync_state["slot"]) as capture:
+            capture.confirm(changes.end_lsn)
     if context.failed:
         raise SyncIncomplete.of(context.failed)
     return mirror_totals

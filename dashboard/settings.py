@@ -226,6 +226,18 @@ AXES_LOCKOUT_CALLABLE = "dashboard.throttle.locked_out"
 # --- LangGraph sources -------------------------------------------------------
 CHECKPOINT_DATABASE_URL = _env("CHECKPOINT_DATABASE_URL", "", lambda raw: (parse_database_url(raw), raw.strip())[1])
 SYNC_INTERVAL = env_duration("SYNC_INTERVAL", units.parse_duration("1m"))
+
+
+def _capture_mode(raw):
+    mode = raw.strip().lower()
+    if mode not in ("scan", "logical"):
+        raise ValueError("expected scan or logical")
+    return mode
+
+
+CHECKPOINT_CAPTURE = _env("CHECKPOINT_CAPTURE", "scan", _capture_mode)
+# Retained WAL of a source's replication slot above which the console warns.
+CAPTURE_WAL_WARN = env_size("CAPTURE_WAL_WARN", units.parse_size("1GB"))
 CHECKPOINT_SIZE_LIMIT = env_size("CHECKPOINT_SIZE_LIMIT", 10_000_000)
 STORAGE_QUOTA = env_size("STORAGE_QUOTA", None)
 USAGE_KEEP_DAYS = env_int("USAGE_KEEP_DAYS", 400, minimum=1)
