@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('checkpoints', '0006_capture_mode'),
+        ('checkpoints', '0007_thread_keys'),
     ]
 
     operations = [
