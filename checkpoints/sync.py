@@ -31,11 +31,11 @@ from django.utils import timezone
 
 from checkpoints import decode, usage
 from checkpoints.dburl import kind_of
-from checkpoints.sources.capture import Capture, new_slot_name
-from checkpoints.ids import uuid6_time
+from checkpoints.ids import source_thread_id, thread_key, uuid6_time
 from checkpoints.models import BlobReference, Checkpoint, DailyUsage, ReferenceUse, Run, Source, Tag, Thread
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
 from checkpoints.sources import SourceError, first_line, open_reader
+from checkpoints.sources.capture import Capture, new_slot_name
 from checkpoints.tags import extract_tags
 from checkpoints.uris import classify
 
@@ -248,9 +248,9 @@ def _sync(source, full, stats, run, touched):
                 since, changed = None, None
 
         if since is None:
-            changed = set(reader.thread_ids()) | set(
-                Thread.objects.filter(source=source).values_list("thread_id", flat=True)
-            )
+            changed = set(reader.thread_ids()) | {
+                source_thread_id(t) for t in Thread.objects.filter(source=source).values_list("thread_id", flat=True)
+            }
         context = _Context(source, since, now, aes_key, stats, touched)
         # Threads the previous sync could not mirror: read whole, since their
         # older rows were never seen (their references would be missed).
@@ -272,7 +272,8 @@ def _sync(source, full, stats, run, touched):
             if totals is not None and mirror_totals[key] != totals[table]:
                 source_counts = reader.thread_counts(table)
                 field = {"checkpoints": "checkpoints", "blobs": "blob_rows", "writes": "write_rows"}[table]
-                mirror_counts = dict(Thread.objects.filter(source=source).values_list("thread_id", field))
+                mirror_counts = {source_thread_id(t): n for t, n in
+                                 Thread.objects.filter(source=source).values_list("thread_id", field)}
                 suspects |= {t for t in source_counts.keys() | mirror_counts.keys()
                              if source_counts.get(t, 0) != mirror_counts.get(t, 0)}
         suspects -= set(changed) | context.failed.keys()
@@ -395,8 +396,8 @@ def _apply_isolated(context, thread_rows):
     """Mirror a batch; if it fails, thread by thread, so one bad thread stops only itself.
 
     A thread that still fails keeps its previous mirror rows and is recorded
-    in context.failed with the reason (a NUL in an id that PostgreSQL cannot
-    store, a bug on odd data): the sync reports it and the next one retries it.
+    in context.failed with the reason (a bug on odd data): the sync reports
+    it and the next one retries it.
     """
     batches = [thread_rows]
     while batches:
@@ -670,13 +671,12 @@ def _apply_batch(context, thread_rows):
             # for each batch's WAL flush.
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        if connection.vendor == "postgresql":
-            ids = [i for i in ids if "\x00" not in i]  # never mirrored (text cannot hold NUL): a query would fail
         # Locked until the batch commits: a prune refreshing the same threads
         # waits instead of deleting a thread this batch then writes rows for
         # (the mirror has no foreign keys to refuse them).
-        existing = {t.thread_id: t for t in Thread.objects.select_for_update().filter(
-            source=source, thread_id__in=ids).order_by("pk")}  # one lock order for all: no deadlock
+        # Keyed by the source's id; the mirror holds thread_key() of it (NUL escaped).
+        existing = {source_thread_id(t.thread_id): t for t in Thread.objects.select_for_update().filter(
+            source=source, thread_id__in=[thread_key(i) for i in ids]).order_by("pk")}  # one lock order for all: no deadlock
         known = _known_references(existing) if context.since is not None and existing else {}
         computed = {rows.thread_id: _compute_thread(context, rows, known.get(rows.thread_id, {})) for rows in thread_rows}
 
@@ -702,7 +702,7 @@ def _apply_batch(context, thread_rows):
         if old_threads:
             _update_rows(Thread, _THREAD_FIELDS, [(t.pk, *(getattr(t, f) for f in _THREAD_FIELDS)) for t in old_threads])
         new_ids = [tid for tid in live if tid not in existing]
-        pks = {t.thread_id: t.pk for t in old_threads}
+        pks = {tid: existing[tid].pk for tid in live if tid in existing}
         pks.update(_insert_threads(source, [(tid, live[tid][0]) for tid in new_ids]))
         if len(context.touched) <= TOUCHED_LIMIT:
             context.touched.update(pks.values())
@@ -854,19 +854,22 @@ def _delete_threads(pks):
 
 
 def _insert_threads(source, items):
-    """Insert new threads; return {thread_id: pk}."""
+    """Insert new threads, given by the source's ids (stored as thread_key()); return {source id: pk}."""
     if not items:
         return {}
     ids = _reserve_ids(Thread, len(items))
     if ids is not None:
-        rows = [(pk, source.pk, tid, 0, *(thread[f] for f in _THREAD_FIELDS)) for pk, (tid, thread) in zip(ids, items)]
+        rows = [(pk, source.pk, thread_key(tid), 0, *(thread[f] for f in _THREAD_FIELDS))
+                for pk, (tid, thread) in zip(ids, items)]
         _insert_rows(Thread, ("id", "source_id", "thread_id", "external_bytes", *_THREAD_FIELDS), rows)
         return {tid: pk for pk, (tid, _) in zip(ids, items)}
-    objs = [Thread(source=source, thread_id=tid, **{f: thread[f] for f in _THREAD_FIELDS}) for tid, thread in items]
+    objs = [Thread(source=source, thread_id=thread_key(tid), **{f: thread[f] for f in _THREAD_FIELDS})
+            for tid, thread in items]
     Thread.objects.bulk_create(objs, batch_size=1000)
     if objs[0].pk is None:
-        return dict(Thread.objects.filter(source=source, thread_id__in=[t.thread_id for t in objs]).values_list("thread_id", "pk"))
-    return {t.thread_id: t.pk for t in objs}
+        return {source_thread_id(t): pk for t, pk in Thread.objects.filter(
+            source=source, thread_id__in=[t.thread_id for t in objs]).values_list("thread_id", "pk")}
+    return {source_thread_id(t.thread_id): t.pk for t in objs}
 
 
 def _reserve_ids(model, count):
