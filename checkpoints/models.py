@@ -2,7 +2,7 @@
 
 Rows here are derived from the sources by `sync_checkpoints`; the sources stay
 the truth. Byte figures are serialized bytes measured by SQL on the source
-(DESIGN.md §3), so each one can be checked against the source with SQL.
+(docs/architecture.md §3), so each one can be checked against the source with SQL.
 """
 
 from django.conf import settings

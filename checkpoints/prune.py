@@ -5,7 +5,7 @@ and the schedule; `run_prune()` wraps it in a Run (the audit log and the
 lock) and brings the mirror up to date afterwards.
 
 The rules are those of `PostgresSaver.prune(strategy="keep_latest")`, with an
-age and N (DESIGN.md §4):
+age and N (docs/architecture.md §4):
 
 - a checkpoint goes when it is older than the age (its uuid6 time) and outside
   the last N of its namespace; a subgraph call's namespace (one with a ":")
@@ -624,7 +624,7 @@ class _Postgres:
         checkpoints = []
         for ns, cid, parent, root, is_delta, legacy, versions, size in checkpoint_rows:
             delta = delta or is_delta
-            # Only a JSON object names blobs (DESIGN.md §3).
+            # Only a JSON object names blobs (docs/architecture.md §3).
             checkpoints.append(Row(ns, cid, parent, root, size, versions if isinstance(versions, dict) else None, legacy))
         writes = {(ns, cid): WriteGroup(n, size, tasks) for ns, cid, n, size, tasks in write_rows}
         blobs = {}

@@ -3,7 +3,7 @@
 A sync reads a source in one consistent snapshot and re-reads, whole, every
 thread that changed since the previous sync's snapshot (see the readers for
 how each schema tells). Working thread by thread keeps the arithmetic of
-DESIGN.md §3 simple and exact: a checkpoint's blob and new bytes need its
+docs/architecture.md §3 simple and exact: a checkpoint's blob and new bytes need its
 thread's blob rows and its parent, and a thread's totals need all its rows.
 
 Deletions at the source leave no trace to read, so after the changed threads

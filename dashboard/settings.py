@@ -93,6 +93,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_q",
+    "axes",
     "checkpoints",
     "storage",
     "dashboard",
@@ -108,6 +109,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -147,6 +150,12 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+# The axes backend comes first: it refuses a locked-out (user, address) pair
+# before the password is even checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
@@ -161,7 +170,8 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    # Hashed, compressed names once collectstatic has run; plain names before.
+    "staticfiles": {"BACKEND": "dashboard.staticstorage.FallbackManifestStaticFilesStorage"},
 }
 STATICFILES_FINDERS = [
     "django.contrib.staticfiles.finders.FileSystemFinder",
@@ -169,13 +179,48 @@ STATICFILES_FINDERS = [
     # plotly.js comes from the installed plotly package, never from a CDN.
     "dashboard.staticfinders.PlotlyFinder",
 ]
-# Pages work from a fresh checkout before collectstatic has run.
+# Pages work from a fresh checkout before collectstatic has run: the storage
+# links unknown names plainly and WhiteNoise serves them from the finders.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+
+# --- HTTPS and login throttling -------------------------------------------------
+# HTTPS=true: the console is reached over https only (redirect, HSTS, cookies
+# never sent in clear), which is what `manage.py check --deploy` asks for.
+# TRUSTED_PROXY=true: one TLS-terminating proxy stands in front and sets
+# X-Forwarded-Proto and X-Forwarded-For; never set it without such a proxy, or
+# any client could claim https or another address.
+HTTPS = env_bool("HTTPS", False)
+TRUSTED_PROXY = env_bool("TRUSTED_PROXY", False)
+HSTS_SECONDS = env_int("HSTS_SECONDS", 31_536_000, minimum=0)
+if TRUSTED_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+if HTTPS:
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = HSTS_SECONDS
+    # HSTS applies to the console's host and the names under it, never to a
+    # parent domain; preload only allows a submission to browsers' lists.
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+
+# django-axes: after LOGIN_FAILURE_LIMIT failed logins for one username from
+# one address, that pair is refused for LOGIN_LOCKOUT (each further try
+# restarts it); every failed login is kept in the admin's access failure log.
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_LOCKOUT = env_duration("LOGIN_LOCKOUT", units.parse_duration("15m"))
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = LOGIN_LOCKOUT
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+AXES_CLIENT_IP_CALLABLE = "dashboard.throttle.client_address"
+AXES_LOCKOUT_CALLABLE = "dashboard.throttle.locked_out"
 
 # --- LangGraph sources -------------------------------------------------------
 CHECKPOINT_DATABASE_URL = _env("CHECKPOINT_DATABASE_URL", "", lambda raw: (parse_database_url(raw), raw.strip())[1])

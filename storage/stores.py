@@ -1,7 +1,7 @@
 """Blob stores by URI scheme: S3 (s3://, minio://) and local files (file://).
 
 `locate(uri)` is the one way in: it refuses URIs outside the configured
-stores (DESIGN.md §3, "foreign": never HEADed, signed or swept) and returns
+stores (docs/architecture.md §3, "foreign": never HEADed, signed or swept) and returns
 the store and the exact object key. Keys are used as found, never normalised:
 `a//b` and `a/./b` are distinct S3 objects.
 

@@ -1,6 +1,6 @@
 """Ground truth for the mirror, computed by SQL on the source.
 
-Written from the byte-accounting contract of DESIGN.md §3, independently of
+Written from the byte-accounting contract of docs/architecture.md §3, independently of
 checkpoints/sync.py, so that the tests compare two implementations.
 """
 
