@@ -7,7 +7,7 @@ test waits for a CPU). So the tests make age explicit instead:
 - `written_ago(delta)`: the LangGraph checkpoints (and their write rows, which
   carry the checkpoint's id) written inside the block get uuid6 ids `delta`
   in the past. Everything here reads a checkpoint's age from its uuid6 id
-  (DESIGN.md §3: created_at is the uuid6 time), so they are that old, and the
+  (docs/architecture.md §3: created_at is the uuid6 time), so they are that old, and the
   rows written after the block are `delta` younger: margins of hours.
 - `OLD`, `HOUR`: the margins the tests use with it.
 

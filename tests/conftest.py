@@ -83,7 +83,7 @@ def _fresh_cache():
     yield
 
 
-# Debian's Chromium (DESIGN.md §6), with the flags this machine needs: no
+# Debian's Chromium (docs/architecture.md §6), with the flags this machine needs: no
 # sandbox (containers), no GPU, and none of the background traffic (QUIC,
 # component updates, sync) that would reach out of a test.
 CHROMIUM = "/usr/bin/chromium"
