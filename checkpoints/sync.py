@@ -32,7 +32,7 @@ from django.utils import timezone
 from checkpoints import decode, usage
 from checkpoints.dburl import kind_of
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
-from checkpoints.models import BlobReference, Checkpoint, ReferenceUse, Source, Tag, Thread
+from checkpoints.models import BlobReference, Checkpoint, DailyUsage, ReferenceUse, Run, Source, Tag, Thread
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
 from checkpoints.sources import SourceError, first_line, open_reader
 from checkpoints.sources.capture import Capture, new_slot_name
@@ -117,7 +117,8 @@ def sync_source(source, *, full=False, requested_by=None, origin="command", wait
             error = f"{type(e).__name__}: {e}"
             _record(source, run, started_at, stats, started, error, None)
             raise
-        return _record(source, run, started_at, stats, started, error, touched, totals)
+        return _record(source, run, started_at, stats, started, error, touched, totals,
+                       notify=not isinstance(totals, _Unchanged))
 
 
 @contextmanager
@@ -147,7 +148,7 @@ def commits_without_flush_wait():
             pass  # an aborted transaction: rolling it back undoes the SET as well
 
 
-def _record(source, run, started_at, stats, started, error, touched, totals=None):
+def _record(source, run, started_at, stats, started, error, touched, totals=None, notify=True):
     if totals is None:
         totals = usage.thread_totals(source)
     result = {
@@ -168,7 +169,8 @@ def _record(source, run, started_at, stats, started, error, touched, totals=None
         setattr(source, k, v)
     finish_run(run, result=result, error=error or "")
     threads = touched if touched is not None and len(touched) <= TOUCHED_LIMIT else None
-    sync_finished.send(sender=Source, source=source, result=result, threads=threads)
+    if notify:
+        sync_finished.send(sender=Source, source=source, result=result, threads=threads)
     return result
 
 
@@ -198,9 +200,25 @@ def _peek_changes(source):
     return None if changes.truncated else changes
 
 
+class _Unchanged(dict):
+    """The mirror's totals after a sync that found nothing to do: no reference check follows it."""
+
+
 def _sync(source, full, stats, run, touched):
     aes_key = settings.LANGGRAPH_AES_KEY.encode() if settings.LANGGRAPH_AES_KEY else None
     changes = _peek_changes(source)
+    if changes is not None and not full and not changes.threads and not (source.sync_state or {}).get("retry"):
+        # The slot says no LangGraph row changed: no reader, no counting, no
+        # mirror work; the cost of a quiet source stays flat at any size.
+        with Capture(source.url, source.sync_state["slot"]) as capture:
+            capture.confirm(changes.end_lsn)
+        if not DailyUsage.objects.filter(source=source, day=timezone.now().date()).exists():
+            usage.capture(source)
+        previous = (Run.objects.filter(kind="sync", source=source, state="done").exclude(pk=run.pk)
+                    .order_by("-pk").values_list("result", flat=True).first())
+        if previous and "threads" in previous:
+            return _Unchanged(threads=previous["threads"], checkpoints=previous["checkpoints"])
+        return _Unchanged(usage.thread_totals(source))
     with open_reader(source.url) as reader:
         if changes is not None:
             # Read in a snapshot that sees every transaction the slot reported.
