@@ -52,7 +52,7 @@ class Source(models.Model):
 
 class Thread(models.Model):
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="threads", help_text="Where the thread lives.")
-    thread_id = models.TextField(help_text="LangGraph thread_id, exactly as stored.")
+    thread_id = models.TextField(help_text="LangGraph thread_id, exactly as stored; NUL shown as ␀ (checkpoints.ids.thread_key).")
     checkpoints = models.IntegerField(default=0, help_text="Checkpoint rows in all namespaces.")
     first_checkpoint_at = models.DateTimeField(null=True, blank=True, help_text="Time of the oldest checkpoint.")
     last_checkpoint_at = models.DateTimeField(null=True, blank=True, help_text="Time of the newest checkpoint.")
@@ -74,6 +74,7 @@ class Thread(models.Model):
             models.Index(fields=["last_checkpoint_at"], name="thread_last_idx"),
             models.Index(fields=["stored_bytes"], name="thread_stored_idx"),
             models.Index(fields=["checkpoints"], name="thread_count_idx"),
+            models.Index(fields=["logical_bytes"], name="thread_logical_idx"),  # the "Latest state" sort
             models.Index(fields=["thread_id"], name="thread_id_idx"),
             models.Index(fields=["source", "checkpoints", "stored_bytes"], name="thread_totals_idx"),
         ]

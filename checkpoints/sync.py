@@ -31,11 +31,11 @@ from django.utils import timezone
 
 from checkpoints import decode, usage
 from checkpoints.dburl import kind_of
-from checkpoints.sources.capture import Capture, new_slot_name
-from checkpoints.ids import uuid6_time
-from checkpoints.models import BlobReference, Checkpoint, ReferenceUse, Source, Tag, Thread
+from checkpoints.ids import source_thread_id, thread_key, uuid6_time
+from checkpoints.models import BlobReference, Checkpoint, DailyUsage, ReferenceUse, Run, Source, Tag, Thread
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
 from checkpoints.sources import SourceError, first_line, open_reader
+from checkpoints.sources.capture import Capture, new_slot_name
 from checkpoints.tags import extract_tags
 from checkpoints.uris import classify
 
@@ -117,7 +117,8 @@ def sync_source(source, *, full=False, requested_by=None, origin="command", wait
             error = f"{type(e).__name__}: {e}"
             _record(source, run, started_at, stats, started, error, None)
             raise
-        return _record(source, run, started_at, stats, started, error, touched, totals)
+        return _record(source, run, started_at, stats, started, error, touched, totals,
+                       notify=not isinstance(totals, _Unchanged))
 
 
 @contextmanager
@@ -147,7 +148,7 @@ def commits_without_flush_wait():
             pass  # an aborted transaction: rolling it back undoes the SET as well
 
 
-def _record(source, run, started_at, stats, started, error, touched, totals=None):
+def _record(source, run, started_at, stats, started, error, touched, totals=None, notify=True):
     if totals is None:
         totals = usage.thread_totals(source)
     result = {
@@ -168,7 +169,8 @@ def _record(source, run, started_at, stats, started, error, touched, totals=None
         setattr(source, k, v)
     finish_run(run, result=result, error=error or "")
     threads = touched if touched is not None and len(touched) <= TOUCHED_LIMIT else None
-    sync_finished.send(sender=Source, source=source, result=result, threads=threads)
+    if notify:
+        sync_finished.send(sender=Source, source=source, result=result, threads=threads)
     return result
 
 
@@ -198,9 +200,25 @@ def _peek_changes(source):
     return None if changes.truncated else changes
 
 
+class _Unchanged(dict):
+    """The mirror's totals after a sync that found nothing to do: no reference check follows it."""
+
+
 def _sync(source, full, stats, run, touched):
     aes_key = settings.LANGGRAPH_AES_KEY.encode() if settings.LANGGRAPH_AES_KEY else None
     changes = _peek_changes(source)
+    if changes is not None and not full and not changes.threads and not (source.sync_state or {}).get("retry"):
+        # The slot says no LangGraph row changed: no reader, no counting, no
+        # mirror work; the cost of a quiet source stays flat at any size.
+        with Capture(source.url, source.sync_state["slot"]) as capture:
+            capture.confirm(changes.end_lsn)
+        if not DailyUsage.objects.filter(source=source, day=timezone.now().date()).exists():
+            usage.capture(source)
+        previous = (Run.objects.filter(kind="sync", source=source, state="done").exclude(pk=run.pk)
+                    .order_by("-pk").values_list("result", flat=True).first())
+        if previous and "threads" in previous:
+            return _Unchanged(threads=previous["threads"], checkpoints=previous["checkpoints"])
+        return _Unchanged(usage.thread_totals(source))
     with open_reader(source.url) as reader:
         if changes is not None:
             # Read in a snapshot that sees every transaction the slot reported.
@@ -230,9 +248,9 @@ def _sync(source, full, stats, run, touched):
                 since, changed = None, None
 
         if since is None:
-            changed = set(reader.thread_ids()) | set(
-                Thread.objects.filter(source=source).values_list("thread_id", flat=True)
-            )
+            changed = set(reader.thread_ids()) | {
+                source_thread_id(t) for t in Thread.objects.filter(source=source).values_list("thread_id", flat=True)
+            }
         context = _Context(source, since, now, aes_key, stats, touched)
         # Threads the previous sync could not mirror: read whole, since their
         # older rows were never seen (their references would be missed).
@@ -254,7 +272,8 @@ def _sync(source, full, stats, run, touched):
             if totals is not None and mirror_totals[key] != totals[table]:
                 source_counts = reader.thread_counts(table)
                 field = {"checkpoints": "checkpoints", "blobs": "blob_rows", "writes": "write_rows"}[table]
-                mirror_counts = dict(Thread.objects.filter(source=source).values_list("thread_id", field))
+                mirror_counts = {source_thread_id(t): n for t, n in
+                                 Thread.objects.filter(source=source).values_list("thread_id", field)}
                 suspects |= {t for t in source_counts.keys() | mirror_counts.keys()
                              if source_counts.get(t, 0) != mirror_counts.get(t, 0)}
         suspects -= set(changed) | context.failed.keys()
@@ -377,8 +396,8 @@ def _apply_isolated(context, thread_rows):
     """Mirror a batch; if it fails, thread by thread, so one bad thread stops only itself.
 
     A thread that still fails keeps its previous mirror rows and is recorded
-    in context.failed with the reason (a NUL in an id that PostgreSQL cannot
-    store, a bug on odd data): the sync reports it and the next one retries it.
+    in context.failed with the reason (a bug on odd data): the sync reports
+    it and the next one retries it.
     """
     batches = [thread_rows]
     while batches:
@@ -652,13 +671,12 @@ def _apply_batch(context, thread_rows):
             # for each batch's WAL flush.
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        if connection.vendor == "postgresql":
-            ids = [i for i in ids if "\x00" not in i]  # never mirrored (text cannot hold NUL): a query would fail
         # Locked until the batch commits: a prune refreshing the same threads
         # waits instead of deleting a thread this batch then writes rows for
         # (the mirror has no foreign keys to refuse them).
-        existing = {t.thread_id: t for t in Thread.objects.select_for_update().filter(
-            source=source, thread_id__in=ids).order_by("pk")}  # one lock order for all: no deadlock
+        # Keyed by the source's id; the mirror holds thread_key() of it (NUL escaped).
+        existing = {source_thread_id(t.thread_id): t for t in Thread.objects.select_for_update().filter(
+            source=source, thread_id__in=[thread_key(i) for i in ids]).order_by("pk")}  # one lock order for all: no deadlock
         known = _known_references(existing) if context.since is not None and existing else {}
         computed = {rows.thread_id: _compute_thread(context, rows, known.get(rows.thread_id, {})) for rows in thread_rows}
 
@@ -684,7 +702,7 @@ def _apply_batch(context, thread_rows):
         if old_threads:
             _update_rows(Thread, _THREAD_FIELDS, [(t.pk, *(getattr(t, f) for f in _THREAD_FIELDS)) for t in old_threads])
         new_ids = [tid for tid in live if tid not in existing]
-        pks = {t.thread_id: t.pk for t in old_threads}
+        pks = {tid: existing[tid].pk for tid in live if tid in existing}
         pks.update(_insert_threads(source, [(tid, live[tid][0]) for tid in new_ids]))
         if len(context.touched) <= TOUCHED_LIMIT:
             context.touched.update(pks.values())
@@ -836,19 +854,22 @@ def _delete_threads(pks):
 
 
 def _insert_threads(source, items):
-    """Insert new threads; return {thread_id: pk}."""
+    """Insert new threads, given by the source's ids (stored as thread_key()); return {source id: pk}."""
     if not items:
         return {}
     ids = _reserve_ids(Thread, len(items))
     if ids is not None:
-        rows = [(pk, source.pk, tid, 0, *(thread[f] for f in _THREAD_FIELDS)) for pk, (tid, thread) in zip(ids, items)]
+        rows = [(pk, source.pk, thread_key(tid), 0, *(thread[f] for f in _THREAD_FIELDS))
+                for pk, (tid, thread) in zip(ids, items)]
         _insert_rows(Thread, ("id", "source_id", "thread_id", "external_bytes", *_THREAD_FIELDS), rows)
         return {tid: pk for pk, (tid, _) in zip(ids, items)}
-    objs = [Thread(source=source, thread_id=tid, **{f: thread[f] for f in _THREAD_FIELDS}) for tid, thread in items]
+    objs = [Thread(source=source, thread_id=thread_key(tid), **{f: thread[f] for f in _THREAD_FIELDS})
+            for tid, thread in items]
     Thread.objects.bulk_create(objs, batch_size=1000)
     if objs[0].pk is None:
-        return dict(Thread.objects.filter(source=source, thread_id__in=[t.thread_id for t in objs]).values_list("thread_id", "pk"))
-    return {t.thread_id: t.pk for t in objs}
+        return {source_thread_id(t): pk for t, pk in Thread.objects.filter(
+            source=source, thread_id__in=[t.thread_id for t in objs]).values_list("thread_id", "pk")}
+    return {source_thread_id(t.thread_id): t.pk for t in objs}
 
 
 def _reserve_ids(model, count):

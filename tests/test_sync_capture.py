@@ -210,3 +210,23 @@ def test_capture_error_is_a_source_error():
     from checkpoints.sources import SourceError
 
     assert issubclass(CaptureError, SourceError)
+
+
+def test_a_quiet_source_still_moves_its_slot_so_it_holds_back_no_wal(saver, logical_url):
+    chat_graph(saver).invoke({"messages": ["a"]}, config("one"))
+    source = capturing_source(logical_url)
+    sync_source(source)
+    sync_source(source)
+
+    def confirmed():
+        with psycopg.connect(logical_url, autocommit=True) as conn:
+            return conn.execute("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots"
+                                " WHERE slot_name = %s", (slot_of(source),)).fetchone()[0]
+
+    before = confirmed()
+    with psycopg.connect(logical_url, autocommit=True) as conn:  # WAL of something else entirely
+        conn.execute("CREATE TABLE unrelated AS SELECT g FROM generate_series(1, 50000) g")
+    result = sync_source(source)
+    assert (result["added"], result["error"]) == (0, None)
+    assert confirmed() > before
+    assert_mirror_matches(source, logical_url)
