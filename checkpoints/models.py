@@ -2,7 +2,7 @@
 
 Rows here are derived from the sources by `sync_checkpoints`; the sources stay
 the truth. Byte figures are serialized bytes measured by SQL on the source
-(DESIGN.md §3), so each one can be checked against the source with SQL.
+(docs/architecture.md §3), so each one can be checked against the source with SQL.
 """
 
 from django.conf import settings
@@ -41,6 +41,11 @@ class Source(models.Model):
         default=False,
         help_text="Registered (and kept up to date) by CHECKPOINT_DATABASE_URL; disabled when the variable is unset.",
     )
+    CAPTURE_CHOICES = [("scan", "Scan"), ("logical", "Logical decoding")]
+    capture = models.CharField(
+        max_length=16, choices=CAPTURE_CHOICES, default="scan",
+        help_text="How a sync finds what changed: scan the tables, or read a logical replication slot (PostgreSQL).",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -56,7 +61,7 @@ class Source(models.Model):
 
 class Thread(models.Model):
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="threads", help_text="Where the thread lives.")
-    thread_id = models.TextField(help_text="LangGraph thread_id, exactly as stored.")
+    thread_id = models.TextField(help_text="LangGraph thread_id, exactly as stored; NUL shown as ␀ (checkpoints.ids.thread_key).")
     checkpoints = models.IntegerField(default=0, help_text="Checkpoint rows in all namespaces.")
     first_checkpoint_at = models.DateTimeField(null=True, blank=True, help_text="Time of the oldest checkpoint.")
     last_checkpoint_at = models.DateTimeField(null=True, blank=True, help_text="Time of the newest checkpoint.")

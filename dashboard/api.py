@@ -1,4 +1,4 @@
-"""The JSON API (DESIGN.md §4, contract): threads by tag, one thread, a summary.
+"""The JSON API (docs/architecture.md §4, contract): threads by tag, one thread, a summary.
 
 Sizes are integer bytes, times ISO 8601 in UTC, tags an object. Bad input
 answers 400 with {"error": ...}; authentication is dashboard.access.api_auth.

@@ -13,7 +13,7 @@ def mark_default_as_env(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('checkpoints', '0005_mirror_without_fk_checks'),
+        ('checkpoints', '0007_thread_keys'),
     ]
 
     operations = [
