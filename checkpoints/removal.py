@@ -42,6 +42,31 @@ class RemovalRefused(Exception):
     """The source cannot be removed now (see the message)."""
 
 
+def release_slot(source) -> str | None:
+    """Drop the source's logical replication slot, if it has one; say what happened (None: no slot).
+
+    A slot retains WAL on the operator's server for as long as nobody reads
+    it: a source that is no longer synced (disabled, removed, pointed at
+    another database) must not keep one. A later sync of an enabled source
+    creates a new slot and scans once (see checkpoints/sources/capture.py).
+    """
+    from checkpoints.sources import SourceError, first_line
+    from checkpoints.sources.capture import drop_slot
+
+    slot = (source.sync_state or {}).get("slot")
+    if not slot or source.kind != "postgres":
+        return None
+    try:
+        dropped = drop_slot(source.url, slot)
+    except SourceError as e:
+        return (f"could not drop the replication slot {slot} ({first_line(e)}): drop it on that server with "
+                f"SELECT pg_drop_replication_slot('{slot}')")
+    state = {k: v for k, v in source.sync_state.items() if k != "slot"}
+    Source.objects.filter(pk=source.pk).update(sync_state=state)
+    source.sync_state = state
+    return f"dropped the replication slot {slot}" if dropped else None
+
+
 def removal_preview(source) -> dict:
     """What leaves the mirror with this source: counts and bytes."""
     totals = Thread.objects.filter(source=source).aggregate(
@@ -109,7 +134,11 @@ def remove_source(source, *, requested_by=None, origin="command", run=None, sync
     Source.objects.filter(pk=source.pk).update(enabled=False, disabled_reason=f"being removed (run #{run.pk}, {who})")
     try:
         _wait_for_sync(source, sync_wait)
+        source.refresh_from_db(fields=["sync_state"])
+        slot_note = release_slot(source)
         removed = _delete_mirror(source, run, preview["threads"])
+        if slot_note:
+            removed["slot"] = slot_note
     except Exception as e:
         # Stopped half-way: the source stays, disabled, with what is left of its mirror; removing it again finishes.
         finish_run(run, result={"preview": preview}, error=f"{type(e).__name__}: {e}")

@@ -24,7 +24,7 @@ from django.views.decorators.http import require_POST
 
 from checkpoints.dburl import kind_of
 from checkpoints.models import Run, Source
-from checkpoints.removal import COUNTS, RemovalRefused, check_removable, removal_preview
+from checkpoints.removal import COUNTS, RemovalRefused, check_removable, release_slot, removal_preview
 from checkpoints.sources import SourceError, first_line, open_reader
 from dashboard import usage
 from dashboard.access import viewer_required
@@ -131,6 +131,9 @@ def edit(request, pk):
     if request.method == "POST" and form.is_valid():
         fields = {"name": form.cleaned_data["name"]}
         if form.checked is not None:  # another URL: another database, whose watermark and errors are not these
+            slot_note = release_slot(source)  # on the old database
+            if slot_note:
+                messages.info(request, slot_note)
             kind, layout = form.checked
             fields.update(url=form.cleaned_data["url"], kind=kind, layout=layout, sync_state={}, last_sync_ok=None,
                           last_error="")
@@ -151,6 +154,9 @@ def toggle(request, pk):
         source.enabled = False
         source.disabled_reason = f"disabled by {request.user.get_username()} on {timezone.now():%Y-%m-%d %H:%M} UTC"
         note = "Syncs skip it; its mirror stays."
+        slot_note = release_slot(source)  # nobody reads it while disabled: it would only retain WAL
+        if slot_note:
+            note += f" {slot_note[0].upper()}{slot_note[1:]}."
     else:
         source.enabled, source.disabled_reason = True, ""
         note = "The next scheduled sync picks it up."

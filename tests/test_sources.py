@@ -19,6 +19,7 @@ from checkpoints.sync import ENV_UNSET_REASON, sync_sources
 from dashboard.models import SavedPolicy
 from tests.graphs import chat_graph, config, run_scenarios
 from tests.mirror_data import operator, operator_client, viewer, viewer_client  # noqa: F401
+from tests.test_sync_capture import logical_url, saver  # noqa: F401
 from tests.test_maintenance_support import make_source, make_user
 
 pytestmark = pytest.mark.django_db
@@ -333,3 +334,38 @@ def test_operator_group_has_the_permission_after_flush(db):
     user = make_user("olga", "operator")
     assert user.has_perm("checkpoints.manage_sources")
     assert not make_user("vic", "viewer").has_perm("checkpoints.manage_sources")
+
+
+# --- Logical capture: no slot outlives its sync ------------------------------------------
+
+
+def test_disable_and_remove_drop_the_replication_slot(operator_client, logical_url, saver):
+    from checkpoints.sources.capture import Capture
+
+    run_scenarios(saver)
+    source = Source.objects.create(name="cap", url=logical_url, kind="postgres", capture="logical")
+    assert sync_sources()["sources"][0]["error"] is None
+    source.refresh_from_db()
+    slot = source.sync_state["slot"]
+    with Capture(logical_url, slot) as capture:
+        assert capture.status().exists
+
+    operator_client.post(f"/sources/{source.pk}/toggle")  # disable: the slot would only retain WAL
+    source.refresh_from_db()
+    assert not source.enabled and "slot" not in source.sync_state
+    with Capture(logical_url, slot) as capture:
+        assert not capture.status().exists
+
+    operator_client.post(f"/sources/{source.pk}/toggle")  # enable: a new slot, one scan, nothing missed
+    chat_graph(saver).invoke({"messages": ["while disabled"]}, config("t-new"))
+    assert sync_sources()["sources"][0]["error"] is None
+    assert Thread.objects.filter(source=source, thread_id="t-new").exists()
+    source.refresh_from_db()
+    new_slot = source.sync_state["slot"]
+    assert new_slot != slot
+
+    operator_client.post(f"/sources/{source.pk}/remove")
+    run = Run.objects.get(kind="remove")
+    assert run.state == "done" and new_slot in run.result["slot"]
+    with Capture(logical_url, new_slot) as capture:
+        assert not capture.status().exists
