@@ -50,7 +50,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from checkpoints.dburl import parse_database_url, redact
-from checkpoints.ids import uuid6_time
+from checkpoints.ids import source_thread_id, thread_key, uuid6_time
 from checkpoints.models import Thread
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
 from checkpoints.sources import SourceError, open_reader
@@ -825,7 +825,7 @@ def prune(source, policy: PrunePolicy, *, dry_run: bool, now=None, progress=None
         for done, (thread_id, selection, retries, error) in enumerate(_each(backend, main, candidates, work), 1):
             result["retries"] += retries
             if error is not None:
-                result["errors"].append({"thread_id": thread_id, "error": error})
+                result["errors"].append({"thread_id": thread_key(thread_id), "error": error})
             if selection is not None:
                 _add(result, selection)
                 if on_selection:
@@ -887,10 +887,10 @@ def _with_retries(backend, conn, thread_id, policy, cut, active_after, dry_run, 
 
 def _add(result, selection):
     if selection.skip is not None:
-        result["skipped"].append({"thread_id": selection.thread_id, "reason": selection.skip})
+        result["skipped"].append({"thread_id": thread_key(selection.thread_id), "reason": selection.skip})
         return
     result["threads"] += 1
-    result["thread_ids"].append(selection.thread_id)
+    result["thread_ids"].append(selection.thread_id)  # the source's ids, for refresh_threads
     result["checkpoints"] += len(selection.checkpoints)
     result["writes"] += selection.write_rows
     result["blobs"] += len(selection.blobs)
@@ -899,7 +899,7 @@ def _add(result, selection):
     result["whole_threads"] += selection.whole
     if len(result["sample"]) < SAMPLE_THREADS:
         result["sample"].append({
-            "thread_id": selection.thread_id,
+            "thread_id": thread_key(selection.thread_id),
             "whole": selection.whole,
             "count": len(selection.checkpoints),
             "checkpoints": [
@@ -914,12 +914,12 @@ def _iso(moment):
 
 
 def _mirror_threads(source, tags):
-    """Thread ids whose mirrored tags carry every (key, value): candidates only, re-checked at the source."""
+    """Source thread ids whose mirrored tags carry every (key, value): candidates only, re-checked at the source."""
     qs = Thread.objects.filter(source=source)
     for key, value in tags:
         # One filter() per tag: each gets its own join, so all must match.
         qs = qs.filter(tag_rows__key=key, tag_rows__value=value)
-    return set(qs.values_list("thread_id", flat=True))
+    return {source_thread_id(t) for t in qs.values_list("thread_id", flat=True)}
 
 
 def contract_result(result) -> dict:

@@ -12,6 +12,7 @@ from django.core.paginator import EmptyPage, Paginator
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET
 
+from checkpoints.ids import thread_key
 from checkpoints.models import BlobReference, Checkpoint, Source, Tag, Thread
 from checkpoints.tags import redact_metadata
 from dashboard import browse, state_json, usage
@@ -79,6 +80,9 @@ def threads(request):
     sort = request.GET.get("sort", browse.DEFAULT_SORT)
     if sort not in browse.SORTS:
         return _error(f"sort must be one of {', '.join(browse.SORTS)}")
+    direction = request.GET.get("dir") or None
+    if direction is not None and direction not in browse.DIRECTIONS:
+        return _error(f"dir must be one of {', '.join(browse.DIRECTIONS)}")
     source = None
     if request.GET.get("source"):
         source = Source.objects.filter(name=request.GET["source"]).first()
@@ -86,7 +90,7 @@ def threads(request):
             return _error(f"no source named {request.GET['source']!r}", status=404)
     number = int(request.GET.get("page", "1"))
 
-    found = browse.find_threads(pairs, request.GET.get("q", "").strip(), source, sort)
+    found = browse.find_threads(pairs, request.GET.get("q", "").strip(), source, sort, direction)
     paginator = Paginator(found, PAGE_SIZE)
     try:
         page = paginator.page(number)
@@ -181,7 +185,7 @@ def state(request):
     source = Source.objects.filter(name=name).first()
     if source is None:
         return _error(f"no source named {name!r}", status=404)
-    t = Thread.objects.filter(source=source, thread_id=thread_id).first()
+    t = Thread.objects.filter(source=source, thread_id=thread_key(thread_id)).first()
     if t is None:
         return _error(f"no thread {thread_id!r} in source {name!r}", status=404)
     rows = Checkpoint.objects.filter(thread=t, checkpoint_ns=ns)
@@ -200,7 +204,7 @@ def state(request):
     return JsonResponse(
         {
             "source": source.name,
-            "thread_id": t.thread_id,
+            "thread_id": thread_id,
             "checkpoint_ns": cp.checkpoint_ns,
             "checkpoint_id": cp.checkpoint_id,
             "parent_checkpoint_id": cp.parent_checkpoint_id or None,

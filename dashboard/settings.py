@@ -11,7 +11,8 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from checkpoints import units
-from checkpoints.dburl import parse_database_url
+from checkpoints.dburl import parse_database_url, redact
+from storage.s3client import S3Settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("CONSOLE_VAR_DIR", BASE_DIR / "var"))
@@ -24,7 +25,15 @@ def _env(name, default, parse):
     try:
         return parse(raw)
     except ValueError as e:
-        raise ImproperlyConfigured(f"{name}={raw!r} is invalid: {e}") from None
+        # The message is printed and logged: never with a URL's password.
+        raise ImproperlyConfigured(f"{name}={_shown(raw)!r} is invalid: {e}") from None
+
+
+def _shown(raw):
+    try:
+        return redact(raw)
+    except ValueError:  # not even splittable as a URL: nothing to hide
+        return raw
 
 
 def env_str(name, default=""):
@@ -225,6 +234,18 @@ AXES_LOCKOUT_CALLABLE = "dashboard.throttle.locked_out"
 # --- LangGraph sources -------------------------------------------------------
 CHECKPOINT_DATABASE_URL = _env("CHECKPOINT_DATABASE_URL", "", lambda raw: (parse_database_url(raw), raw.strip())[1])
 SYNC_INTERVAL = env_duration("SYNC_INTERVAL", units.parse_duration("1m"))
+
+
+def _capture_mode(raw):
+    mode = raw.strip().lower()
+    if mode not in ("scan", "logical"):
+        raise ValueError("expected scan or logical")
+    return mode
+
+
+CHECKPOINT_CAPTURE = _env("CHECKPOINT_CAPTURE", "scan", _capture_mode)
+# Retained WAL of a source's replication slot above which the console warns.
+CAPTURE_WAL_WARN = env_size("CAPTURE_WAL_WARN", units.parse_size("1GB"))
 CHECKPOINT_SIZE_LIMIT = env_size("CHECKPOINT_SIZE_LIMIT", 10_000_000)
 STORAGE_QUOTA = env_size("STORAGE_QUOTA", None)
 USAGE_KEEP_DAYS = env_int("USAGE_KEEP_DAYS", 400, minimum=1)
@@ -240,18 +261,24 @@ PRUNE_ACTIVE_WINDOW = env_duration("PRUNE_ACTIVE_WINDOW", units.parse_duration("
 SWEEP_GRACE = env_duration("SWEEP_GRACE", units.parse_duration("24h"))
 
 # --- Blob stores -----------------------------------------------------------------
-S3_BUCKET_NAME = env_str("S3_BUCKET_NAME", "")
-AWS_REGION = env_str("AWS_REGION", "us-east-1")
-S3_ENDPOINT_URL = env_str("S3_ENDPOINT_URL", "")
-S3_FORCE_PATH_STYLE = env_bool("S3_FORCE_PATH_STYLE", False)
-S3_PREFIX = env_str("S3_PREFIX", "")
-AWS_ACCESS_KEY_ID = env_str("AWS_ACCESS_KEY_ID", "")
-AWS_SECRET_ACCESS_KEY = env_str("AWS_SECRET_ACCESS_KEY", "")
+# One reader for the console and the agent library (storage/s3client.py).
+try:
+    _S3 = S3Settings.from_env()
+except ValueError as e:
+    raise ImproperlyConfigured(str(e)) from None
+S3_BUCKET_NAME = _S3.bucket
+AWS_REGION = _S3.region
+S3_ENDPOINT_URL = _S3.endpoint_url
+S3_FORCE_PATH_STYLE = _S3.path_style
+S3_PREFIX = _S3.prefix
+AWS_ACCESS_KEY_ID = _S3.access_key
+AWS_SECRET_ACCESS_KEY = _S3.secret_key
+AWS_SESSION_TOKEN = _S3.session_token
 BLOB_ROOT = Path(env_str("BLOB_ROOT", str(VAR_DIR / "blobs"))).resolve()
 PRESIGN_EXPIRES = env_int("PRESIGN_EXPIRES", 300, minimum=1, maximum=604800)
-S3_CONNECT_TIMEOUT = env_int("S3_CONNECT_TIMEOUT", 5, minimum=1)
-S3_READ_TIMEOUT = env_int("S3_READ_TIMEOUT", 30, minimum=1)
-S3_MAX_ATTEMPTS = env_int("S3_MAX_ATTEMPTS", 3, minimum=1)
+S3_CONNECT_TIMEOUT = _S3.connect_timeout
+S3_READ_TIMEOUT = _S3.read_timeout
+S3_MAX_ATTEMPTS = _S3.max_attempts
 OFFLOAD_THRESHOLD = env_size("OFFLOAD_THRESHOLD", 1_000_000)
 
 # --- Task queue --------------------------------------------------------------

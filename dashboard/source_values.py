@@ -17,6 +17,7 @@ import ormsgpack
 from checkpoints import delta
 from checkpoints.dburl import parse_database_url, redact
 from checkpoints.decode import decode_json_text, plain, safe_loads, summarize
+from checkpoints.ids import source_thread_id
 from checkpoints.sources import DeltaRows, first_line
 from dashboard.value_diff import diff_values
 
@@ -112,7 +113,8 @@ def read_values(source, checkpoint, *, limit, aes_key=None, digest=False) -> Che
 
     `digest` adds the sha256 of every bytes value (the state API names bytes by it).
     """
-    key = (checkpoint.thread.thread_id, checkpoint.checkpoint_ns, checkpoint.checkpoint_id)
+    # The source's own id: the mirror escapes NUL (checkpoints.ids.thread_key).
+    key = (source_thread_id(checkpoint.thread.thread_id), checkpoint.checkpoint_ns, checkpoint.checkpoint_id)
     parent = checkpoint.parent_checkpoint_id or None
     if source.kind == "postgres":
         return _read_postgres(source.url, key, parent, limit, aes_key, digest)

@@ -44,6 +44,7 @@ from pathlib import Path
 
 from checkpoints import units
 from checkpoints.uris import file_path_inside, parse_uri
+from storage.s3client import S3Settings, build_client
 from storage.size_limit import DelegatingSaver, env_value
 
 MARKER = "__offloaded__"
@@ -68,6 +69,9 @@ _MAGIC = (
 
 # Set by lazy_refs(): loads return OffloadedRef instead of fetching.
 _LAZY = contextvars.ContextVar("offload_lazy", default=None)
+# Set by OffloadingSaver while the wrapped saver writes: the values were
+# prepared, so the serializer stores what it is given (metadata included).
+_SAVING = contextvars.ContextVar("offload_saving", default=False)
 # Set by the async saver methods: loads collect references here and the
 # caller fetches them in a worker thread, off the event loop.
 _DEFERRED = contextvars.ContextVar("offload_deferred", default=None)
@@ -261,16 +265,22 @@ class S3Store:
         max_attempts=None,
         client=None,
     ):
-        env = os.environ.get
-        self.bucket = bucket if bucket is not None else env("S3_BUCKET_NAME", "").strip()
-        self.prefix = prefix if prefix is not None else env("S3_PREFIX", "").strip()
-        self.endpoint_url = endpoint_url if endpoint_url is not None else env("S3_ENDPOINT_URL", "").strip()
-        self.region = region or env("AWS_REGION", "").strip() or "us-east-1"
-        if path_style is None:
-            path_style = env_value("S3_FORCE_PATH_STYLE", False, units.parse_bool)
-        self.path_style = path_style
-        self.access_key = access_key if access_key is not None else env("AWS_ACCESS_KEY_ID", "").strip()
-        self.secret_key = secret_key if secret_key is not None else env("AWS_SECRET_ACCESS_KEY", "").strip()
+        # Explicit arguments win; the rest comes from the environment, read
+        # by the same code as the console's (bad values name the variable).
+        self.settings = S3Settings.from_env().replace(
+            bucket=bucket,
+            prefix=prefix,
+            endpoint_url=endpoint_url,
+            region=region,
+            path_style=path_style,
+            access_key=access_key,
+            secret_key=secret_key,
+            # Keys passed here never pair with a session token from the environment.
+            session_token="" if access_key is not None else None,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_attempts=max_attempts,
+        )
         if scheme not in ("s3", "minio"):
             raise ValueError(f"scheme must be 's3' or 'minio', not {scheme!r}")
         self.scheme = scheme
@@ -282,41 +292,27 @@ class S3Store:
         self.kms_key_id = kms_key_id
         self.multipart_threshold = units.parse_size(multipart_threshold)
         self.multipart_chunksize = units.parse_size(multipart_chunksize)
-        self.connect_timeout = connect_timeout or env_value("S3_CONNECT_TIMEOUT", 5, int)
-        self.read_timeout = read_timeout or env_value("S3_READ_TIMEOUT", 30, int)
-        self.max_attempts = max_attempts or env_value("S3_MAX_ATTEMPTS", 3, int)
         self._client = client
         self._client_lock = threading.Lock()
+
+    bucket = property(lambda self: self.settings.bucket)
+    prefix = property(lambda self: self.settings.prefix)
+    endpoint_url = property(lambda self: self.settings.endpoint_url)
+    region = property(lambda self: self.settings.region)
+    path_style = property(lambda self: self.settings.path_style)
+    max_attempts = property(lambda self: self.settings.max_attempts)
 
     def __repr__(self):
         return f"S3Store({self.scheme}://{self.bucket}/{self.prefix})"
 
     @property
     def client(self):
-        # boto3 sessions are not thread-safe, clients are: build one, once.
+        # Built once, on first use: a store configured but never written to
+        # costs no client (tens of milliseconds).
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
-                    import boto3
-                    from botocore.config import Config
-
-                    session = boto3.session.Session(
-                        aws_access_key_id=self.access_key or None,
-                        aws_secret_access_key=self.secret_key or None,
-                        region_name=self.region,
-                    )
-                    self._client = session.client(
-                        "s3",
-                        endpoint_url=self.endpoint_url or None,
-                        config=Config(
-                            signature_version="s3v4",
-                            region_name=self.region,
-                            s3={"addressing_style": "path" if self.path_style else "auto"},
-                            retries={"mode": "standard", "max_attempts": self.max_attempts},
-                            connect_timeout=self.connect_timeout,
-                            read_timeout=self.read_timeout,
-                        ),
-                    )
+                    self._client = build_client(self.settings)
         return self._client
 
     def _need_bucket(self):
@@ -600,24 +596,39 @@ class OffloadSerializer:
 
     # --- offloading ---------------------------------------------------------------------
     def _dump(self, obj, upload):
+        if _is_checkpoint(obj):
+            return self._dump_checkpoint(obj, upload)
+        if upload and _SAVING.get():
+            # offload() replaced the large values before calling the saver:
+            # what the saver serializes now (its metadata too, which
+            # InMemorySaver passes through here) is stored as it is.
+            return self.inner.dumps_typed(obj)
         obj = self.offload_value(obj, upload=upload, whole=False)
         typed = self.inner.dumps_typed(obj)
         if typed[1] is None or len(typed[1]) <= self.threshold or is_reference(obj):
             return typed
-        if _is_checkpoint(obj):
-            # SqliteSaver serializes the whole checkpoint at once: offload
-            # inside channel_values, never the checkpoint itself (its ids and
-            # channel_versions must stay readable in the row).
-            values = obj["channel_values"]
-            changed = {}
-            for channel, value in values.items():
-                new = self._offload_large(value, None, upload, 0)
-                if new is not value:
-                    changed[channel] = new
-            if not changed:
-                return typed
-            return self.inner.dumps_typed({**obj, "channel_values": {**values, **changed}})
         return self.inner.dumps_typed(self._offload_large(obj, typed, upload, 0))
+
+    def _dump_checkpoint(self, obj, upload):
+        # SqliteSaver serializes the whole checkpoint at once, InMemorySaver
+        # all of it but its values: offload inside channel_values only, never
+        # the checkpoint's own fields (id, ts and channel_versions must stay
+        # readable in the row, whatever the threshold).
+        values = obj.get("channel_values") or {}
+        leaves = self.offload_value(values, upload=upload, whole=False)
+        if leaves is not values:
+            obj = {**obj, "channel_values": leaves}
+        typed = self.inner.dumps_typed(obj)
+        if typed[1] is None or len(typed[1]) <= self.threshold:
+            return typed
+        changed = {}
+        for channel, value in leaves.items():
+            new = self._offload_large(value, None, upload, 0)
+            if new is not value:
+                changed[channel] = new
+        if not changed:
+            return typed
+        return self.inner.dumps_typed({**obj, "channel_values": {**leaves, **changed}})
 
     def offload_value(self, obj, *, upload=True, whole=True):
         """`obj` with large values replaced by references (obj itself if none).
@@ -864,7 +875,8 @@ class OffloadSerializer:
 
 
 def _is_checkpoint(obj) -> bool:
-    return type(obj) is dict and "channel_values" in obj and "channel_versions" in obj and "id" in obj
+    # InMemorySaver serializes a checkpoint without its channel_values.
+    return type(obj) is dict and "id" in obj and "ts" in obj and "channel_versions" in obj and "versions_seen" in obj
 
 
 _default = None
@@ -942,18 +954,36 @@ class OffloadingSaver(DelegatingSaver):
 
     def _put(self, config, checkpoint, metadata, new_versions):
         checkpoint, new_versions = self._prepare_checkpoint(checkpoint, new_versions)
-        return super()._put(config, checkpoint, metadata, new_versions)
+        token = _SAVING.set(True)
+        try:
+            return super()._put(config, checkpoint, metadata, new_versions)
+        finally:
+            _SAVING.reset(token)
 
     def _put_writes(self, config, writes, task_id, task_path):
-        return super()._put_writes(config, self._prepare_writes(writes), task_id, task_path)
+        writes = self._prepare_writes(writes)
+        token = _SAVING.set(True)
+        try:
+            return super()._put_writes(config, writes, task_id, task_path)
+        finally:
+            _SAVING.reset(token)
 
     async def _aput(self, config, checkpoint, metadata, new_versions):
         checkpoint, new_versions = await asyncio.to_thread(self._prepare_checkpoint, checkpoint, new_versions)
-        return await super()._aput(config, checkpoint, metadata, new_versions)
+        # Set in this task only; asyncio.to_thread in the saver copies it.
+        token = _SAVING.set(True)
+        try:
+            return await super()._aput(config, checkpoint, metadata, new_versions)
+        finally:
+            _SAVING.reset(token)
 
     async def _aput_writes(self, config, writes, task_id, task_path):
         writes = await asyncio.to_thread(self._prepare_writes, writes)
-        return await super()._aput_writes(config, writes, task_id, task_path)
+        token = _SAVING.set(True)
+        try:
+            return await super()._aput_writes(config, writes, task_id, task_path)
+        finally:
+            _SAVING.reset(token)
 
     async def _deferring(self, awaitable):
         token = _DEFERRED.set([])
