@@ -228,9 +228,12 @@ def _sync(source, full, stats, run, touched):
         state = source.sync_state or {}
         since = None if full else state.get("watermark")
         mirrored = Thread.objects.filter(source=source).aggregate(n=Sum("checkpoints"))["n"] or 0
+        quiet = changes is None and since is not None and reader.unchanged_since(since, now)
         if changes is not None:
             # Deletions arrive as deletions: no counting of the source's tables.
             totals, removing = None, changes.deleted_checkpoints
+        elif quiet:
+            totals, removing = None, 0
         else:
             totals = reader.totals()
             removing = mirrored - totals["checkpoints"]
@@ -242,6 +245,8 @@ def _sync(source, full, stats, run, touched):
             )
         if changes is not None and since is not None:
             changed = set(changes.threads)
+        elif quiet:
+            changed = set()
         elif since is not None:
             changed = reader.changed_thread_ids(since, now)
             if changed is None:  # the reader cannot tell what changed: compare everything

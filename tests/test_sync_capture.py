@@ -230,3 +230,31 @@ def test_a_quiet_source_still_moves_its_slot_so_it_holds_back_no_wal(saver, logi
     assert (result["added"], result["error"]) == (0, None)
     assert confirmed() > before
     assert_mirror_matches(source, logical_url)
+
+
+def test_a_scan_of_a_quiet_server_skips_the_scans_and_counts_yet_sees_the_next_write(saver, logical_url, monkeypatch):
+    """Scan mode: no transaction id handed out since the last sync proves nothing changed."""
+    from checkpoints.sources.postgres import PostgresReader
+
+    with psycopg.connect(logical_url, autocommit=True) as conn:  # nothing else may hand out ids meanwhile
+        for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
+            conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+    chat = chat_graph(saver)
+    chat.invoke({"messages": ["a"]}, config("one"))
+    source = Source.objects.create(name="scan", url=logical_url, kind="postgres")
+    sync_source(source)
+
+    def must_not_scan(*args, **kwargs):
+        raise AssertionError("scanned a quiet server")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PostgresReader, "totals", must_not_scan)
+        patch.setattr(PostgresReader, "changed_thread_ids", must_not_scan)
+        quiet = sync_source(source)
+    assert quiet["error"] is None
+
+    saver.delete_thread("one")  # a deletion alone: the counts would have been the only way to see it
+    chat.invoke({"messages": ["b"]}, config("two"))
+    result = sync_source(source)
+    assert result["error"] is None and result["removed"] > 0 and result["added"] > 0
+    assert_mirror_matches(source, logical_url)
