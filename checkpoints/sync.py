@@ -193,10 +193,18 @@ def _peek_changes(source):
         source.sync_state = {**(source.sync_state or {}), "slot": slot}
         source.save(update_fields=["sync_state"])
     with Capture(source.url, slot) as capture:
-        if capture.ensure():
-            log.info("source %s: new replication slot; this sync scans once", source)
-            return None
-        changes = capture.peek()
+        created = capture.ensure()
+        changes = None if created else capture.peek()
+        status = capture.status()
+    # What the slot holds back on the operator's server: shown and exported.
+    source.sync_state["slot_status"] = {
+        "retained_bytes": status.retained_bytes, "wal_status": status.wal_status,
+        "checked_at": timezone.now().isoformat(),
+    }
+    Source.objects.filter(pk=source.pk).update(sync_state=source.sync_state)
+    if created:
+        log.info("source %s: new replication slot; this sync scans once", source)
+        return None
     return None if changes.truncated else changes
 
 
@@ -289,7 +297,7 @@ def _sync(source, full, stats, run, touched):
         _analyze_if_grown(stats, mirrored)
         usage.capture(source, mirror_totals)
         source.layout = layout
-        source.sync_state = {"watermark": now, **({"slot": state["slot"]} if state.get("slot") else {})}
+        source.sync_state = {"watermark": now, **{k: state[k] for k in ("slot", "slot_status") if k in state}}
         if context.failed:  # in hex: an id may hold a NUL, which jsonb cannot
             source.sync_state["retry"] = sorted(t.encode("utf-8", "surrogatepass").hex() for t in context.failed)
         source.references_unknown = context.undecodable > 0 if since is None else (

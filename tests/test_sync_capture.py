@@ -258,3 +258,19 @@ def test_a_scan_of_a_quiet_server_skips_the_scans_and_counts_yet_sees_the_next_w
     result = sync_source(source)
     assert result["error"] is None and result["removed"] > 0 and result["added"] > 0
     assert_mirror_matches(source, logical_url)
+
+
+def test_the_slot_s_retained_wal_is_exported(saver, logical_url, admin_client):
+    chat_graph(saver).invoke({"messages": ["a"]}, config("one"))
+    source = capturing_source(logical_url)
+    sync_source(source)
+    chat_graph(saver).invoke({"messages": ["b"]}, config("one"))
+    sync_source(source)
+    source.refresh_from_db()
+    status = source.sync_state["slot_status"]
+    assert status["wal_status"] in ("reserved", "extended") and status["retained_bytes"] >= 0
+
+    text = admin_client.get("/metrics").content.decode()
+    assert f'checkpoint_console_capture_slot_retained_bytes{{source="cap"}} {status["retained_bytes"]}' in text
+    assert 'checkpoint_console_capture_slot_lost{source="cap"} 0' in text
+    assert "checkpoint_console_capture_wal_warn_bytes 1000000000" in text
