@@ -11,7 +11,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from checkpoints import units
-from checkpoints.dburl import parse_database_url
+from checkpoints.dburl import parse_database_url, redact
 from storage.s3client import S3Settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -25,7 +25,15 @@ def _env(name, default, parse):
     try:
         return parse(raw)
     except ValueError as e:
-        raise ImproperlyConfigured(f"{name}={raw!r} is invalid: {e}") from None
+        # The message is printed and logged: never with a URL's password.
+        raise ImproperlyConfigured(f"{name}={_shown(raw)!r} is invalid: {e}") from None
+
+
+def _shown(raw):
+    try:
+        return redact(raw)
+    except ValueError:  # not even splittable as a URL: nothing to hide
+        return raw
 
 
 def env_str(name, default=""):
