@@ -79,6 +79,10 @@ class SqliteReader:
                 raise SourceError(f"{self.url}: table {table} lacks column(s) {', '.join(sorted(absent))}")
         return "standard"
 
+    def unchanged_since(self, since: dict, now: dict) -> bool:
+        """SQLite offers no exact cheap signal of deletions: always look."""
+        return False
+
     def watermark(self) -> dict:
         mark = {}
         for table in ("checkpoints", "writes"):
