@@ -83,6 +83,7 @@ class Thread(models.Model):
             models.Index(fields=["last_checkpoint_at"], name="thread_last_idx"),
             models.Index(fields=["stored_bytes"], name="thread_stored_idx"),
             models.Index(fields=["checkpoints"], name="thread_count_idx"),
+            models.Index(fields=["logical_bytes"], name="thread_logical_idx"),  # the "Latest state" sort
             models.Index(fields=["thread_id"], name="thread_id_idx"),
             models.Index(fields=["source", "checkpoints", "stored_bytes"], name="thread_totals_idx"),
         ]

@@ -4,15 +4,18 @@ import json
 from urllib.parse import urlencode
 
 from django.conf import settings
+from django.contrib import admin
 from django.core.paginator import Paginator
 from django.db.models import TextField
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
+from django.views import defaults
 
 from checkpoints.decode import plain
 from checkpoints.models import BlobReference, Checkpoint, Source, Tag, Thread
@@ -140,13 +143,17 @@ def threads(request):
         errors.append(f"Only the first {browse.MAX_FILTERS} tag filters are used.")
         pairs = pairs[: browse.MAX_FILTERS]
     prefix = request.GET.get("q", "").strip()
+    # Both checked against the whitelists: only a known name picks a column.
     sort = request.GET.get("sort", browse.DEFAULT_SORT)
     if sort not in browse.SORTS:
         sort = browse.DEFAULT_SORT
+    direction = request.GET.get("dir")
+    if direction not in browse.DIRECTIONS:
+        direction = browse.SORTS[sort][2]
     source = _selected_source(request)
     sources = list(Source.objects.all())
 
-    found = browse.find_threads(pairs, prefix, source, sort)
+    found = browse.find_threads(pairs, prefix, source, sort, direction)
     page = browse.CappedPaginator(found, THREADS_PER_PAGE).get_page(request.GET.get("page"))
     matches, counted, facets_estimated = browse.filter_summary(
         found, pairs, prefix, source, sources, page.paginator.count
@@ -189,8 +196,12 @@ def threads(request):
         html = chips.get(tag)
         if html is None:
             key, value = tag
-            active = " active" if tag in selected else ""
-            html = chips[tag] = f'<a class="chip{active}" href="{escape(with_tag(key, value))}">{escape(key)}:{escape(value)}</a>'
+            text = f"{escape(key)}:{escape(value)}"
+            if tag in selected:  # already filtered by: a link would only add it again
+                html = f'<span class="chip active" title="Filtered by this tag">{text}</span>'
+            else:
+                html = f'<a class="chip" href="{escape(with_tag(key, value))}" title="Filter by {text}">{text}</a>'
+            chips[tag] = html
         return html
 
     pattern = thread_pattern()  # reversed once: reverse() costs 20 µs a row
@@ -209,7 +220,10 @@ def threads(request):
         "errors": errors,
         "prefix": prefix,
         "sort": sort,
-        "sorts": [(key, label, _query(params, sort=key, page=None)) for key, (label, _) in browse.SORTS.items()],
+        "direction": direction,
+        "columns": _sort_columns(params, sort, direction),
+        "prefix_clear_url": _query(params, q=None, page=None),
+        "source_clear_url": _query(params, source=None, page=None),
         "source": source,
         "sources": sources,
         "multi_source": len(sources) > 1,
@@ -218,6 +232,23 @@ def threads(request):
         "clear_url": _query([(k, v) for k, v in params if k != "tag"], page=None),
     }
     return render(request, "dashboard/threads.html", ctx)
+
+
+def _sort_columns(params, sort, direction):
+    """{name: (url, aria-sort or None)} of the sortable headers: the sorted column's link turns its direction round.
+
+    >>> cols = _sort_columns([("sort", "stored")], "stored", "desc")
+    >>> cols["stored"], cols["thread"]
+    (('?sort=stored&dir=asc', 'descending'), ('?sort=thread&dir=asc', None))
+    """
+    columns = {}
+    for key, (_, _, natural) in browse.SORTS.items():
+        if key == sort:
+            flipped = "asc" if direction == "desc" else "desc"
+            columns[key] = (_query(params, sort=key, dir=flipped, page=None), "descending" if direction == "desc" else "ascending")
+        else:
+            columns[key] = (_query(params, sort=key, dir=natural, page=None), None)
+    return columns
 
 
 def _page_links(page, params):
@@ -306,6 +337,17 @@ def _thread_page(request, source, thread_id):
     return render(request, "dashboard/thread.html", ctx)
 
 
+def _link_delta_sources(values, same_ns):
+    """Mirror pks of the checkpoints a DeltaChannel value was rebuilt from, for links."""
+    sources = [v.delta for v in values.channels if v.delta and v.delta.status != "snapshot"]
+    ids = {s.seed_checkpoint_id for s in sources if s.seed_checkpoint_id} | {w.checkpoint_id for s in sources for w in s.writes}
+    if not ids:
+        return
+    links = dict(same_ns.filter(checkpoint_id__in=ids).values_list("checkpoint_id", "pk"))
+    for s in sources:
+        s.links = links
+
+
 @viewer_required
 def checkpoint(request, pk):
     from dashboard.source_values import ReadError, read_values
@@ -338,6 +380,8 @@ def checkpoint(request, pk):
         )
     except ReadError as e:
         error = str(e)
+    if values:
+        _link_delta_sources(values, same_ns)
 
     ctx = {
         "cp": cp,
@@ -358,3 +402,35 @@ def checkpoint(request, pk):
         "subgraphs": subgraphs,
     }
     return render(request, "dashboard/checkpoint.html", ctx)
+
+
+# --- error pages and the admin's door ----------------------------------------------
+
+
+def _wants_json(request):
+    return request.path.startswith(("/api/", "/metrics"))
+
+
+def not_found(request, exception):
+    """The console's own 404 page; JSON for the API, like its other errors."""
+    if _wants_json(request):
+        return JsonResponse({"error": "not found"}, status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request):
+    """templates/500.html needs neither the database nor the static files; JSON for the API."""
+    if _wants_json(request):
+        return JsonResponse({"error": "server error: see the console's log"}, status=500)
+    return defaults.server_error(request)
+
+
+def admin_login(request):
+    """The admin's login page, except for a logged-in user who is not staff.
+
+    Django's admin would show that user its login form ("log in as another
+    account"), which reads like a broken login: say why instead.
+    """
+    if request.user.is_authenticated and not (request.user.is_active and request.user.is_staff):
+        return render(request, "dashboard/staff_only.html", {}, status=403)
+    return admin.site.login(request)
