@@ -31,6 +31,6 @@ def revoke(apps, schema_editor):
 class Migration(migrations.Migration):
     dependencies = [
         ("dashboard", "0003_saved_policies"),
-        ("checkpoints", "0008_source_management"),
+        ("checkpoints", "0009_source_management"),
     ]
     operations = [migrations.RunPython(grant, revoke)]

@@ -13,7 +13,7 @@ def mark_default_as_env(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('checkpoints', '0007_thread_keys'),
+        ('checkpoints', '0008_thread_logical_idx'),
     ]
 
     operations = [
