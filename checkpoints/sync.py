@@ -193,10 +193,18 @@ def _peek_changes(source):
         source.sync_state = {**(source.sync_state or {}), "slot": slot}
         source.save(update_fields=["sync_state"])
     with Capture(source.url, slot) as capture:
-        if capture.ensure():
-            log.info("source %s: new replication slot; this sync scans once", source)
-            return None
-        changes = capture.peek()
+        created = capture.ensure()
+        changes = None if created else capture.peek()
+        status = capture.status()
+    # What the slot holds back on the operator's server: shown and exported.
+    source.sync_state["slot_status"] = {
+        "retained_bytes": status.retained_bytes, "wal_status": status.wal_status,
+        "checked_at": timezone.now().isoformat(),
+    }
+    Source.objects.filter(pk=source.pk).update(sync_state=source.sync_state)
+    if created:
+        log.info("source %s: new replication slot; this sync scans once", source)
+        return None
     return None if changes.truncated else changes
 
 
@@ -228,9 +236,12 @@ def _sync(source, full, stats, run, touched):
         state = source.sync_state or {}
         since = None if full else state.get("watermark")
         mirrored = Thread.objects.filter(source=source).aggregate(n=Sum("checkpoints"))["n"] or 0
+        quiet = changes is None and since is not None and reader.unchanged_since(since, now)
         if changes is not None:
             # Deletions arrive as deletions: no counting of the source's tables.
             totals, removing = None, changes.deleted_checkpoints
+        elif quiet:
+            totals, removing = None, 0
         else:
             totals = reader.totals()
             removing = mirrored - totals["checkpoints"]
@@ -242,6 +253,8 @@ def _sync(source, full, stats, run, touched):
             )
         if changes is not None and since is not None:
             changed = set(changes.threads)
+        elif quiet:
+            changed = set()
         elif since is not None:
             changed = reader.changed_thread_ids(since, now)
             if changed is None:  # the reader cannot tell what changed: compare everything
@@ -284,7 +297,7 @@ def _sync(source, full, stats, run, touched):
         _analyze_if_grown(stats, mirrored)
         usage.capture(source, mirror_totals)
         source.layout = layout
-        source.sync_state = {"watermark": now, **({"slot": state["slot"]} if state.get("slot") else {})}
+        source.sync_state = {"watermark": now, **{k: state[k] for k in ("slot", "slot_status") if k in state}}
         if context.failed:  # in hex: an id may hold a NUL, which jsonb cannot
             source.sync_state["retry"] = sorted(t.encode("utf-8", "surrogatepass").hex() for t in context.failed)
         source.references_unknown = context.undecodable > 0 if since is None else (

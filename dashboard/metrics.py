@@ -88,6 +88,17 @@ def metrics(request):
         "references_unknown", "1 if some values could not be decoded, so references may be missing.",
         [({"source": r["name"]}, r["source"].references_unknown) for r in rows],
     )
+    slots = [(r["name"], (r["source"].sync_state or {}).get("slot_status")) for r in rows
+             if r["source"].capture == "logical"]
+    out.gauge(
+        "capture_slot_retained_bytes", "WAL held back by the source's replication slot (change capture), at the last sync.",
+        [({"source": name}, status.get("retained_bytes")) for name, status in slots if status],
+    )
+    out.gauge(
+        "capture_slot_lost", "1 if the source's replication slot was lost or invalidated at the last sync.",
+        [({"source": name}, status.get("wal_status") == "lost") for name, status in slots if status],
+    )
+    out.gauge("capture_wal_warn_bytes", "CAPTURE_WAL_WARN.", [({}, settings.CAPTURE_WAL_WARN)])
     states = {"present": 0, "missing": 0, "unchecked": 0, "foreign": 0}
     for row in BlobReference.objects.values("store", "exists").annotate(n=Count("id")).order_by():
         state = "foreign" if row["store"] == "foreign" else "unchecked" if row["exists"] is None else "present" if row["exists"] else "missing"

@@ -335,6 +335,17 @@ def _thread_page(request, source, thread_id):
     return render(request, "dashboard/thread.html", ctx)
 
 
+def _link_delta_sources(values, same_ns):
+    """Mirror pks of the checkpoints a DeltaChannel value was rebuilt from, for links."""
+    sources = [v.delta for v in values.channels if v.delta and v.delta.status != "snapshot"]
+    ids = {s.seed_checkpoint_id for s in sources if s.seed_checkpoint_id} | {w.checkpoint_id for s in sources for w in s.writes}
+    if not ids:
+        return
+    links = dict(same_ns.filter(checkpoint_id__in=ids).values_list("checkpoint_id", "pk"))
+    for s in sources:
+        s.links = links
+
+
 @viewer_required
 def checkpoint(request, pk):
     from dashboard.source_values import ReadError, read_values
@@ -367,6 +378,8 @@ def checkpoint(request, pk):
         )
     except ReadError as e:
         error = str(e)
+    if values:
+        _link_delta_sources(values, same_ns)
 
     ctx = {
         "cp": cp,
