@@ -350,7 +350,8 @@ def _sync(source, full, stats, run, touched):
         _analyze_if_grown(stats, mirrored)
         usage.capture(source, mirror_totals)
         source.layout = layout
-        source.sync_state = {"watermark": now, **{k: state[k] for k in ("slot", "slot_status") if k in state}}
+        source.sync_state = {"watermark": now, **{k: state[k] for k in ("slot", "slot_status") if k in state},
+                             "space": _space(reader)}
         if context.failed:  # in hex: an id may hold a NUL, which jsonb cannot
             source.sync_state["retry"] = sorted(t.encode("utf-8", "surrogatepass").hex() for t in context.failed)
         source.references_unknown = context.undecodable > 0 if since is None else (
@@ -366,6 +367,19 @@ def _sync(source, full, stats, run, touched):
     if context.failed:
         raise SyncIncomplete.of(context.failed)
     return mirror_totals
+
+
+def _space(reader) -> dict:
+    """The source's tables on disk (dead rows, free pages: docs/architecture.md §7), or why not; never fails a sync.
+
+    Read last, with the same read-only connection: on PostgreSQL a failed
+    query ends the reader's transaction, and nothing is read after this.
+    """
+    try:
+        found = reader.space()
+    except SourceError as e:
+        found = {"error": str(e)}
+    return {**found, "checked_at": timezone.now().isoformat()}
 
 
 ANALYZE_FRACTION = 0.1
