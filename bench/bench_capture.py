@@ -3,7 +3,10 @@
     python3 bench/bench_capture.py [--server URL] [--sizes 1000000,5000000] [--append 1000] [--repeat 3]
 
 `--server` is a PostgreSQL server with wal_level=logical that may create databases (default: start
-one from the `pgserver` wheel under --data-dir, as the tests do). For each size, in its own process:
+one from the `pgserver` wheel under --data-dir, as the tests do); it holds the sources alone.
+`--console-server` holds the console's database, as in a deployment (the console's own writes would
+otherwise fill the source server's WAL, which a slot must read through). For each size, in its own
+process:
 1. `bench/generate.py` fills a fresh source database with that many checkpoints (real LangGraph rows);
 2. a fresh console database mirrors it with a source in capture mode `logical` (the first sync
    creates the slot and scans once);
@@ -78,11 +81,11 @@ def median_time(fn, repeat):
     return statistics.median(times), times
 
 
-def one_size(server, size, append_n, repeat):
+def one_size(server, console_server, size, append_n, repeat):
     from generate import append, generate
 
     source_url = recreate(server, f"bench_capture_src_{size}")
-    console_url = recreate(server, f"bench_capture_console_{size}")
+    console_url = recreate(console_server, f"bench_capture_console_{size}")
     started = time.perf_counter()
     generate(source_url, size // 10, size, seed=1, log=lambda msg: None)
     generated = time.perf_counter() - started
@@ -123,6 +126,8 @@ def one_size(server, size, append_n, repeat):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", help="wal_level=logical server URL (default: start one with pgserver)")
+    parser.add_argument("--console-server", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="server for the console's database (default: the local PostgreSQL)")
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "bench-capture-pg"))
     parser.add_argument("--sizes", default="1000000,5000000")
     parser.add_argument("--append", type=int, default=1000)
@@ -131,13 +136,14 @@ def main():
     args = parser.parse_args()
 
     if args.one_size:
-        print(json.dumps(one_size(args.server, args.one_size, args.append, args.repeat)))
+        print(json.dumps(one_size(args.server, args.console_server, args.one_size, args.append, args.repeat)))
         return
     server = args.server or start_server(args.data_dir)
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         out = subprocess.run(
-            [sys.executable, __file__, "--server", server, "--one-size", str(size), "--append", str(args.append),
+            [sys.executable, __file__, "--server", server, "--console-server", args.console_server,
+             "--one-size", str(size), "--append", str(args.append),
              "--repeat", str(args.repeat)],
             check=True, capture_output=True, text=True,
         )

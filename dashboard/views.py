@@ -94,8 +94,10 @@ def overview(request):
     sync = {
         "latest": latest,
         "age": (timezone.now() - latest).total_seconds() if latest else None,
-        "failed": sum(1 for r in rows if r["last_sync_ok"] is False),
-        "never": sum(1 for r in rows if not r["last_sync_at"]),
+        # Disabled sources are not synced: neither failed nor waiting for a first sync.
+        "failed": sum(1 for r in rows if r["source"].enabled and r["last_sync_ok"] is False),
+        "never": sum(1 for r in rows if r["source"].enabled and not r["last_sync_at"]),
+        "enabled": sum(1 for r in rows if r["source"].enabled),
     }
     ctx = {
         "rows": rows,
@@ -341,6 +343,17 @@ def _thread_page(request, source, thread_id):
     return render(request, "dashboard/thread.html", ctx)
 
 
+def _link_delta_sources(values, same_ns):
+    """Mirror pks of the checkpoints a DeltaChannel value was rebuilt from, for links."""
+    sources = [v.delta for v in values.channels if v.delta and v.delta.status != "snapshot"]
+    ids = {s.seed_checkpoint_id for s in sources if s.seed_checkpoint_id} | {w.checkpoint_id for s in sources for w in s.writes}
+    if not ids:
+        return
+    links = dict(same_ns.filter(checkpoint_id__in=ids).values_list("checkpoint_id", "pk"))
+    for s in sources:
+        s.links = links
+
+
 @viewer_required
 def checkpoint(request, pk):
     from dashboard.source_values import ReadError, read_values
@@ -373,6 +386,8 @@ def checkpoint(request, pk):
         )
     except ReadError as e:
         error = str(e)
+    if values:
+        _link_delta_sources(values, same_ns)
 
     ctx = {
         "cp": cp,
