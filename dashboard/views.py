@@ -94,8 +94,10 @@ def overview(request):
     sync = {
         "latest": latest,
         "age": (timezone.now() - latest).total_seconds() if latest else None,
-        "failed": sum(1 for r in rows if r["last_sync_ok"] is False),
-        "never": sum(1 for r in rows if not r["last_sync_at"]),
+        # Disabled sources are not synced: neither failed nor waiting for a first sync.
+        "failed": sum(1 for r in rows if r["source"].enabled and r["last_sync_ok"] is False),
+        "never": sum(1 for r in rows if r["source"].enabled and not r["last_sync_at"]),
+        "enabled": sum(1 for r in rows if r["source"].enabled),
     }
     ctx = {
         "rows": rows,
