@@ -1,0 +1,976 @@
+"""A LangGraph checkpoint saver on S3 (AWS, MinIO, SeaweedFS, LocalStack).
+
+Django-free, like storage.offload and storage.size_limit::
+
+    from storage.s3saver import S3Saver, AsyncS3Saver
+    saver = S3Saver.from_env()          # S3_BUCKET_NAME, S3_PREFIX, S3_ENDPOINT_URL, ...
+    graph = builder.compile(checkpointer=saver)          # or AsyncS3Saver for ainvoke
+
+The object layout (docs/s3-layout.md) is designed for the agent and for the
+console alike: per checkpoint a payload (every serialized value, framed with
+msgpack) and a small JSON manifest written after it (parent, metadata,
+channel versions, sizes, serializer types), keys whose inverted checkpoint id
+make S3's ascending listing return the newest checkpoint first, and a change
+index whose keys sort by write time. Options (compression, multipart,
+encryption, retries, the circuit breaker, metrics) are listed in README.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import unquote
+
+import ormsgpack
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_checkpoint_id,
+    get_checkpoint_metadata,
+    writes_sort_key,
+)
+
+from storage.s3client import S3Settings, build_client
+
+FORMAT = 1
+MB = 1024 * 1024
+DEFAULT_MULTIPART_THRESHOLD = 5 * MB
+DEFAULT_COMPRESS_THRESHOLD = 1024
+MAX_DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys per request
+MANIFEST = "manifest.json"
+PAYLOAD = "payload"
+WRITES = "writes/"
+# Metadata keys LangGraph's DeltaChannel writes (PostgresSaver checks the same two).
+DELTA_METADATA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
+
+_KEEP = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-:")
+_HEX_ID = re.compile(r"^[0-9a-f-]+$")
+_INVERT = str.maketrans("0123456789abcdef", "fedcba9876543210")
+
+
+class S3CheckpointError(Exception):
+    """A stored object is missing, corrupt or not ours; the message names it."""
+
+
+class CircuitOpenError(S3CheckpointError):
+    """The breaker is open: S3 failed too often; no request was sent."""
+
+
+# --- keys -------------------------------------------------------------------------------
+
+
+def encode_segment(value: str) -> str:
+    """One key segment for a thread id, namespace or task id.
+
+    Letters, digits, '-' and ':' stay; every other UTF-8 byte is %XX
+    (so '/', '.', '_', '%', newlines and spaces never reach the key raw).
+    The empty string, which percent-encoding would leave empty, is "_".
+
+    >>> encode_segment(""), encode_segment("a/b c"), encode_segment("sub:1"), encode_segment("_")
+    ('_', 'a%2Fb%20c', 'sub:1', '%5F')
+    """
+    if value == "":
+        return "_"
+    return "".join(chr(b) if b in _KEEP else f"%{b:02X}" for b in value.encode("utf-8"))
+
+
+def decode_segment(segment: str) -> str:
+    """
+    >>> decode_segment("_"), decode_segment("a%2Fb%0A")
+    ('', 'a/b\\n')
+    """
+    return "" if segment == "_" else unquote(segment, errors="strict")
+
+
+def invert_id(checkpoint_id: str) -> str:
+    """The key form of a checkpoint id: each hex digit d becomes 15-d.
+
+    uuid6 ids sort by time, so inverted ids sort newest first and S3's
+    ascending listing returns a thread's latest checkpoint first. The
+    inversion is its own inverse.
+
+    >>> invert_id("1ef0-00"), invert_id(invert_id("1ef0-00"))
+    ('e10f-ff', '1ef0-00')
+    """
+    if not _HEX_ID.match(checkpoint_id):
+        raise ValueError(f"checkpoint id {checkpoint_id!r} is not a lowercase hex uuid (LangGraph writes uuid6 ids)")
+    return checkpoint_id.translate(_INVERT)
+
+
+def _stamp(now: float | None = None) -> str:
+    """Write time for change-index keys: sorts as text, UTC, microseconds."""
+    moment = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
+    return moment.strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+# --- circuit breaker -------------------------------------------------------------------
+
+
+class CircuitBreaker:
+    """closed → (failure_threshold consecutive failures) → open → (reset_timeout) → half_open.
+
+    Open: calls fail at once with CircuitOpenError, nothing is sent. Half-open:
+    one trial call goes through; its success closes the breaker, its failure
+    opens it again for another `reset_timeout`. Only faults of the service
+    count (connection errors, timeouts, 5xx, throttling), never a 404 or a 403.
+    """
+
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+    def __init__(self, failure_threshold: int = 5, reset_timeout: float = 30.0, clock=time.monotonic, on_change=None):
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self.clock = clock
+        self.on_change = on_change
+        self._state = self.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._trial = False
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            if self._state == self.OPEN and self.clock() - self._opened_at >= self.reset_timeout:
+                return self.HALF_OPEN
+            return self._state
+
+    def before(self):
+        with self._lock:
+            if self._state == self.OPEN:
+                if self.clock() - self._opened_at < self.reset_timeout:
+                    raise CircuitOpenError(
+                        f"S3 circuit breaker is open after {self._failures} consecutive failures; "
+                        f"next trial in {self.reset_timeout - (self.clock() - self._opened_at):.0f}s"
+                    )
+                self._set(self.HALF_OPEN)
+            if self._state == self.HALF_OPEN:
+                if self._trial:
+                    raise CircuitOpenError("S3 circuit breaker is half-open and its trial request is under way")
+                self._trial = True
+
+    def success(self):
+        with self._lock:
+            self._failures = 0
+            self._trial = False
+            if self._state != self.CLOSED:
+                self._set(self.CLOSED)
+
+    def failure(self):
+        with self._lock:
+            self._failures += 1
+            self._trial = False
+            if self._state == self.HALF_OPEN or self._failures >= self.failure_threshold:
+                self._opened_at = self.clock()
+                self._set(self.OPEN)
+
+    def neutral(self):
+        """A call that ended without judging the service (404, 403): frees a half-open trial."""
+        with self._lock:
+            if self._trial:
+                self._trial = False
+                self._set(self.CLOSED)
+                self._failures = 0
+
+    def _set(self, state):
+        if state != self._state:
+            self._state = state
+            if self.on_change:
+                self.on_change(state)
+
+
+def _is_service_fault(error: Exception) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout")
+    return isinstance(error, (BotoCoreError, OSError))
+
+
+def _is_not_found(error: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(error, ClientError):
+        return False
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    return code in ("NoSuchKey", "404", "NotFound", "NoSuchVersion")
+
+
+# --- metrics ----------------------------------------------------------------------------
+
+
+class _Metrics:
+    """The saver's prometheus_client metrics; a broken metric never fails the saver."""
+
+    _by_registry: dict = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def for_registry(cls, registry):
+        with cls._lock:
+            key = id(registry)
+            if key not in cls._by_registry:
+                cls._by_registry[key] = (registry, cls(registry))
+            return cls._by_registry[key][1]
+
+    def __init__(self, registry):
+        try:
+            from prometheus_client import Counter, Gauge, Histogram
+
+            kw = {"registry": registry}
+            self.operations = Counter(
+                "s3saver_operations_total", "Saver operations by name and outcome", ["operation", "outcome"], **kw
+            )
+            self.latency = Histogram(
+                "s3saver_operation_seconds", "Saver operation latency", ["operation"],
+                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), **kw,
+            )
+            self.requests = Counter("s3saver_requests_total", "S3 requests sent by the saver", ["request"], **kw)
+            self.bytes = Counter("s3saver_bytes_total", "Object bytes moved (stored form)", ["direction"], **kw)
+            self.retries = Counter("s3saver_retries_total", "S3 requests retried by botocore", **kw)
+            self.breaker = Gauge(
+                "s3saver_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", **kw
+            )
+        except Exception:  # metrics must never stop a saver from starting
+            self.operations = self.latency = self.requests = self.bytes = self.retries = self.breaker = None
+
+    def safely(self, fn):
+        try:
+            fn()
+        except Exception:
+            pass
+
+
+# --- the saver ---------------------------------------------------------------------------
+
+
+class S3Saver(BaseCheckpointSaver[str]):
+    """LangGraph checkpoints in an S3 bucket under `prefix` (layout: docs/s3-layout.md).
+
+    Options (README.md, "S3 checkpoint saver"):
+      compression        "gzip" (default) or None; values under compress_threshold bytes stay plain
+      multipart_threshold payloads above it (default 5 MB) go up in parts (boto3 TransferConfig)
+      sse, sse_kms_key_id "AES256" or "aws:kms" (+ key id) server-side encryption
+      max_attempts       requests per call incl. retries (botocore standard mode, backoff + jitter)
+      breaker_failures, breaker_reset  the circuit breaker (CircuitBreaker)
+      registry           prometheus_client registry for the metrics (default: the global one);
+                         metrics=False turns them off
+      max_workers        parallel requests within one call (writes, list reads, deletes)
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        client=None,
+        settings: S3Settings | None = None,
+        serde=None,
+        compression: str | None = "gzip",
+        compress_threshold: int = DEFAULT_COMPRESS_THRESHOLD,
+        multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+        sse: str | None = None,
+        sse_kms_key_id: str | None = None,
+        max_attempts: int | None = None,
+        breaker_failures: int = 5,
+        breaker_reset: float = 30.0,
+        clock=time.monotonic,
+        registry=None,
+        metrics: bool = True,
+        max_workers: int = 8,
+    ):
+        super().__init__(serde=serde)
+        if not bucket:
+            raise ValueError("S3Saver needs a bucket (S3_BUCKET_NAME)")
+        if compression not in (None, "gzip"):
+            raise ValueError(f"compression={compression!r}: use 'gzip' or None")
+        if sse not in (None, "AES256", "aws:kms"):
+            raise ValueError(f"sse={sse!r}: use 'AES256', 'aws:kms' or None")
+        if sse_kms_key_id and sse != "aws:kms":
+            raise ValueError("sse_kms_key_id needs sse='aws:kms'")
+        self.bucket = bucket
+        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self.settings = (settings or S3Settings(bucket=bucket, prefix=self.prefix)).replace(max_attempts=max_attempts)
+        self.client = client if client is not None else build_client(self.settings)
+        self.compression = compression
+        self.compress_threshold = compress_threshold
+        self.multipart_threshold = multipart_threshold
+        self.sse = sse
+        self.sse_kms_key_id = sse_kms_key_id
+        self.max_workers = max_workers
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3saver")
+        self._delta_marked: set[str] = set()
+        self._metrics = None
+        if metrics:
+            try:
+                from prometheus_client import REGISTRY
+
+                self._metrics = _Metrics.for_registry(registry if registry is not None else REGISTRY)
+            except Exception:
+                self._metrics = None
+        self.breaker = CircuitBreaker(breaker_failures, breaker_reset, clock=clock, on_change=self._breaker_changed)
+        self._breaker_changed(CircuitBreaker.CLOSED)
+
+    @classmethod
+    def from_env(cls, environ=os.environ, **options) -> S3Saver:
+        """S3_BUCKET_NAME, S3_PREFIX, AWS_REGION, S3_ENDPOINT_URL, S3_FORCE_PATH_STYLE (and the
+        timeouts, S3_MAX_ATTEMPTS and credentials) through storage.s3client."""
+        settings = S3Settings.from_env(environ)
+        if not settings.bucket:
+            raise ValueError("S3_BUCKET_NAME is not set: the S3 checkpoint saver needs a bucket")
+        if options.get("max_attempts"):
+            settings = settings.replace(max_attempts=options.pop("max_attempts"))
+        return cls(settings.bucket, settings.prefix, settings=settings, **options)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(bucket={self.bucket!r}, prefix={self.prefix!r})"
+
+    def close(self):
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- keys ---------------------------------------------------------------------------
+    def _thread_prefix(self, thread_id) -> str:
+        return f"{self.prefix}threads/{encode_segment(str(thread_id))}/"
+
+    def _ns_prefix(self, thread_id, ns: str) -> str:
+        return self._thread_prefix(thread_id) + encode_segment(ns) + "/"
+
+    def _cp_prefix(self, thread_id, ns: str, checkpoint_id: str) -> str:
+        return self._ns_prefix(thread_id, ns) + invert_id(checkpoint_id) + "/"
+
+    def payload_key(self, thread_id, ns: str, checkpoint_id: str) -> str:
+        return self._cp_prefix(thread_id, ns, checkpoint_id) + PAYLOAD
+
+    def manifest_key(self, thread_id, ns: str, checkpoint_id: str) -> str:
+        return self._cp_prefix(thread_id, ns, checkpoint_id) + MANIFEST
+
+    def _change_key(self, op: str, thread_id, ns: str | None = None, checkpoint_id: str | None = None) -> str:
+        parts = [f"{self.prefix}changes/{_stamp()}-{uuid.uuid4().hex[:8]}", op, encode_segment(str(thread_id))]
+        if ns is not None:
+            parts.append(encode_segment(ns))
+        if checkpoint_id is not None:
+            parts.append(checkpoint_id)
+        return "/".join(parts)
+
+    def _delta_key(self, thread_id) -> str:
+        return f"{self.prefix}delta-threads/{encode_segment(str(thread_id))}"
+
+    # --- requests (breaker, metrics) ------------------------------------------------------
+    def _breaker_changed(self, state):
+        m = self._metrics
+        if m and m.breaker is not None:
+            m.safely(lambda: m.breaker.set({"closed": 0, "half_open": 1, "open": 2}[state]))
+
+    def _request(self, name: str, **kwargs):
+        self.breaker.before()
+        m = self._metrics
+        if m and m.requests is not None:
+            m.safely(lambda: m.requests.labels(name).inc())
+        try:
+            response = getattr(self.client, name)(**kwargs)
+        except Exception as e:
+            if _is_service_fault(e):
+                self.breaker.failure()
+            else:
+                self.breaker.neutral()
+            raise
+        self.breaker.success()
+        retries = (response or {}).get("ResponseMetadata", {}).get("RetryAttempts", 0) if isinstance(response, dict) else 0
+        if retries and m and m.retries is not None:
+            m.safely(lambda: m.retries.inc(retries))
+        return response
+
+    def _count_bytes(self, direction: str, n: int):
+        m = self._metrics
+        if m and m.bytes is not None:
+            m.safely(lambda: m.bytes.labels(direction).inc(n))
+
+    def _measured(self, operation: str, fn, *args, **kwargs):
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = fn(*args, **kwargs)
+            outcome = "ok"
+            return result
+        finally:
+            m = self._metrics
+            if m and m.operations is not None:
+                elapsed = time.perf_counter() - started
+                m.safely(lambda: m.operations.labels(operation, outcome).inc())
+                m.safely(lambda: m.latency.labels(operation).observe(elapsed))
+
+    def _extra(self) -> dict:
+        extra = {}
+        if self.sse:
+            extra["ServerSideEncryption"] = self.sse
+            if self.sse_kms_key_id:
+                extra["SSEKMSKeyId"] = self.sse_kms_key_id
+        return extra
+
+    def _put_object(self, key: str, body: bytes, *, metadata: dict | None = None, content_type="application/octet-stream"):
+        extra = {**self._extra(), "ContentType": content_type}
+        if metadata:
+            extra["Metadata"] = metadata
+        if len(body) > self.multipart_threshold:
+            self._upload_multipart(key, body, extra)
+        else:
+            self._request("put_object", Bucket=self.bucket, Key=key, Body=body, **extra)
+        self._count_bytes("out", len(body))
+
+    def _upload_multipart(self, key, body, extra):
+        from boto3.s3.transfer import TransferConfig
+
+        self.breaker.before()
+        config = TransferConfig(multipart_threshold=self.multipart_threshold, multipart_chunksize=max(self.multipart_threshold, 5 * MB))
+        try:
+            self.client.upload_fileobj(io.BytesIO(body), self.bucket, key, ExtraArgs=extra, Config=config)
+        except Exception as e:
+            (self.breaker.failure if _is_service_fault(e) else self.breaker.neutral)()
+            raise
+        self.breaker.success()
+        m = self._metrics
+        if m and m.requests is not None:
+            m.safely(lambda: m.requests.labels("multipart_upload").inc())
+
+    def _get_object(self, key: str, version_id: str | None = None) -> tuple[bytes, dict]:
+        kwargs = {"Bucket": self.bucket, "Key": key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        try:
+            response = self._request("get_object", **kwargs)
+        except Exception as e:
+            if _is_not_found(e):
+                raise S3CheckpointError(f"s3://{self.bucket}/{key} is missing") from e
+            raise
+        body = response["Body"].read()
+        self._count_bytes("in", len(body))
+        return body, response.get("Metadata") or {}
+
+    def _list(self, prefix: str, start_after: str | None = None, page_size: int = 1000) -> Iterator[dict]:
+        """Objects under `prefix`, in key order, page by page (lazily)."""
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": page_size}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        while True:
+            response = self._request("list_objects_v2", **kwargs)
+            yield from response.get("Contents", [])
+            if not response.get("IsTruncated"):
+                return
+            kwargs.pop("StartAfter", None)
+            kwargs["ContinuationToken"] = response["NextContinuationToken"]
+
+    def _parallel(self, fn, items) -> list:
+        items = list(items)
+        if len(items) <= 1:
+            return [fn(i) for i in items]
+        return list(self._pool.map(fn, items))
+
+    # --- encoding -------------------------------------------------------------------------
+    def _pack(self, frame: dict) -> tuple[bytes, str, int]:
+        raw = ormsgpack.packb(frame)
+        if self.compression == "gzip" and len(raw) >= self.compress_threshold:
+            return gzip.compress(raw, compresslevel=5), "gzip", len(raw)
+        return raw, "identity", len(raw)
+
+    @staticmethod
+    def _unpack(key: str, body: bytes, meta: dict) -> dict:
+        try:
+            if meta.get("encoding") == "gzip" or body[:2] == b"\x1f\x8b":
+                body = gzip.decompress(body)
+            frame = ormsgpack.unpackb(body)
+        except Exception as e:
+            raise S3CheckpointError(f"{key} is corrupt or not written by S3Saver: {e}") from None
+        if not isinstance(frame, dict) or frame.get("format") != FORMAT:
+            raise S3CheckpointError(f"{key} is not an S3Saver object of format {FORMAT}")
+        return frame
+
+    def _loads(self, typed) -> Any:
+        type_, data = typed
+        return self.serde.loads_typed((type_, data))
+
+    # --- put --------------------------------------------------------------------------------
+    def put(self, config, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions):
+        return self._measured("put", self._put, config, checkpoint, metadata, new_versions)
+
+    def _put(self, config, checkpoint, metadata, new_versions):
+        configurable = config["configurable"]
+        thread_id = str(configurable["thread_id"])
+        ns = configurable.get("checkpoint_ns", "") or ""
+        parent_id = configurable.get("checkpoint_id")
+        c = checkpoint.copy()
+        values = c.pop("channel_values", {}) or {}
+        checkpoint_id = c["id"]
+        md = get_checkpoint_metadata(config, metadata)
+        typed_values = {k: self.serde.dumps_typed(v) for k, v in values.items()}
+        typed_cp = self.serde.dumps_typed(c)
+        typed_md = self.serde.dumps_typed(md)
+        frame = {
+            "format": FORMAT,
+            "checkpoint": list(typed_cp),
+            "metadata": list(typed_md),
+            "parent_checkpoint_id": parent_id,
+            "values": {k: list(v) for k, v in typed_values.items()},
+        }
+        body, encoding, raw_size = self._pack(frame)
+        payload_key = self.payload_key(thread_id, ns, checkpoint_id)
+        delta = any(k in md for k in DELTA_METADATA_KEYS) or any(type(v).__name__ == "_DeltaSnapshot" for v in values.values())
+        manifest = {
+            "format": FORMAT,
+            "thread_id": thread_id,
+            "checkpoint_ns": ns,
+            "checkpoint_id": checkpoint_id,
+            "parent_checkpoint_id": parent_id,
+            "ts": c.get("ts"),
+            "written_at": datetime.now(timezone.utc).isoformat(),
+            "metadata": _json_safe(md),
+            "channel_versions": _json_safe(c.get("channel_versions", {})),
+            "payload": {
+                "key": PAYLOAD,
+                "bytes": len(body),
+                "raw_bytes": raw_size,
+                "encoding": encoding,
+                "checkpoint": {"type": typed_cp[0], "bytes": len(typed_cp[1])},
+                "metadata": {"type": typed_md[0], "bytes": len(typed_md[1])},
+            },
+            "values": {k: {"type": t, "bytes": len(b)} for k, (t, b) in typed_values.items()},
+            "delta": delta,
+        }
+        # The change entry goes first, beside the payload: a reader seeing an
+        # entry whose manifest is not there yet rechecks it later (docs/s3-layout.md),
+        # and no manifest is ever visible without its entry. The manifest goes
+        # last, so a failed payload upload leaves no manifest naming nothing.
+        first = [
+            lambda: self._put_object(payload_key, body, metadata={"format": str(FORMAT), "encoding": encoding}),
+            lambda: self._put_object(self._change_key("put", thread_id, ns, checkpoint_id), b""),
+        ]
+        if delta and thread_id not in self._delta_marked:
+            first.append(lambda: self._put_object(self._delta_key(thread_id), b""))
+        self._parallel(lambda f: f(), first)
+        if delta:
+            self._delta_marked.add(thread_id)
+        self._put_object(
+            self.manifest_key(thread_id, ns, checkpoint_id),
+            json.dumps(manifest, separators=(",", ":"), ensure_ascii=False).encode(),
+            content_type="application/json",
+        )
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
+
+    def put_writes(self, config, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "") -> None:
+        return self._measured("put_writes", self._put_writes, config, writes, task_id, task_path)
+
+    def _put_writes(self, config, writes, task_id, task_path):
+        configurable = config["configurable"]
+        thread_id = str(configurable["thread_id"])
+        ns = configurable.get("checkpoint_ns", "") or ""
+        checkpoint_id = configurable["checkpoint_id"]
+        base = self._cp_prefix(thread_id, ns, checkpoint_id) + WRITES + encode_segment(str(task_id)) + "/"
+        objects = {}
+        for idx, (channel, value) in enumerate(writes):
+            widx = WRITES_IDX_MAP.get(channel, idx)
+            type_, data = self.serde.dumps_typed(value)
+            frame = {
+                "format": FORMAT, "task_id": str(task_id), "task_path": task_path, "idx": widx,
+                "channel": channel, "value": [type_, data],
+            }
+            # One key per (task_id, idx): a repeated call overwrites the same
+            # objects (LangGraph repeats writes only with the same values).
+            objects[base + str(widx)] = self._pack(frame)
+        if not objects:
+            return
+        jobs = [lambda k=k, p=p: self._put_object(k, p[0], metadata={"format": str(FORMAT), "encoding": p[1]})
+                for k, p in objects.items()]
+        jobs.append(lambda: self._put_object(self._change_key("writes", thread_id, ns, checkpoint_id), b""))
+        self._parallel(lambda f: f(), jobs)
+
+    # --- read -------------------------------------------------------------------------------
+    def get_tuple(self, config) -> CheckpointTuple | None:
+        return self._measured("get_tuple", self._get_tuple, config)
+
+    def _get_tuple(self, config):
+        configurable = config["configurable"]
+        thread_id = str(configurable["thread_id"])
+        ns = configurable.get("checkpoint_ns", "") or ""
+        checkpoint_id = get_checkpoint_id(config)
+        if checkpoint_id:
+            prefix = self._cp_prefix(thread_id, ns, checkpoint_id)
+            group = _Group(prefix[:-1].rsplit("/", 1)[1])
+            for obj in self._list(prefix):
+                group.add(obj["Key"][len(prefix):], obj)
+            if not group.complete:
+                return None
+            return self._load(thread_id, ns, prefix, group)
+        ns_prefix = self._ns_prefix(thread_id, ns)
+        for group in _groups(self._list(ns_prefix, page_size=100), ns_prefix):
+            if group.complete:
+                return self._load(thread_id, ns, ns_prefix + group.inv + "/", group)
+        return None
+
+    def _load(self, thread_id, ns, prefix, group: _Group) -> CheckpointTuple:
+        keys = [prefix + PAYLOAD] + [prefix + rel for rel in group.writes]
+        results = self._parallel(lambda k: (k, *self._get_object(k)), keys)
+        (pkey, pbody, pmeta), writes = results[0], results[1:]
+        frame = self._unpack(pkey, pbody, pmeta)
+        try:
+            checkpoint = self._loads(frame["checkpoint"])
+            metadata = self._loads(frame["metadata"])
+            checkpoint["channel_values"] = {k: self._loads(v) for k, v in frame["values"].items()}
+            parent_id = frame.get("parent_checkpoint_id")
+        except S3CheckpointError:
+            raise
+        except Exception as e:
+            raise S3CheckpointError(f"s3://{self.bucket}/{pkey} could not be decoded: {e}") from e
+        pending = []
+        for wkey, wbody, wmeta in writes:
+            w = self._unpack(wkey, wbody, wmeta)
+            pending.append((writes_sort_key(w.get("task_path", ""), w["task_id"], w["idx"]), (w["task_id"], w["channel"], self._loads(w["value"]))))
+        pending.sort(key=lambda item: item[0])
+        checkpoint_id = checkpoint["id"]
+        return CheckpointTuple(
+            config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}},
+            checkpoint=checkpoint,
+            metadata=metadata,
+            parent_config=(
+                {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent_id}}
+                if parent_id else None
+            ),
+            pending_writes=[w for _, w in pending],
+        )
+
+    def list(self, config, *, filter: dict[str, Any] | None = None, before=None, limit: int | None = None):
+        started = time.perf_counter()
+        ok = False
+        try:
+            yield from self._list_tuples(config, filter=filter, before=before, limit=limit)
+            ok = True
+        finally:
+            m = self._metrics
+            if m and m.operations is not None:
+                elapsed = time.perf_counter() - started
+                m.safely(lambda: m.operations.labels("list", "ok" if ok else "error").inc())
+                m.safely(lambda: m.latency.labels("list").observe(elapsed))
+
+    def _list_tuples(self, config, *, filter, before, limit):
+        if limit is not None and limit <= 0:
+            return
+        configurable = (config or {}).get("configurable", {})
+        thread_id = configurable.get("thread_id")
+        ns = configurable.get("checkpoint_ns")
+        only_id = configurable.get("checkpoint_id")
+        before_id = get_checkpoint_id(before) if before else None
+        if thread_id is not None and ns is not None:
+            prefix = self._ns_prefix(thread_id, ns)
+            start_after = prefix + invert_id(before_id) + "/~" if before_id else None
+            if only_id:
+                start_after = None
+            page = min(1000, max(100, (limit or 100) * 8))
+            candidates = (
+                (str(thread_id), ns, prefix + g.inv + "/", g)
+                for g in _groups(self._list(prefix, start_after=start_after, page_size=page), prefix)
+            )
+        else:
+            prefix = self._thread_prefix(thread_id) if thread_id is not None else f"{self.prefix}threads/"
+            found = []
+            for g in _groups(self._list(prefix), prefix, nested=thread_id is None):
+                found.append((g.thread if thread_id is None else str(thread_id), g.ns, g.full_prefix(prefix), g))
+            # Newest first across namespaces (and threads), like PostgresSaver's ORDER BY checkpoint_id DESC.
+            found.sort(key=lambda c: invert_id(c[3].inv))
+            found.reverse()
+            candidates = iter(found)
+
+        def wanted(c):
+            g = c[3]
+            if not g.complete:
+                return False
+            cid = invert_id(g.inv)
+            if only_id and cid != only_id:
+                return False
+            if before_id and cid >= before_id:
+                return False
+            return True
+
+        remaining = limit
+        batch_size = min(limit, 16) if limit else 16
+        batch = []
+
+        def flush(batch):
+            loaded = self._parallel(lambda c: self._load(c[0], c[1], c[2], c[3]), batch)
+            out = []
+            for tup in loaded:
+                if filter and not all(tup.metadata.get(k) == v for k, v in filter.items()):
+                    continue
+                out.append(tup)
+            return out
+
+        for c in candidates:
+            if not wanted(c):
+                continue
+            batch.append(c)
+            if len(batch) >= batch_size:
+                for tup in flush(batch):
+                    yield tup
+                    if remaining is not None:
+                        remaining -= 1
+                        if remaining <= 0:
+                            return
+                batch = []
+                if remaining is not None and not filter:
+                    batch_size = min(remaining, 16)
+        for tup in flush(batch) if batch else []:
+            yield tup
+            if remaining is not None:
+                remaining -= 1
+                if remaining <= 0:
+                    return
+
+    # --- delete, copy, prune --------------------------------------------------------------
+    def delete_thread(self, thread_id: str) -> None:
+        return self._measured("delete_thread", self._delete_thread, thread_id)
+
+    def _delete_thread(self, thread_id):
+        keys = [o["Key"] for o in self._list(self._thread_prefix(thread_id))]
+        self._put_object(self._change_key("delete_thread", str(thread_id)), b"")
+        self.delete_keys(keys)
+        self._request("delete_object", Bucket=self.bucket, Key=self._delta_key(thread_id))
+        self._delta_marked.discard(str(thread_id))
+
+    def delete_keys(self, keys: Sequence[str]) -> int:
+        """Batch delete (DeleteObjects, at most 1000 keys a request); manifests go first,
+        so a reader never finds a manifest whose payload is already gone. Returns the count."""
+        keys = list(keys)
+        manifests = [k for k in keys if k.endswith("/" + MANIFEST)]
+        rest = [k for k in keys if not k.endswith("/" + MANIFEST)]
+        for group in (manifests, rest):
+            chunks = [group[i:i + MAX_DELETE_BATCH] for i in range(0, len(group), MAX_DELETE_BATCH)]
+            for response in self._parallel(
+                lambda chunk: self._request(
+                    "delete_objects", Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
+                ),
+                chunks,
+            ):
+                if response.get("Errors"):
+                    first = response["Errors"][0]
+                    raise S3CheckpointError(
+                        f"could not delete {len(response['Errors'])} objects, e.g. {first.get('Key')}: "
+                        f"{first.get('Code')} {first.get('Message')}"
+                    )
+        return len(keys)
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        return self._measured("copy_thread", self._copy_thread, source_thread_id, target_thread_id)
+
+    def _copy_thread(self, source_thread_id, target_thread_id):
+        """Every checkpoint of every namespace with its writes (the whole parent
+        chain, as DeltaChannel needs); manifests last, each rewritten for the target."""
+        src = self._thread_prefix(source_thread_id)
+        dst = self._thread_prefix(target_thread_id)
+        objects = [o["Key"] for o in self._list(src)]
+        if not objects:
+            return
+        data = [k for k in objects if not k.endswith("/" + MANIFEST)]
+        manifests = [k for k in objects if k.endswith("/" + MANIFEST)]
+        extra = self._extra()
+
+        def copy(key):
+            self._request(
+                "copy_object", Bucket=self.bucket, Key=dst + key[len(src):],
+                CopySource={"Bucket": self.bucket, "Key": key}, **extra,
+            )
+
+        self._parallel(copy, data)
+        if self._head(self._delta_key(source_thread_id)):
+            self._put_object(self._delta_key(target_thread_id), b"")
+
+        def rewrite(key):
+            body, _ = self._get_object(key)
+            manifest = json.loads(body)
+            manifest["thread_id"] = str(target_thread_id)
+            manifest["written_at"] = datetime.now(timezone.utc).isoformat()
+            self._put_object(self._change_key("put", str(target_thread_id), manifest["checkpoint_ns"], manifest["checkpoint_id"]), b"")
+            self._put_object(dst + key[len(src):], json.dumps(manifest, separators=(",", ":"), ensure_ascii=False).encode(),
+                             content_type="application/json")
+
+        self._parallel(rewrite, manifests)
+
+    def _head(self, key) -> dict | None:
+        try:
+            return self._request("head_object", Bucket=self.bucket, Key=key)
+        except Exception as e:
+            from botocore.exceptions import ClientError
+
+            if isinstance(e, ClientError) and str(e.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        return self._measured("prune", self._prune, thread_ids, strategy)
+
+    def _prune(self, thread_ids, strategy):
+        """`delete`: the threads go. `keep_latest`: each namespace keeps its latest
+        checkpoint with its writes; older ones go (manifests first). Checkpoints
+        newer than the kept one but not yet complete (a put under way) stay.
+        Like PostgresSaver, keep_latest refuses threads that use a DeltaChannel,
+        since their latest value is rebuilt from older checkpoints: if any
+        requested thread does, nothing is pruned."""
+        if isinstance(thread_ids, str):
+            raise TypeError("thread_ids must be a sequence of thread IDs, not a str")
+        if strategy not in ("keep_latest", "delete"):
+            raise ValueError(f"Unknown prune strategy: {strategy!r}")
+        thread_ids = [str(t) for t in thread_ids]
+        if strategy == "delete":
+            for thread_id in thread_ids:
+                self._delete_thread(thread_id)
+            return
+        delta = [t for t in thread_ids if self._head(self._delta_key(t))]
+        if delta:
+            raise NotImplementedError(f"keep_latest can't prune threads that use a DeltaChannel: {', '.join(sorted(delta))}")
+        for thread_id in thread_ids:
+            prefix = self._thread_prefix(thread_id)
+            doomed = []
+            deleted = []
+            kept_ns = set()
+            for g in _groups(self._list(prefix), prefix, nested=False):
+                if g.ns in kept_ns:
+                    doomed.extend(g.full_prefix(prefix) + rel for rel in g.all_keys())
+                    if g.complete:
+                        deleted.append((g.ns, invert_id(g.inv)))
+                elif g.complete:
+                    kept_ns.add(g.ns)
+            if not doomed:
+                continue
+            for ns, checkpoint_id in deleted:
+                self._put_object(self._change_key("delete", thread_id, ns, checkpoint_id), b"")
+            self.delete_keys(doomed)
+
+
+class AsyncS3Saver(S3Saver):
+    """S3Saver with LangGraph's async API: every call runs the sync one in a worker
+    thread (asyncio.to_thread), so the event loop never waits on S3."""
+
+    async def aget_tuple(self, config):
+        return await asyncio.to_thread(self.get_tuple, config)
+
+    async def alist(self, config, *, filter=None, before=None, limit=None):
+        iterator = self.list(config, filter=filter, before=before, limit=limit)
+        done = object()
+        while True:
+            item = await asyncio.to_thread(next, iterator, done)
+            if item is done:
+                return
+            yield item
+
+    async def aput(self, config, checkpoint, metadata, new_versions):
+        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(self, config, writes, task_id, task_path=""):
+        return await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id):
+        return await asyncio.to_thread(self.delete_thread, thread_id)
+
+    async def acopy_thread(self, source_thread_id, target_thread_id):
+        return await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
+
+    async def aprune(self, thread_ids, *, strategy="keep_latest"):
+        return await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
+
+
+# --- listing helpers ------------------------------------------------------------------------
+
+
+class _Group:
+    """The objects of one checkpoint directory (`<inverted id>/`) seen in a listing."""
+
+    __slots__ = ("inv", "thread", "ns", "rel_dir", "manifest", "payload", "writes", "other", "sizes")
+
+    def __init__(self, inv, thread=None, ns="", rel_dir=""):
+        self.inv = inv
+        self.rel_dir = rel_dir
+        self.thread = thread
+        self.ns = ns
+        self.manifest = self.payload = False
+        self.writes = []
+        self.other = []
+        self.sizes = {}
+
+    def add(self, rel: str, obj: dict):
+        self.sizes[rel] = obj.get("Size", 0)
+        if rel == MANIFEST:
+            self.manifest = True
+        elif rel == PAYLOAD:
+            self.payload = True
+        elif rel.startswith(WRITES):
+            self.writes.append(rel)
+        else:
+            self.other.append(rel)
+
+    @property
+    def complete(self) -> bool:
+        # The manifest is written last: without it the checkpoint does not exist yet.
+        return self.manifest
+
+    def all_keys(self):
+        return list(self.sizes)
+
+    def full_prefix(self, listed_prefix: str) -> str:
+        """The checkpoint directory's key prefix, given the prefix the listing was under."""
+        return listed_prefix + self.rel_dir
+
+
+def _groups(objects, prefix: str, nested: bool | None = None) -> Iterator[_Group]:
+    """Group a key-ordered listing into checkpoint directories, lazily.
+
+    nested=None: the listing is under a namespace (`<inv>/...`); False: under a
+    thread (`<ns>/<inv>/...`); True: under threads/ (`<thread>/<ns>/<inv>/...`).
+    Keys that do not fit the layout are skipped (the console reports them).
+    """
+    depth = {None: 0, False: 1, True: 2}[nested]
+    current = None
+    current_id = None
+    for obj in objects:
+        rel = obj["Key"][len(prefix):]
+        parts = rel.split("/", depth + 1)
+        if len(parts) < depth + 2:
+            continue
+        gid = tuple(parts[:depth + 1])
+        if gid != current_id:
+            if current is not None:
+                yield current
+            inv = parts[depth]
+            if not _HEX_ID.match(inv):
+                current, current_id = None, None
+                continue
+            thread = decode_segment(parts[0]) if depth == 2 else None
+            ns = decode_segment(parts[depth - 1]) if depth >= 1 else ""
+            current, current_id = _Group(inv, thread, ns, "/".join(gid) + "/"), gid
+        current.add(parts[depth + 1], obj)
+    if current is not None:
+        yield current
+
+
+def _json_safe(value):
+    """Metadata for the JSON manifest: what json cannot write becomes its repr."""
+    return json.loads(json.dumps(value, default=repr, ensure_ascii=False))
