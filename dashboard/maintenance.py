@@ -37,6 +37,7 @@ from checkpoints.models import Run, Source
 from checkpoints.runs import STALE_AFTER, fail_stale_runs
 from dashboard import run_summary
 from dashboard.access import viewer_required
+from dashboard.cluster import cluster_health
 from dashboard.maintenance_forms import PolicyForm, PruneForm, SweepForm
 from dashboard.models import SavedPolicy
 from dashboard.space import sources_space
@@ -118,6 +119,7 @@ def _render_index(request, *, prune_form=None, sweep_form=None, policy_forms=Non
         "audit_keep_days": settings.AUDIT_KEEP_DAYS,
         "active": active,
         "waiting": any(r.state == "queued" and (now - r.created_at).total_seconds() > WAITING_HINT_AFTER for r in active),
+        "cluster": cluster_health(now),
         "rows": [_history_row(r) for r in page.object_list],
         "page": page,
         "page_links": _page_links(page, params),

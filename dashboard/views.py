@@ -22,6 +22,7 @@ from checkpoints.models import BlobReference, Checkpoint, Source, Tag, Thread
 from checkpoints.tags import redact_metadata, split_tag
 from dashboard import browse, charts, usage
 from dashboard.access import DOWNLOAD_PERM, viewer_required
+from dashboard.cluster import cluster_health
 from dashboard.forecast import forecast
 from dashboard.links import thread_path, thread_pattern
 
@@ -100,6 +101,7 @@ def overview(request):
         "enabled": sum(1 for r in rows if r["source"].enabled),
     }
     ctx = {
+        "cluster": cluster_health(),
         "rows": rows,
         "total": total,
         "sync": sync,
