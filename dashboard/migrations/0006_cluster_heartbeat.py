@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dashboard', '0004_manage_sources'),
+        ('dashboard', '0005_api_token_names'),
     ]
 
     operations = [
