@@ -97,7 +97,7 @@ class PrunePolicy:
     >>> PrunePolicy(timedelta(days=30), keep_last=2, tags=(("tenant", "acme"),)).as_parameters()
     {'older_than': '30d', 'keep_last': 2, 'tags': ['tenant=acme'], 'threads': False}
     >>> PrunePolicy.from_parameters(PrunePolicy.from_options("90m", 3, ["a=b=c"], True).as_parameters())
-    PrunePolicy(older_than=datetime.timedelta(seconds=5400), keep_last=3, tags=(('a', 'b=c'),), whole_threads=True)
+    PrunePolicy(older_than=datetime.timedelta(seconds=5400), keep_last=3, tags=(('a', 'b=c'),), whole_threads=True, vacuum=False)
     >>> PrunePolicy.from_options("30d", keep_last=0)
     Traceback (most recent call last):
     ...
