@@ -1,4 +1,4 @@
-"""Admin: sources are edited here; the mirror and the runs are read-only."""
+"""Admin: sources can be edited here too (the sources page checks URLs first); the mirror and the runs are read-only."""
 
 from django.contrib import admin, messages
 
@@ -29,7 +29,7 @@ def sync_now(modeladmin, request, queryset):
 
 @admin.register(Source)
 class SourceAdmin(admin.ModelAdmin):
-    list_display = ["name", "kind", "display_url", "layout", "last_sync_at", "last_sync_ok", "references_unknown"]
+    list_display = ["name", "kind", "display_url", "layout", "enabled", "last_sync_at", "last_sync_ok", "references_unknown"]
     readonly_fields = ["kind", "layout", "created_at", "last_sync_started_at", "last_sync_at", "last_sync_ok",
                        "last_success_started_at", "last_error", "references_unknown", "undecodable_values", "sync_state"]
     actions = [sync_now]

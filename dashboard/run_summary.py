@@ -7,6 +7,7 @@ history renders without loading anything else per row.
 PRUNE_COUNTS = (("threads", "threads"), ("checkpoints", "checkpoints"), ("writes", "writes"), ("blobs", "blob rows"))
 SWEEP_COUNTS = (("objects_scanned", "scanned"), ("orphans", "orphans"), ("deleted", "deleted"), ("db_orphans", "db rows"))
 SYNC_COUNTS = (("added", "added"), ("updated", "updated"), ("removed", "removed"))
+REMOVE_COUNTS = (("threads", "threads"), ("checkpoints", "checkpoints"), ("writes", "writes"), ("blobs", "blob rows"))
 # What the preview and the real run are compared on (the rows that go).
 COMPARED = {
     "prune": (("threads", "Threads"), ("checkpoints", "Checkpoints"), ("writes", "Writes"), ("blobs", "Blob rows"),
@@ -47,6 +48,8 @@ def describe_parameters(kind: str, parameters: dict) -> str:
     elif kind == "sync":
         if parameters.get("full"):
             parts.append("full")
+    elif kind == "remove":
+        parts.append(f"source {parameters.get('source', '?')}")
     else:
         parts.extend(f"{k} {v}" for k, v in parameters.items() if not isinstance(v, (dict, list)))
     if parameters.get("policy"):
@@ -67,7 +70,7 @@ def counts(kind: str, result: dict) -> list:
     result = result or {}
     if not result:
         return []
-    table = {"prune": PRUNE_COUNTS, "sweep": SWEEP_COUNTS, "sync": SYNC_COUNTS}.get(kind)
+    table = {"prune": PRUNE_COUNTS, "sweep": SWEEP_COUNTS, "sync": SYNC_COUNTS, "remove": REMOVE_COUNTS}.get(kind)
     if table is None:
         return [(v, k.replace("_", " ")) for k, v in result.items() if isinstance(v, int) and not isinstance(v, bool)][:4]
     found = [(result[key], label) for key, label in table if isinstance(result.get(key), int)]
@@ -134,3 +137,16 @@ def vacuum_rows(vacuum) -> list:
     if "dead_rows" in before:
         return [(table, n, after["dead_rows"].get(table)) for table, n in before["dead_rows"].items()]
     return [("free pages", before["free_pages"], after["free_pages"])]
+
+
+def removal_rows(result: dict) -> list:
+    """(label, previewed, removed) for a source removal's run page.
+
+    >>> removal_rows({"threads": 2, "preview": {"threads": 2}})[0]
+    ('Threads', 2, 2)
+    """
+    from checkpoints.removal import COUNTS
+
+    result = result or {}
+    preview = result.get("preview") or {}
+    return [(label, preview.get(key), result.get(key)) for key, label in COUNTS]

@@ -28,7 +28,7 @@ class Command(BaseCommand):
                         f" mirror holds {s['threads']} threads, {s['checkpoints']} checkpoints"
                     )
             if not result["sources"]:
-                self.stdout.write("no sources: set CHECKPOINT_DATABASE_URL or add one in the admin")
+                self.stdout.write("no enabled sources: set CHECKPOINT_DATABASE_URL or add one on the sources page (/sources/)")
         failed = [s["name"] for s in result["sources"] if s["error"]]
         if failed:
             raise CommandError(f"sync failed for {', '.join(failed)}", returncode=1)
