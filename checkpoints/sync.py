@@ -159,7 +159,13 @@ def sync_source(source, *, full=False, requested_by=None, origin="command", wait
             error = str(e)
         except Exception as e:  # noqa: BLE001 - recorded on the run and the source, then re-raised
             error = f"{type(e).__name__}: {e}"
-            _record(source, run, started_at, stats, started, error, None)
+            try:
+                _record(source, run, started_at, stats, started, error, None)
+            except DatabaseError:
+                # The console's database itself failed (the usual way here): nothing
+                # can be recorded, and a second, chained traceback would only bury
+                # the first. fail_stale_runs() closes the run once it is reachable.
+                log.warning("could not record the failed sync of %s", source, exc_info=True)
             raise
         return _record(source, run, started_at, stats, started, error, touched, totals,
                        notify=not isinstance(totals, _Unchanged))
