@@ -192,3 +192,27 @@ def test_chart_axes_use_the_unit_of_the_cards(viewer_client, mirror):
     assert abs(stacked * 1e6 - sum(last[k] or 0 for k in ("checkpoint_bytes", "blob_bytes", "write_bytes", "external_bytes"))) < 1
     top = response.context["figures"]["top"]
     assert top["layout"]["xaxis"]["ticksuffix"].strip() == format_bytes(max(t.stored_bytes for t in response.context["top"])).split()[1]
+
+
+# --- the admin -----------------------------------------------------------------------
+
+
+def test_admin_is_branded_and_healthy_booleans_read_as_words(admin_client, mirror):
+    from checkpoints.models import Run, Source
+
+    index = admin_client.get("/admin/").content.decode()
+    assert "<title>Site administration | Checkpoint Console administration</title>" in index or \
+        "Checkpoint Console administration</title>" in index
+    assert '<a href="/admin/">Checkpoint Console administration</a>' in index
+    assert ">API tokens</a>" in index and "Api tokens" not in index
+    Run.objects.create(kind="prune", lock_key="prune:x", dry_run=False, state="done")
+    for url, column in (("/admin/checkpoints/source/", "column-references"),
+                        ("/admin/checkpoints/run/", "column-mode"),
+                        ("/admin/checkpoints/blobreference/", "column-object_state")):
+        html = admin_client.get(url).content.decode()
+        assert column in html, url
+        # No red cross for a healthy False in these columns.
+        cells = re.findall(r'<td class="field-(?:references|mode|object_state)">(.*?)</td>', html)
+        assert cells and not any("icon-no" in c for c in cells), (url, cells)
+    sources = admin_client.get("/admin/checkpoints/source/").content.decode()
+    assert sources.count('<td class="field-references">known</td>') == Source.objects.filter(references_unknown=False).count()
