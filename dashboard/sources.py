@@ -28,6 +28,7 @@ from checkpoints.removal import COUNTS, RemovalRefused, check_removable, release
 from checkpoints.sources import SourceError, first_line, open_reader
 from dashboard import usage
 from dashboard.access import viewer_required
+from dashboard.space import source_space
 from dashboard.tasks import QueueError, busy_run, enqueue, new_queued_run
 
 SOURCES_PERM = "checkpoints.manage_sources"
@@ -107,6 +108,7 @@ def index(request):
         s = row["source"]
         row["lag"] = (now - s.last_success_started_at).total_seconds() if s.last_success_started_at else None
         row["env_owned"] = env_owned(s)
+        row["space"] = source_space(s)
     ctx = {"rows": rows, "env_set": bool(settings.CHECKPOINT_DATABASE_URL)}
     return render(request, "sources/index.html", ctx)
 
