@@ -30,7 +30,8 @@ def split_tag_lines(text: str) -> list:
 
 class PruneForm(forms.Form):
     source = forms.ModelChoiceField(
-        queryset=Source.objects.all(), empty_label=None, help_text="The checkpoint database to prune.",
+        # Disabled sources are left out: syncs skip them, and one may be the mistyped URL it was disabled for.
+        queryset=Source.objects.filter(enabled=True), empty_label=None, help_text="The checkpoint database to prune.",
     )
     older_than = forms.CharField(
         initial="30d", max_length=20, label="Older than",

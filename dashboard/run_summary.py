@@ -7,6 +7,7 @@ history renders without loading anything else per row.
 PRUNE_COUNTS = (("threads", "threads"), ("checkpoints", "checkpoints"), ("writes", "writes"), ("blobs", "blob rows"))
 SWEEP_COUNTS = (("objects_scanned", "scanned"), ("orphans", "orphans"), ("deleted", "deleted"), ("db_orphans", "db rows"))
 SYNC_COUNTS = (("added", "added"), ("updated", "updated"), ("removed", "removed"))
+REMOVE_COUNTS = (("threads", "threads"), ("checkpoints", "checkpoints"), ("writes", "writes"), ("blobs", "blob rows"))
 # What the preview and the real run are compared on (the rows that go).
 COMPARED = {
     "prune": (("threads", "Threads"), ("checkpoints", "Checkpoints"), ("writes", "Writes"), ("blobs", "Blob rows"),
@@ -43,6 +44,8 @@ def describe_parameters(kind: str, parameters: dict) -> str:
     elif kind == "sync":
         if parameters.get("full"):
             parts.append("full")
+    elif kind == "remove":
+        parts.append(f"source {parameters.get('source', '?')}")
     else:
         parts.extend(f"{k} {v}" for k, v in parameters.items() if not isinstance(v, (dict, list)))
     if parameters.get("policy"):
@@ -63,7 +66,7 @@ def counts(kind: str, result: dict) -> list:
     result = result or {}
     if not result:
         return []
-    table = {"prune": PRUNE_COUNTS, "sweep": SWEEP_COUNTS, "sync": SYNC_COUNTS}.get(kind)
+    table = {"prune": PRUNE_COUNTS, "sweep": SWEEP_COUNTS, "sync": SYNC_COUNTS, "remove": REMOVE_COUNTS}.get(kind)
     if table is None:
         return [(v, k.replace("_", " ")) for k, v in result.items() if isinstance(v, int) and not isinstance(v, bool)][:4]
     found = [(result[key], label) for key, label in table if isinstance(result.get(key), int)]
@@ -114,3 +117,16 @@ def skipped_by_reason(skipped: list) -> list:
     for entry in skipped or ():
         tally[entry.get("reason", "?")] = tally.get(entry.get("reason", "?"), 0) + 1
     return sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def removal_rows(result: dict) -> list:
+    """(label, previewed, removed) for a source removal's run page.
+
+    >>> removal_rows({"threads": 2, "preview": {"threads": 2}})[0]
+    ('Threads', 2, 2)
+    """
+    from checkpoints.removal import COUNTS
+
+    result = result or {}
+    preview = result.get("preview") or {}
+    return [(label, preview.get(key), result.get(key)) for key, label in COUNTS]

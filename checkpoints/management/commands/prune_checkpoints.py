@@ -43,8 +43,10 @@ class Command(BaseCommand):
             sources = [s for s in sources if s.name == options["source"]]
             if not sources:
                 raise CommandError(f"no source named {options['source']!r}")
+        else:
+            sources = [s for s in sources if s.enabled]  # a disabled source is pruned only when named
         if not sources:
-            raise CommandError("no source registered: set CHECKPOINT_DATABASE_URL or add a source in the admin")
+            raise CommandError("no enabled source: set CHECKPOINT_DATABASE_URL or add a source on the sources page (/sources/)")
 
         total = {k: 0 for k in CONTRACT_KEYS}
         total.update(dry_run=options["dry_run"], skipped=[])
