@@ -143,6 +143,8 @@ def _hidden_fields(kind, source_id, params):
                   ("prune-keep_last", params.get("keep_last", 1)), ("prune-tags", "\n".join(params.get("tags", ())))]
         if params.get("threads"):
             hidden.append(("prune-threads", "on"))
+        if params.get("vacuum"):
+            hidden.append(("prune-vacuum", "on"))
         return hidden
     hidden = [("sweep-grace", params.get("grace", ""))]
     if params.get("force"):
@@ -235,6 +237,7 @@ def run_detail(request, pk):
     ctx = {
         "run": run,
         "result": result,
+        "vacuum_rows": run_summary.vacuum_rows(result.get("vacuum")),
         "parameters": run_summary.describe_parameters(run.kind, run.parameters),
         "finished": run.state in ("done", "failed"),
         "waiting": run.state == "queued" and (timezone.now() - run.created_at).total_seconds() > WAITING_HINT_AFTER,
