@@ -32,8 +32,8 @@ from django.utils import timezone
 from checkpoints import decode, usage
 from checkpoints.dburl import kind_of
 from checkpoints.ids import uuid6_time
-from checkpoints.models import BlobReference, Checkpoint, ReferenceUse, Source, Tag, Thread
-from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
+from checkpoints.models import BlobReference, Checkpoint, PruneMark, ReferenceUse, Source, Tag, Thread
+from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
 from checkpoints.sources import SourceError, first_line, open_reader
 from checkpoints.tags import extract_tags
 from checkpoints.uris import classify
@@ -124,7 +124,7 @@ def commits_without_flush_wait():
     incremental sync. Each commit is still atomic and at once visible to
     other sessions; only a crash of the database server may lose the last
     fraction of a second of them, which the next sync repeats (the watermark
-    goes back with the rows it covered) and fail_stale_runs() closes.
+    goes back with the rows it covered) and fail_dead_runs() closes.
     """
     if connection.vendor != "postgresql":
         yield
@@ -173,6 +173,11 @@ def _empty_result(name, error):
 
 def _sync(source, full, stats, run, touched):
     aes_key = settings.LANGGRAPH_AES_KEY.encode() if settings.LANGGRAPH_AES_KEY else None
+    # Marks of prunes that ended (or died) before this sync reads the source:
+    # their threads are re-read, then the marks go. Read before the source's
+    # snapshot, so that every deletion they stand for is in it.
+    fail_dead_runs(lock_key("prune", source))
+    settled = _settled_marks(source)
     with open_reader(source.url) as reader:
         layout = reader.layout()
         now = reader.watermark()
@@ -180,7 +185,13 @@ def _sync(source, full, stats, run, touched):
         since = None if full else state.get("watermark")
         totals = reader.totals()
         mirrored = Thread.objects.filter(source=source).aggregate(n=Sum("checkpoints"))["n"] or 0
-        if not full and mirrored and mirrored - totals["checkpoints"] > mirrored / 2:
+        # Checkpoints of threads our own prunes marked may be gone: the guard
+        # is against a wrong URL, so it weighs the rest of the mirror only.
+        # Read after the source's totals: a prune marks before it deletes.
+        expected = mirrored - (Thread.objects.filter(
+            source=source, thread_id__in=PruneMark.objects.filter(source=source).values("thread_id"),
+        ).aggregate(n=Sum("checkpoints"))["n"] or 0)
+        if not full and expected and expected - totals["checkpoints"] > expected / 2:
             raise SyncRefused(
                 f"the source now holds {totals['checkpoints']} checkpoints where the mirror has {mirrored}: "
                 "a sync would remove more than half of the mirror. If that is right (a big prune, a new "
@@ -195,6 +206,8 @@ def _sync(source, full, stats, run, touched):
             changed = set(reader.thread_ids()) | set(
                 Thread.objects.filter(source=source).values_list("thread_id", flat=True)
             )
+        else:
+            changed = set(changed) | {t for _, t in settled}
         context = _Context(source, since, now, aes_key, stats, touched)
         # Threads the previous sync could not mirror: read whole, since their
         # older rows were never seen (their references would be missed).
@@ -234,9 +247,20 @@ def _sync(source, full, stats, run, touched):
         )
         source.undecodable_values = context.undecodable if since is None else source.undecodable_values + context.undecodable
         source.save(update_fields=["layout", "sync_state", "references_unknown", "undecodable_values"])
+    _delete_marks([pk for pk, t in settled if t not in context.failed])
     if context.failed:
         raise SyncIncomplete.of(context.failed)
     return mirror_totals
+
+
+def _settled_marks(source):
+    """(pk, thread_id) of the source's prune marks whose prune is no longer running."""
+    return list(PruneMark.objects.filter(source=source).exclude(run__state="running").values_list("pk", "thread_id"))
+
+
+def _delete_marks(pks, chunk=10_000):
+    for i in range(0, len(pks), chunk):
+        PruneMark.objects.filter(pk__in=pks[i : i + chunk])._raw_delete(PruneMark.objects.db)
 
 
 ANALYZE_FRACTION = 0.1
