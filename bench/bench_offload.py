@@ -169,7 +169,7 @@ def drop_database(server_url, name):
 
 
 def step_bytes(url, thread_id):
-    """Logical bytes (DESIGN.md §3) of the checkpoint after attach (step 1), by SQL."""
+    """Logical bytes (docs/architecture.md §3) of the checkpoint after attach (step 1), by SQL."""
     with psycopg.connect(url) as conn:
         return conn.execute(
             """SELECT octet_length(c.checkpoint::text) + octet_length(c.metadata::text)

@@ -44,3 +44,48 @@ def uuid6_floor(moment: datetime) -> str:
     high, low = ticks >> 12, ticks & 0xFFF
     value = (high << 80) | (0x6 << 76) | (low << 64) | (0x8 << 60)
     return str(uuid.UUID(int=value))
+
+
+# Thread ids come from end users and SQLite stores any text, NUL included,
+# which PostgreSQL's text (the console's database) cannot hold. The mirror
+# keeps such an id under a key that shows NUL as the visible "␀" (U+2400)
+# and escapes that sign, and its own escape "␛" (U+241B), with "␛": the
+# mapping round-trips, and every other id (nearly all) is its own key.
+NUL_SIGN = "\u2400"
+ESCAPE = "\u241b"
+_TO_KEY = str.maketrans({"\x00": NUL_SIGN, NUL_SIGN: ESCAPE + NUL_SIGN, ESCAPE: ESCAPE + ESCAPE})
+
+
+def thread_key(thread_id: str) -> str:
+    """The mirror's form of a source thread id: NUL shown as "␀", losslessly.
+
+    >>> thread_key("a\\x00b"), thread_key("plain/id")
+    ('a␀b', 'plain/id')
+    >>> thread_key("a␀b"), thread_key("␛\\x00")
+    ('a␛␀b', '␛␛␀')
+    """
+    if "\x00" not in thread_id and NUL_SIGN not in thread_id and ESCAPE not in thread_id:
+        return thread_id
+    return thread_id.translate(_TO_KEY)
+
+
+def source_thread_id(key: str) -> str:
+    """The source's thread id for a mirror key: the inverse of thread_key.
+
+    >>> all(source_thread_id(thread_key(t)) == t for t in ("a\\x00b", "a␀b", "␛", "␛␀\\x00␛x", "", "x␛"))
+    True
+    >>> source_thread_id("a␀b")
+    'a\\x00b'
+    """
+    if NUL_SIGN not in key and ESCAPE not in key:
+        return key
+    out, i = [], 0
+    while i < len(key):
+        char = key[i]
+        if char == ESCAPE and i + 1 < len(key):
+            out.append(key[i + 1])
+            i += 2
+            continue
+        out.append("\x00" if char == NUL_SIGN else char)  # a lone trailing escape (never written) stays
+        i += 1
+    return "".join(out)

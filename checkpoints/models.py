@@ -2,7 +2,7 @@
 
 Rows here are derived from the sources by `sync_checkpoints`; the sources stay
 the truth. Byte figures are serialized bytes measured by SQL on the source
-(DESIGN.md §3), so each one can be checked against the source with SQL.
+(docs/architecture.md §3), so each one can be checked against the source with SQL.
 """
 
 from django.conf import settings
@@ -33,6 +33,11 @@ class Source(models.Model):
     )
     undecodable_values = models.BigIntegerField(default=0, help_text="Values the last sync could not decode.")
     sync_state = models.JSONField(default=dict, blank=True, help_text="Watermarks of the incremental sync.")
+    CAPTURE_CHOICES = [("scan", "Scan"), ("logical", "Logical decoding")]
+    capture = models.CharField(
+        max_length=16, choices=CAPTURE_CHOICES, default="scan",
+        help_text="How a sync finds what changed: scan the tables, or read a logical replication slot (PostgreSQL).",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -47,7 +52,7 @@ class Source(models.Model):
 
 class Thread(models.Model):
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="threads", help_text="Where the thread lives.")
-    thread_id = models.TextField(help_text="LangGraph thread_id, exactly as stored.")
+    thread_id = models.TextField(help_text="LangGraph thread_id, exactly as stored; NUL shown as ␀ (checkpoints.ids.thread_key).")
     checkpoints = models.IntegerField(default=0, help_text="Checkpoint rows in all namespaces.")
     first_checkpoint_at = models.DateTimeField(null=True, blank=True, help_text="Time of the oldest checkpoint.")
     last_checkpoint_at = models.DateTimeField(null=True, blank=True, help_text="Time of the newest checkpoint.")
@@ -69,6 +74,7 @@ class Thread(models.Model):
             models.Index(fields=["last_checkpoint_at"], name="thread_last_idx"),
             models.Index(fields=["stored_bytes"], name="thread_stored_idx"),
             models.Index(fields=["checkpoints"], name="thread_count_idx"),
+            models.Index(fields=["logical_bytes"], name="thread_logical_idx"),  # the "Latest state" sort
             models.Index(fields=["thread_id"], name="thread_id_idx"),
             models.Index(fields=["source", "checkpoints", "stored_bytes"], name="thread_totals_idx"),
         ]

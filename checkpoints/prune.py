@@ -5,7 +5,7 @@ and the schedule; `run_prune()` wraps it in a Run (the audit log and the
 lock) and brings the mirror up to date afterwards.
 
 The rules are those of `PostgresSaver.prune(strategy="keep_latest")`, with an
-age and N (DESIGN.md §4):
+age and N (docs/architecture.md §4):
 
 - a checkpoint goes when it is older than the age (its uuid6 time) and outside
   the last N of its namespace; a subgraph call's namespace (one with a ":")
@@ -47,11 +47,10 @@ from pathlib import Path
 import orjson
 import ormsgpack
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from checkpoints.dburl import parse_database_url, redact
-from checkpoints.ids import uuid6_time
+from checkpoints.ids import source_thread_id, thread_key, uuid6_time
 from checkpoints.models import PruneMark, Thread
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
 from checkpoints.sources import SourceError, open_reader
@@ -626,7 +625,7 @@ class _Postgres:
         checkpoints = []
         for ns, cid, parent, root, is_delta, legacy, versions, size in checkpoint_rows:
             delta = delta or is_delta
-            # Only a JSON object names blobs (DESIGN.md §3).
+            # Only a JSON object names blobs (docs/architecture.md §3).
             checkpoints.append(Row(ns, cid, parent, root, size, versions if isinstance(versions, dict) else None, legacy))
         writes = {(ns, cid): WriteGroup(n, size, tasks) for ns, cid, n, size, tasks in write_rows}
         blobs = {}
@@ -831,7 +830,7 @@ def prune(source, policy: PrunePolicy, *, dry_run: bool, now=None, progress=None
         for done, (thread_id, selection, retries, error) in enumerate(_each(backend, main, ids, total, work), 1):
             result["retries"] += retries
             if error is not None:
-                result["errors"].append({"thread_id": thread_id, "error": error})
+                result["errors"].append({"thread_id": thread_key(thread_id), "error": error})
             if selection is not None:
                 _add(result, selection)
                 if on_selection:
@@ -852,13 +851,9 @@ def _marked_ahead(source, run, thread_ids):
     a mark may precede its thread's delete by a few seconds, never follow it.
     Marking a thread that then loses nothing costs a sync one re-read.
     """
-    postgres = connection.vendor == "postgresql"
     for i in range(0, len(thread_ids), MARK_AHEAD):
         chunk = thread_ids[i : i + MARK_AHEAD]
-        # A NUL cannot go into PostgreSQL text; such a thread is not mirrored there either.
-        PruneMark.objects.bulk_create([
-            PruneMark(source=source, run=run, thread_id=t) for t in chunk if not (postgres and "\x00" in t)
-        ])
+        PruneMark.objects.bulk_create([PruneMark(source=source, run=run, thread_id=thread_key(t)) for t in chunk])
         yield from chunk
 
 
@@ -910,10 +905,10 @@ def _with_retries(backend, conn, thread_id, policy, cut, active_after, dry_run, 
 
 def _add(result, selection):
     if selection.skip is not None:
-        result["skipped"].append({"thread_id": selection.thread_id, "reason": selection.skip})
+        result["skipped"].append({"thread_id": thread_key(selection.thread_id), "reason": selection.skip})
         return
     result["threads"] += 1
-    result["thread_ids"].append(selection.thread_id)
+    result["thread_ids"].append(selection.thread_id)  # the source's ids, for refresh_threads
     result["checkpoints"] += len(selection.checkpoints)
     result["writes"] += selection.write_rows
     result["blobs"] += len(selection.blobs)
@@ -922,7 +917,7 @@ def _add(result, selection):
     result["whole_threads"] += selection.whole
     if len(result["sample"]) < SAMPLE_THREADS:
         result["sample"].append({
-            "thread_id": selection.thread_id,
+            "thread_id": thread_key(selection.thread_id),
             "whole": selection.whole,
             "count": len(selection.checkpoints),
             "checkpoints": [
@@ -937,12 +932,12 @@ def _iso(moment):
 
 
 def _mirror_threads(source, tags):
-    """Thread ids whose mirrored tags carry every (key, value): candidates only, re-checked at the source."""
+    """Source thread ids whose mirrored tags carry every (key, value): candidates only, re-checked at the source."""
     qs = Thread.objects.filter(source=source)
     for key, value in tags:
         # One filter() per tag: each gets its own join, so all must match.
         qs = qs.filter(tag_rows__key=key, tag_rows__value=value)
-    return set(qs.values_list("thread_id", flat=True))
+    return {source_thread_id(t) for t in qs.values_list("thread_id", flat=True)}
 
 
 def contract_result(result) -> dict:

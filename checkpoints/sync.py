@@ -3,7 +3,7 @@
 A sync reads a source in one consistent snapshot and re-reads, whole, every
 thread that changed since the previous sync's snapshot (see the readers for
 how each schema tells). Working thread by thread keeps the arithmetic of
-DESIGN.md §3 simple and exact: a checkpoint's blob and new bytes need its
+docs/architecture.md §3 simple and exact: a checkpoint's blob and new bytes need its
 thread's blob rows and its parent, and a thread's totals need all its rows.
 
 Deletions at the source leave no trace to read, so after the changed threads
@@ -31,10 +31,11 @@ from django.utils import timezone
 
 from checkpoints import decode, usage
 from checkpoints.dburl import kind_of
-from checkpoints.ids import uuid6_time
+from checkpoints.ids import source_thread_id, thread_key, uuid6_time
 from checkpoints.models import BlobReference, Checkpoint, PruneMark, ReferenceUse, Source, Tag, Thread
 from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
 from checkpoints.sources import SourceError, first_line, open_reader
+from checkpoints.sources.capture import Capture, new_slot_name
 from checkpoints.tags import extract_tags
 from checkpoints.uris import classify
 
@@ -70,11 +71,16 @@ def register_default_source():
     url = settings.CHECKPOINT_DATABASE_URL
     if not url:
         return None
-    source, created = Source.objects.get_or_create(name="default", defaults={"url": url, "kind": kind_of(url)})
+    source, created = Source.objects.get_or_create(
+        name="default", defaults={"url": url, "kind": kind_of(url), "capture": settings.CHECKPOINT_CAPTURE}
+    )
     if not created and source.url != url:
         # Another database: its watermark means nothing there.
         source.url, source.kind, source.sync_state = url, kind_of(url), {}
         source.save(update_fields=["url", "kind", "sync_state"])
+    if not created and source.capture != settings.CHECKPOINT_CAPTURE:
+        source.capture = settings.CHECKPOINT_CAPTURE
+        source.save(update_fields=["capture"])
     return source
 
 
@@ -171,6 +177,27 @@ def _empty_result(name, error):
             "seconds": 0.0, "error": error}
 
 
+def _peek_changes(source):
+    """The changes a source's replication slot holds, or None when this sync must scan.
+
+    The slot is created (with its publication) before the scan that covers
+    what came before it, so nothing falls between the two.
+    """
+    if source.capture != "logical" or source.kind != "postgres":
+        return None
+    slot = (source.sync_state or {}).get("slot")
+    if not slot:
+        slot = new_slot_name(source.name)
+        source.sync_state = {**(source.sync_state or {}), "slot": slot}
+        source.save(update_fields=["sync_state"])
+    with Capture(source.url, slot) as capture:
+        if capture.ensure():
+            log.info("source %s: new replication slot; this sync scans once", source)
+            return None
+        changes = capture.peek()
+    return None if changes.truncated else changes
+
+
 def _sync(source, full, stats, run, touched):
     aes_key = settings.LANGGRAPH_AES_KEY.encode() if settings.LANGGRAPH_AES_KEY else None
     # Marks of prunes that ended (or died) before this sync reads the source:
@@ -178,36 +205,47 @@ def _sync(source, full, stats, run, touched):
     # snapshot, so that every deletion they stand for is in it.
     fail_dead_runs(lock_key("prune", source))
     settled = _settled_marks(source)
+    changes = _peek_changes(source)
     with open_reader(source.url) as reader:
+        if changes is not None:
+            # Read in a snapshot that sees every transaction the slot reported.
+            reader.cover_transactions(changes.xids)
         layout = reader.layout()
         now = reader.watermark()
         state = source.sync_state or {}
         since = None if full else state.get("watermark")
-        totals = reader.totals()
         mirrored = Thread.objects.filter(source=source).aggregate(n=Sum("checkpoints"))["n"] or 0
+        if changes is not None:
+            # Deletions arrive as deletions: no counting of the source's tables.
+            totals, removing = None, changes.deleted_checkpoints
+        else:
+            totals = reader.totals()
+            removing = mirrored - totals["checkpoints"]
         # Checkpoints of threads our own prunes marked may be gone: the guard
         # is against a wrong URL, so it weighs the rest of the mirror only.
-        # Read after the source's totals: a prune marks before it deletes.
-        expected = mirrored - (Thread.objects.filter(
+        # Read after the source's snapshot: a prune marks before it deletes.
+        marked = Thread.objects.filter(
             source=source, thread_id__in=PruneMark.objects.filter(source=source).values("thread_id"),
-        ).aggregate(n=Sum("checkpoints"))["n"] or 0)
-        if not full and expected and expected - totals["checkpoints"] > expected / 2:
+        ).aggregate(n=Sum("checkpoints"))["n"] or 0
+        if not full and mirrored - marked and removing - marked > (mirrored - marked) / 2:
             raise SyncRefused(
-                f"the source now holds {totals['checkpoints']} checkpoints where the mirror has {mirrored}: "
+                f"the source now holds {mirrored - removing} checkpoints where the mirror has {mirrored}: "
                 "a sync would remove more than half of the mirror. If that is right (a big prune, a new "
                 "database), run sync_checkpoints --full; if not, check the source URL."
             )
-        if since is not None:
+        if changes is not None and since is not None:
+            changed = set(changes.threads)
+        elif since is not None:
             changed = reader.changed_thread_ids(since, now)
             if changed is None:  # the reader cannot tell what changed: compare everything
                 since, changed = None, None
 
         if since is None:
-            changed = set(reader.thread_ids()) | set(
-                Thread.objects.filter(source=source).values_list("thread_id", flat=True)
-            )
+            changed = set(reader.thread_ids()) | {
+                source_thread_id(t) for t in Thread.objects.filter(source=source).values_list("thread_id", flat=True)
+            }
         else:
-            changed = set(changed) | {t for _, t in settled}
+            changed = set(changed) | {source_thread_id(t) for _, t in settled}
         context = _Context(source, since, now, aes_key, stats, touched)
         # Threads the previous sync could not mirror: read whole, since their
         # older rows were never seen (their references would be missed).
@@ -221,14 +259,16 @@ def _sync(source, full, stats, run, touched):
             context.undecodable += whole.undecodable
             changed = set(changed) | retry
 
-        # Rows deleted in threads that did not otherwise change.
+        # Rows deleted in threads that did not otherwise change (the slot
+        # reports deletions itself).
         mirror_totals = usage.thread_totals(source)
         suspects = set()
         for table, key in (("checkpoints", "checkpoints"), ("blobs", "blob_rows"), ("writes", "write_rows")):
-            if mirror_totals[key] != totals[table]:
+            if totals is not None and mirror_totals[key] != totals[table]:
                 source_counts = reader.thread_counts(table)
                 field = {"checkpoints": "checkpoints", "blobs": "blob_rows", "writes": "write_rows"}[table]
-                mirror_counts = dict(Thread.objects.filter(source=source).values_list("thread_id", field))
+                mirror_counts = {source_thread_id(t): n for t, n in
+                                 Thread.objects.filter(source=source).values_list("thread_id", field)}
                 suspects |= {t for t in source_counts.keys() | mirror_counts.keys()
                              if source_counts.get(t, 0) != mirror_counts.get(t, 0)}
         suspects -= set(changed) | context.failed.keys()
@@ -239,7 +279,7 @@ def _sync(source, full, stats, run, touched):
         _analyze_if_grown(stats, mirrored)
         usage.capture(source, mirror_totals)
         source.layout = layout
-        source.sync_state = {"watermark": now}
+        source.sync_state = {"watermark": now, **({"slot": state["slot"]} if state.get("slot") else {})}
         if context.failed:  # in hex: an id may hold a NUL, which jsonb cannot
             source.sync_state["retry"] = sorted(t.encode("utf-8", "surrogatepass").hex() for t in context.failed)
         source.references_unknown = context.undecodable > 0 if since is None else (
@@ -247,7 +287,12 @@ def _sync(source, full, stats, run, touched):
         )
         source.undecodable_values = context.undecodable if since is None else source.undecodable_values + context.undecodable
         source.save(update_fields=["layout", "sync_state", "references_unknown", "undecodable_values"])
-    _delete_marks([pk for pk, t in settled if t not in context.failed])
+    if changes is not None:
+        # Only now that the mirror has committed: a crash before this line
+        # makes the next sync see the same changes again.
+        with Capture(source.url, source.sync_state["slot"]) as capture:
+            capture.confirm(changes.end_lsn)
+    _delete_marks([pk for pk, t in settled if source_thread_id(t) not in context.failed])
     if context.failed:
         raise SyncIncomplete.of(context.failed)
     return mirror_totals
@@ -357,8 +402,8 @@ def _apply_isolated(context, thread_rows):
     """Mirror a batch; if it fails, thread by thread, so one bad thread stops only itself.
 
     A thread that still fails keeps its previous mirror rows and is recorded
-    in context.failed with the reason (a NUL in an id that PostgreSQL cannot
-    store, a bug on odd data): the sync reports it and the next one retries it.
+    in context.failed with the reason (a bug on odd data): the sync reports
+    it and the next one retries it.
     """
     batches = [thread_rows]
     while batches:
@@ -632,13 +677,12 @@ def _apply_batch(context, thread_rows):
             # for each batch's WAL flush.
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        if connection.vendor == "postgresql":
-            ids = [i for i in ids if "\x00" not in i]  # never mirrored (text cannot hold NUL): a query would fail
         # Locked until the batch commits: a prune refreshing the same threads
         # waits instead of deleting a thread this batch then writes rows for
         # (the mirror has no foreign keys to refuse them).
-        existing = {t.thread_id: t for t in Thread.objects.select_for_update().filter(
-            source=source, thread_id__in=ids).order_by("pk")}  # one lock order for all: no deadlock
+        # Keyed by the source's id; the mirror holds thread_key() of it (NUL escaped).
+        existing = {source_thread_id(t.thread_id): t for t in Thread.objects.select_for_update().filter(
+            source=source, thread_id__in=[thread_key(i) for i in ids]).order_by("pk")}  # one lock order for all: no deadlock
         known = _known_references(existing) if context.since is not None and existing else {}
         computed = {rows.thread_id: _compute_thread(context, rows, known.get(rows.thread_id, {})) for rows in thread_rows}
 
@@ -664,7 +708,7 @@ def _apply_batch(context, thread_rows):
         if old_threads:
             _update_rows(Thread, _THREAD_FIELDS, [(t.pk, *(getattr(t, f) for f in _THREAD_FIELDS)) for t in old_threads])
         new_ids = [tid for tid in live if tid not in existing]
-        pks = {t.thread_id: t.pk for t in old_threads}
+        pks = {tid: existing[tid].pk for tid in live if tid in existing}
         pks.update(_insert_threads(source, [(tid, live[tid][0]) for tid in new_ids]))
         if len(context.touched) <= TOUCHED_LIMIT:
             context.touched.update(pks.values())
@@ -816,19 +860,22 @@ def _delete_threads(pks):
 
 
 def _insert_threads(source, items):
-    """Insert new threads; return {thread_id: pk}."""
+    """Insert new threads, given by the source's ids (stored as thread_key()); return {source id: pk}."""
     if not items:
         return {}
     ids = _reserve_ids(Thread, len(items))
     if ids is not None:
-        rows = [(pk, source.pk, tid, 0, *(thread[f] for f in _THREAD_FIELDS)) for pk, (tid, thread) in zip(ids, items)]
+        rows = [(pk, source.pk, thread_key(tid), 0, *(thread[f] for f in _THREAD_FIELDS))
+                for pk, (tid, thread) in zip(ids, items)]
         _insert_rows(Thread, ("id", "source_id", "thread_id", "external_bytes", *_THREAD_FIELDS), rows)
         return {tid: pk for pk, (tid, _) in zip(ids, items)}
-    objs = [Thread(source=source, thread_id=tid, **{f: thread[f] for f in _THREAD_FIELDS}) for tid, thread in items]
+    objs = [Thread(source=source, thread_id=thread_key(tid), **{f: thread[f] for f in _THREAD_FIELDS})
+            for tid, thread in items]
     Thread.objects.bulk_create(objs, batch_size=1000)
     if objs[0].pk is None:
-        return dict(Thread.objects.filter(source=source, thread_id__in=[t.thread_id for t in objs]).values_list("thread_id", "pk"))
-    return {t.thread_id: t.pk for t in objs}
+        return {source_thread_id(t): pk for t, pk in Thread.objects.filter(
+            source=source, thread_id__in=[t.thread_id for t in objs]).values_list("thread_id", "pk")}
+    return {source_thread_id(t.thread_id): t.pk for t in objs}
 
 
 def _reserve_ids(model, count):

@@ -11,7 +11,7 @@ import functools
 import json
 import re
 
-# Keys LangGraph itself writes into metadata (DESIGN.md §3, Tags contract).
+# Keys LangGraph itself writes into metadata (docs/architecture.md §3, Tags contract).
 LANGGRAPH_KEYS = frozenset(
     {
         "source", "step", "parents", "writes", "thread_id", "checkpoint_ns",

@@ -1,4 +1,4 @@
-"""Who may see what (DESIGN.md §4, permissions).
+"""Who may see what (docs/architecture.md §4, permissions).
 
 Pages need a login and the read permission the `viewer` and `operator`
 groups carry; the JSON API and /metrics also accept a bearer token and answer

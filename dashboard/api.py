@@ -1,4 +1,4 @@
-"""The JSON API (DESIGN.md §4, contract): threads by tag, one thread, a summary.
+"""The JSON API (docs/architecture.md §4, contract): threads by tag, one thread, a summary.
 
 Sizes are integer bytes, times ISO 8601 in UTC, tags an object. Bad input
 answers 400 with {"error": ...}; authentication is dashboard.access.api_auth.
@@ -78,6 +78,9 @@ def threads(request):
     sort = request.GET.get("sort", browse.DEFAULT_SORT)
     if sort not in browse.SORTS:
         return _error(f"sort must be one of {', '.join(browse.SORTS)}")
+    direction = request.GET.get("dir") or None
+    if direction is not None and direction not in browse.DIRECTIONS:
+        return _error(f"dir must be one of {', '.join(browse.DIRECTIONS)}")
     source = None
     if request.GET.get("source"):
         source = Source.objects.filter(name=request.GET["source"]).first()
@@ -85,7 +88,7 @@ def threads(request):
             return _error(f"no source named {request.GET['source']!r}", status=404)
     number = int(request.GET.get("page", "1"))
 
-    found = browse.find_threads(pairs, request.GET.get("q", "").strip(), source, sort)
+    found = browse.find_threads(pairs, request.GET.get("q", "").strip(), source, sort, direction)
     paginator = Paginator(found, PAGE_SIZE)
     try:
         page = paginator.page(number)

@@ -12,6 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from checkpoints import units
 from checkpoints.dburl import parse_database_url
+from storage.s3client import S3Settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("CONSOLE_VAR_DIR", BASE_DIR / "var"))
@@ -93,6 +94,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_q",
+    "axes",
     "checkpoints",
     "storage",
     "dashboard",
@@ -108,6 +110,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -147,6 +151,12 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+# The axes backend comes first: it refuses a locked-out (user, address) pair
+# before the password is even checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
@@ -161,7 +171,8 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    # Hashed, compressed names once collectstatic has run; plain names before.
+    "staticfiles": {"BACKEND": "dashboard.staticstorage.FallbackManifestStaticFilesStorage"},
 }
 STATICFILES_FINDERS = [
     "django.contrib.staticfiles.finders.FileSystemFinder",
@@ -169,7 +180,8 @@ STATICFILES_FINDERS = [
     # plotly.js comes from the installed plotly package, never from a CDN.
     "dashboard.staticfinders.PlotlyFinder",
 ]
-# Pages work from a fresh checkout before collectstatic has run.
+# Pages work from a fresh checkout before collectstatic has run: the storage
+# links unknown names plainly and WhiteNoise serves them from the finders.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
@@ -177,9 +189,55 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 
+# --- HTTPS and login throttling -------------------------------------------------
+# HTTPS=true: the console is reached over https only (redirect, HSTS, cookies
+# never sent in clear), which is what `manage.py check --deploy` asks for.
+# TRUSTED_PROXY=true: one TLS-terminating proxy stands in front and sets
+# X-Forwarded-Proto and X-Forwarded-For; never set it without such a proxy, or
+# any client could claim https or another address.
+HTTPS = env_bool("HTTPS", False)
+TRUSTED_PROXY = env_bool("TRUSTED_PROXY", False)
+HSTS_SECONDS = env_int("HSTS_SECONDS", 31_536_000, minimum=0)
+if TRUSTED_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+if HTTPS:
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = HSTS_SECONDS
+    # HSTS applies to the console's host and the names under it, never to a
+    # parent domain; preload only allows a submission to browsers' lists.
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+
+# django-axes: after LOGIN_FAILURE_LIMIT failed logins for one username from
+# one address, that pair is refused for LOGIN_LOCKOUT (each further try
+# restarts it); every failed login is kept in the admin's access failure log.
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_LOCKOUT = env_duration("LOGIN_LOCKOUT", units.parse_duration("15m"))
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = LOGIN_LOCKOUT
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+AXES_CLIENT_IP_CALLABLE = "dashboard.throttle.client_address"
+AXES_LOCKOUT_CALLABLE = "dashboard.throttle.locked_out"
+
 # --- LangGraph sources -------------------------------------------------------
 CHECKPOINT_DATABASE_URL = _env("CHECKPOINT_DATABASE_URL", "", lambda raw: (parse_database_url(raw), raw.strip())[1])
 SYNC_INTERVAL = env_duration("SYNC_INTERVAL", units.parse_duration("1m"))
+
+
+def _capture_mode(raw):
+    mode = raw.strip().lower()
+    if mode not in ("scan", "logical"):
+        raise ValueError("expected scan or logical")
+    return mode
+
+
+CHECKPOINT_CAPTURE = _env("CHECKPOINT_CAPTURE", "scan", _capture_mode)
+# Retained WAL of a source's replication slot above which the console warns.
+CAPTURE_WAL_WARN = env_size("CAPTURE_WAL_WARN", units.parse_size("1GB"))
 CHECKPOINT_SIZE_LIMIT = env_size("CHECKPOINT_SIZE_LIMIT", 10_000_000)
 STORAGE_QUOTA = env_size("STORAGE_QUOTA", None)
 USAGE_KEEP_DAYS = env_int("USAGE_KEEP_DAYS", 400, minimum=1)
@@ -195,18 +253,24 @@ PRUNE_ACTIVE_WINDOW = env_duration("PRUNE_ACTIVE_WINDOW", units.parse_duration("
 SWEEP_GRACE = env_duration("SWEEP_GRACE", units.parse_duration("24h"))
 
 # --- Blob stores -----------------------------------------------------------------
-S3_BUCKET_NAME = env_str("S3_BUCKET_NAME", "")
-AWS_REGION = env_str("AWS_REGION", "us-east-1")
-S3_ENDPOINT_URL = env_str("S3_ENDPOINT_URL", "")
-S3_FORCE_PATH_STYLE = env_bool("S3_FORCE_PATH_STYLE", False)
-S3_PREFIX = env_str("S3_PREFIX", "")
-AWS_ACCESS_KEY_ID = env_str("AWS_ACCESS_KEY_ID", "")
-AWS_SECRET_ACCESS_KEY = env_str("AWS_SECRET_ACCESS_KEY", "")
+# One reader for the console and the agent library (storage/s3client.py).
+try:
+    _S3 = S3Settings.from_env()
+except ValueError as e:
+    raise ImproperlyConfigured(str(e)) from None
+S3_BUCKET_NAME = _S3.bucket
+AWS_REGION = _S3.region
+S3_ENDPOINT_URL = _S3.endpoint_url
+S3_FORCE_PATH_STYLE = _S3.path_style
+S3_PREFIX = _S3.prefix
+AWS_ACCESS_KEY_ID = _S3.access_key
+AWS_SECRET_ACCESS_KEY = _S3.secret_key
+AWS_SESSION_TOKEN = _S3.session_token
 BLOB_ROOT = Path(env_str("BLOB_ROOT", str(VAR_DIR / "blobs"))).resolve()
 PRESIGN_EXPIRES = env_int("PRESIGN_EXPIRES", 300, minimum=1, maximum=604800)
-S3_CONNECT_TIMEOUT = env_int("S3_CONNECT_TIMEOUT", 5, minimum=1)
-S3_READ_TIMEOUT = env_int("S3_READ_TIMEOUT", 30, minimum=1)
-S3_MAX_ATTEMPTS = env_int("S3_MAX_ATTEMPTS", 3, minimum=1)
+S3_CONNECT_TIMEOUT = _S3.connect_timeout
+S3_READ_TIMEOUT = _S3.read_timeout
+S3_MAX_ATTEMPTS = _S3.max_attempts
 OFFLOAD_THRESHOLD = env_size("OFFLOAD_THRESHOLD", 1_000_000)
 
 # --- Task queue --------------------------------------------------------------

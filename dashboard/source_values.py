@@ -15,8 +15,10 @@ from pathlib import Path
 import ormsgpack
 
 from checkpoints.dburl import parse_database_url, redact
-from checkpoints.decode import decode_json_text, safe_loads, summarize
+from checkpoints.decode import decode_json_text, plain, safe_loads, summarize
+from checkpoints.ids import source_thread_id
 from checkpoints.sources import first_line
+from dashboard.value_diff import diff_values
 
 CONNECT_TIMEOUT = 5
 STATEMENT_TIMEOUT_MS = 10_000
@@ -31,6 +33,8 @@ class ReadError(Exception):
 
 @dataclass
 class Value:
+    """One channel value or write, decoded whole (up to the size limit); display caps apply when shown."""
+
     name: str
     type: str
     size: int | None
@@ -43,7 +47,7 @@ class Value:
 
     @property
     def pretty(self):
-        return json.dumps(self.value, indent=2, ensure_ascii=False, sort_keys=False)
+        return json.dumps(plain(self.value), indent=2, ensure_ascii=False, sort_keys=False)
 
 
 @dataclass
@@ -52,27 +56,28 @@ class CheckpointValues:
     writes: list = field(default_factory=list)
     versions: dict | None = None
     parent_versions: dict | None = None
+    # The parent's channel values, read in the same snapshot; None without a parent.
+    parent_channels: list | None = None
     channel_sizes: dict = field(default_factory=dict)
     parent_sizes: dict = field(default_factory=dict)
     note: str = ""
 
     def diff(self):
-        """Channels whose version differs from the parent's: [(channel, change, old size, new size)]."""
-        if self.versions is None or self.parent_versions is None:
+        """What changed since the parent (dashboard.value_diff), or None when the parent could not be read."""
+        if self.parent_channels is None:
             return None
-        out = []
-        for channel in sorted(set(self.versions) | set(self.parent_versions)):
-            new, old = self.versions.get(channel), self.parent_versions.get(channel)
-            if new == old:
-                continue
-            change = "added" if old is None else "removed" if new is None else "changed"
-            out.append((channel, change, self.parent_sizes.get(channel), self.channel_sizes.get(channel)))
-        return out
+        return diff_values(
+            {v.name: v.value for v in self.parent_channels},
+            {v.name: v.value for v in self.channels},
+            self.parent_sizes,
+            self.channel_sizes,
+        )
 
 
 def read_values(source, checkpoint, *, limit, aes_key=None) -> CheckpointValues:
     """Values, writes and channel versions of a mirrored checkpoint; ReadError if the source cannot tell."""
-    key = (checkpoint.thread.thread_id, checkpoint.checkpoint_ns, checkpoint.checkpoint_id)
+    # The source's own id: the mirror escapes NUL (checkpoints.ids.thread_key).
+    key = (source_thread_id(checkpoint.thread.thread_id), checkpoint.checkpoint_ns, checkpoint.checkpoint_id)
     parent = checkpoint.parent_checkpoint_id or None
     if source.kind == "postgres":
         return _read_postgres(source.url, key, parent, limit, aes_key)
@@ -95,17 +100,17 @@ _VERSIONS = """
     WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s AND checkpoint_id = ANY(%(ids)s)
 """
 _INLINE = """
-    SELECT v.key, octet_length(v.value::text),
+    SELECT c.checkpoint_id, v.key, octet_length(v.value::text),
            CASE WHEN octet_length(v.value::text) <= %(limit)s THEN v.value::text END
     FROM checkpoints c,
          jsonb_each(CASE WHEN jsonb_typeof(c.checkpoint->'channel_values') = 'object'
                          THEN c.checkpoint->'channel_values' ELSE '{}'::jsonb END) v
-    WHERE c.thread_id = %(thread)s AND c.checkpoint_ns = %(ns)s AND c.checkpoint_id = %(id)s
+    WHERE c.thread_id = %(thread)s AND c.checkpoint_ns = %(ns)s AND c.checkpoint_id = ANY(%(ids)s)
 """
-# A checkpoint's blob rows are those its channel_versions name (DESIGN.md §3).
+# A checkpoint's blob rows are those its channel_versions name (docs/architecture.md §3).
 _BLOBS = """
     SELECT c.checkpoint_id, b.channel, b.version, b.type, coalesce(octet_length(b.blob), 0),
-           CASE WHEN c.checkpoint_id = %(id)s AND octet_length(b.blob) <= %(limit)s THEN b.blob END
+           CASE WHEN octet_length(b.blob) <= %(limit)s THEN b.blob END
     FROM checkpoints c
     CROSS JOIN LATERAL jsonb_each_text(CASE WHEN jsonb_typeof(c.checkpoint->'channel_versions') = 'object'
                                             THEN c.checkpoint->'channel_versions' ELSE '{}'::jsonb END) v
@@ -148,22 +153,26 @@ def _read_postgres(url, key, parent, limit, aes_key):
     sizes = {cid: dict(_object(versions[cid][1]))}
     if parent in versions:
         sizes[parent] = dict(_object(versions[parent][1]))
+    channels = {cid: [], parent: []}
     blob_channels = set()
     for checkpoint_id, channel, version, type_, size, data in blobs:
         per = sizes.setdefault(checkpoint_id, {})
         # A delta snapshot leaves a `true` marker inline next to its blob: both count.
         per[channel] = per.get(channel, 0) + size
-        if checkpoint_id == cid:
-            blob_channels.add(channel)
-            value = safe_loads(type_, data, limit=limit, aes_key=aes_key) if data is not None or size == 0 else {
-                "__truncated__": True, "type": type_, "size": size}
-            out.channels.append(Value(channel, type_ or "", size, value, version))
-    for channel, size, text in inline:
-        if channel in blob_channels:
+        blob_channels.add((checkpoint_id, channel))
+        value = safe_loads(type_, data, limit=limit, aes_key=aes_key, clip=False) if data is not None or size == 0 else {
+            "__truncated__": True, "type": type_, "size": size}
+        channels[checkpoint_id].append(Value(channel, type_ or "", size, value, version))
+    for checkpoint_id, channel, size, text in inline:
+        if (checkpoint_id, channel) in blob_channels:
             continue
-        value = decode_json_text(text, limit=limit) if text is not None else {"__truncated__": True, "type": "json", "size": size}
-        out.channels.append(Value(channel, "inline json", size, value, str(out.versions.get(channel, ""))))
-    out.channels.sort(key=lambda v: v.name)
+        value = decode_json_text(text, limit=limit, clip=False) if text is not None else {
+            "__truncated__": True, "type": "json", "size": size}
+        own = _object(versions[checkpoint_id][0])
+        channels[checkpoint_id].append(Value(channel, "inline json", size, value, str(own.get(channel, ""))))
+    out.channels = sorted(channels[cid], key=lambda v: v.name)
+    if parent in versions:
+        out.parent_channels = sorted(channels[parent], key=lambda v: v.name)
     out.channel_sizes = sizes.get(cid, {})
     out.parent_sizes = sizes.get(parent, {})
     out.writes = [_write(task, idx, channel, type_, size, data, limit, aes_key) for task, idx, channel, type_, size, data in writes]
@@ -174,7 +183,7 @@ def _write(task, idx, channel, type_, size, data, limit, aes_key):
     if data is None and size:
         value = {"__truncated__": True, "type": type_, "size": size}
     else:
-        value = safe_loads(type_, data, limit=limit, aes_key=aes_key)
+        value = safe_loads(type_, data, limit=limit, aes_key=aes_key, clip=False)
     return {"task_id": task, "idx": idx, "value": Value(channel, type_ or "", size, value)}
 
 
@@ -216,7 +225,9 @@ def _read_sqlite(url, key, parent, limit, aes_key):
     parsed = _split_sqlite_checkpoint(type_, size, data, limit, aes_key)
     out.channels, out.versions, out.channel_sizes, out.note = parsed
     if parent in rows:
-        _, out.parent_versions, out.parent_sizes, _ = _split_sqlite_checkpoint(*rows[parent], limit, aes_key, values=False)
+        parent_channels, out.parent_versions, out.parent_sizes, parent_note = _split_sqlite_checkpoint(*rows[parent], limit, aes_key)
+        # A parent too large to read has unknown values, not none.
+        out.parent_channels = None if parent_note else parent_channels
     out.writes = [_write(task, idx, channel, t, s, d, limit, aes_key) for task, idx, channel, t, s, d in writes]
     return out
 
@@ -226,7 +237,7 @@ def _raw_ext(code, data):
     return ormsgpack.Ext(code, data)
 
 
-def _split_sqlite_checkpoint(type_, size, data, limit, aes_key, values=True):
+def _split_sqlite_checkpoint(type_, size, data, limit, aes_key):
     """(channels, channel_versions, sizes, note) of a whole serialized SQLite checkpoint.
 
     Each channel value is re-packed on its own to measure and decode it: the
@@ -236,7 +247,7 @@ def _split_sqlite_checkpoint(type_, size, data, limit, aes_key, values=True):
         return [], None, {}, f"the checkpoint is {size:,} bytes, too large to read for display"
     if type_ != "msgpack":
         # Encrypted (or another serializer): decode it whole, sizes per channel unknown.
-        whole = safe_loads(type_, data, limit=None, aes_key=aes_key)
+        whole = safe_loads(type_, data, limit=None, aes_key=aes_key, clip=False)
         if not isinstance(whole, dict) or "channel_values" not in whole:
             return [Value("(whole checkpoint)", type_ or "", size, whole)], None, {}, ""
         channels = [Value(k, type_, None, v) for k, v in sorted(_object(whole.get("channel_values")).items())]
@@ -252,7 +263,6 @@ def _split_sqlite_checkpoint(type_, size, data, limit, aes_key, values=True):
     for name, value in sorted(_object(raw.get("channel_values")).items(), key=lambda kv: str(kv[0])):
         packed = ormsgpack.packb(value, option=ormsgpack.OPT_NON_STR_KEYS)
         sizes[str(name)] = len(packed)
-        if values:
-            decoded = safe_loads("msgpack", packed, limit=limit, aes_key=aes_key)
-            channels.append(Value(str(name), "msgpack", len(packed), decoded, versions.get(str(name), "")))
+        decoded = safe_loads("msgpack", packed, limit=limit, aes_key=aes_key, clip=False)
+        channels.append(Value(str(name), "msgpack", len(packed), decoded, versions.get(str(name), "")))
     return channels, versions, sizes, ""

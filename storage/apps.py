@@ -9,7 +9,7 @@ class StorageConfig(AppConfig):
     def ready(self):
         from django.db.models.signals import post_migrate
 
-        # checkpoints never imports storage (DESIGN.md §2): the sync announces
+        # checkpoints never imports storage (docs/architecture.md §2): the sync announces
         # that it finished and the reference check listens.
         from checkpoints.sync import sync_finished
         from storage.refcheck import check_after_sync

@@ -44,6 +44,7 @@ from pathlib import Path
 
 from checkpoints import units
 from checkpoints.uris import file_path_inside, parse_uri
+from storage.s3client import S3Settings, build_client
 from storage.size_limit import DelegatingSaver, env_value
 
 MARKER = "__offloaded__"
@@ -261,16 +262,22 @@ class S3Store:
         max_attempts=None,
         client=None,
     ):
-        env = os.environ.get
-        self.bucket = bucket if bucket is not None else env("S3_BUCKET_NAME", "").strip()
-        self.prefix = prefix if prefix is not None else env("S3_PREFIX", "").strip()
-        self.endpoint_url = endpoint_url if endpoint_url is not None else env("S3_ENDPOINT_URL", "").strip()
-        self.region = region or env("AWS_REGION", "").strip() or "us-east-1"
-        if path_style is None:
-            path_style = env_value("S3_FORCE_PATH_STYLE", False, units.parse_bool)
-        self.path_style = path_style
-        self.access_key = access_key if access_key is not None else env("AWS_ACCESS_KEY_ID", "").strip()
-        self.secret_key = secret_key if secret_key is not None else env("AWS_SECRET_ACCESS_KEY", "").strip()
+        # Explicit arguments win; the rest comes from the environment, read
+        # by the same code as the console's (bad values name the variable).
+        self.settings = S3Settings.from_env().replace(
+            bucket=bucket,
+            prefix=prefix,
+            endpoint_url=endpoint_url,
+            region=region,
+            path_style=path_style,
+            access_key=access_key,
+            secret_key=secret_key,
+            # Keys passed here never pair with a session token from the environment.
+            session_token="" if access_key is not None else None,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_attempts=max_attempts,
+        )
         if scheme not in ("s3", "minio"):
             raise ValueError(f"scheme must be 's3' or 'minio', not {scheme!r}")
         self.scheme = scheme
@@ -282,41 +289,27 @@ class S3Store:
         self.kms_key_id = kms_key_id
         self.multipart_threshold = units.parse_size(multipart_threshold)
         self.multipart_chunksize = units.parse_size(multipart_chunksize)
-        self.connect_timeout = connect_timeout or env_value("S3_CONNECT_TIMEOUT", 5, int)
-        self.read_timeout = read_timeout or env_value("S3_READ_TIMEOUT", 30, int)
-        self.max_attempts = max_attempts or env_value("S3_MAX_ATTEMPTS", 3, int)
         self._client = client
         self._client_lock = threading.Lock()
+
+    bucket = property(lambda self: self.settings.bucket)
+    prefix = property(lambda self: self.settings.prefix)
+    endpoint_url = property(lambda self: self.settings.endpoint_url)
+    region = property(lambda self: self.settings.region)
+    path_style = property(lambda self: self.settings.path_style)
+    max_attempts = property(lambda self: self.settings.max_attempts)
 
     def __repr__(self):
         return f"S3Store({self.scheme}://{self.bucket}/{self.prefix})"
 
     @property
     def client(self):
-        # boto3 sessions are not thread-safe, clients are: build one, once.
+        # Built once, on first use: a store configured but never written to
+        # costs no client (tens of milliseconds).
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
-                    import boto3
-                    from botocore.config import Config
-
-                    session = boto3.session.Session(
-                        aws_access_key_id=self.access_key or None,
-                        aws_secret_access_key=self.secret_key or None,
-                        region_name=self.region,
-                    )
-                    self._client = session.client(
-                        "s3",
-                        endpoint_url=self.endpoint_url or None,
-                        config=Config(
-                            signature_version="s3v4",
-                            region_name=self.region,
-                            s3={"addressing_style": "path" if self.path_style else "auto"},
-                            retries={"mode": "standard", "max_attempts": self.max_attempts},
-                            connect_timeout=self.connect_timeout,
-                            read_timeout=self.read_timeout,
-                        ),
-                    )
+                    self._client = build_client(self.settings)
         return self._client
 
     def _need_bucket(self):

@@ -1,7 +1,7 @@
 """Blob stores by URI scheme: S3 (s3://, minio://) and local files (file://).
 
 `locate(uri)` is the one way in: it refuses URIs outside the configured
-stores (DESIGN.md §3, "foreign": never HEADed, signed or swept) and returns
+stores (docs/architecture.md §3, "foreign": never HEADed, signed or swept) and returns
 the store and the exact object key. Keys are used as found, never normalised:
 `a//b` and `a/./b` are distinct S3 objects.
 
@@ -16,7 +16,7 @@ import mimetypes
 import os
 import stat
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from django.conf import settings
 
 from checkpoints.uris import classify, file_path_inside, parse_uri
 from storage.disposition import attachment_header
+from storage.s3client import S3Settings, build_client
 
 # S3 allows at most 1000 keys in one DeleteObjects request.
 DELETE_BATCH = 1000
@@ -85,7 +86,7 @@ def store_for(uri_or_scheme: str):
         return FileStore(settings.BLOB_ROOT)
     if scheme not in ("s3", "minio"):
         raise ValueError(f"no store for {uri_or_scheme!r}: use s3://, minio:// or file://")
-    config = S3Config.from_settings()
+    config = s3_settings()
     with _cache_lock:
         store = _s3_cache.get(config)
         if store is None:
@@ -102,76 +103,35 @@ _cache_lock = threading.Lock()
 # --- S3 ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class S3Config:
-    bucket: str
-    prefix: str
-    endpoint_url: str
-    region: str
-    path_style: bool
-    access_key: str = field(repr=False)
-    secret_key: str = field(repr=False)
-    connect_timeout: int
-    read_timeout: int
-    max_attempts: int
-
-    @classmethod
-    def from_settings(cls):
-        return cls(
-            bucket=settings.S3_BUCKET_NAME,
-            prefix=settings.S3_PREFIX,
-            endpoint_url=settings.S3_ENDPOINT_URL,
-            region=settings.AWS_REGION,
-            path_style=settings.S3_FORCE_PATH_STYLE,
-            access_key=settings.AWS_ACCESS_KEY_ID,
-            secret_key=settings.AWS_SECRET_ACCESS_KEY,
-            connect_timeout=settings.S3_CONNECT_TIMEOUT,
-            read_timeout=settings.S3_READ_TIMEOUT,
-            max_attempts=settings.S3_MAX_ATTEMPTS,
-        )
-
-    @property
-    def where(self):
-        return self.endpoint_url or f"AWS S3 ({self.region})"
+def s3_settings() -> S3Settings:
+    """The S3 settings the console runs with (Django settings, read from the
+    environment by storage.s3client at start; tests override them)."""
+    return S3Settings(
+        bucket=settings.S3_BUCKET_NAME,
+        prefix=settings.S3_PREFIX,
+        endpoint_url=settings.S3_ENDPOINT_URL,
+        region=settings.AWS_REGION,
+        path_style=settings.S3_FORCE_PATH_STYLE,
+        access_key=settings.AWS_ACCESS_KEY_ID,
+        secret_key=settings.AWS_SECRET_ACCESS_KEY,
+        session_token=getattr(settings, "AWS_SESSION_TOKEN", ""),
+        connect_timeout=settings.S3_CONNECT_TIMEOUT,
+        read_timeout=settings.S3_READ_TIMEOUT,
+        max_attempts=settings.S3_MAX_ATTEMPTS,
+    )
 
 
 class S3Store:
     scheme = "s3"
 
-    def __init__(self, config: S3Config):
-        from botocore.config import Config
-        from storages.backends.s3 import S3Storage
-
+    def __init__(self, config: S3Settings):
         if not config.bucket:
             raise StoreNotConfigured("No S3 bucket is configured (set S3_BUCKET_NAME).")
         self.config = config
         self.bucket = config.bucket
-        client_config = Config(
-            signature_version="s3v4",
-            region_name=config.region,
-            s3={"addressing_style": "path" if config.path_style else "auto"},
-            # total_max_attempts counts the first try, like AWS_MAX_ATTEMPTS;
-            # botocore's "max_attempts" key would mean retries (one more request).
-            retries={"mode": "standard", "total_max_attempts": config.max_attempts},
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
-            # S3-compatible servers (MinIO, SeaweedFS, older Ceph) do not all
-            # accept the CRC trailers botocore adds by default since 1.36.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        self.storage = S3Storage(
-            bucket_name=config.bucket,
-            endpoint_url=config.endpoint_url or None,
-            region_name=config.region,
-            # Empty means "the usual AWS chain" (environment, profile, role).
-            access_key=config.access_key or None,
-            secret_key=config.secret_key or None,
-            client_config=client_config,
-        )
-        # S3Storage keeps one boto3 resource per thread; a botocore client is
-        # thread-safe, so one client serves every thread and request.
-        self.client = self.storage.connection.meta.client
+        # One client serves every thread and request (botocore clients are
+        # thread-safe); built like the agent library's, in storage.s3client.
+        self.client = build_client(config)
 
     def __repr__(self):
         return f"<S3Store {self.bucket} at {self.config.where}>"

@@ -1,4 +1,4 @@
-"""Orphan sweeps: the `sweep_orphans` contract (DESIGN.md §4, §5 "Sweeps ...").
+"""Orphan sweeps: the `sweep_orphans` contract (docs/architecture.md §4, §5 "Sweeps ...").
 
 `sweep()` is the one function behind the command, the maintenance page and
 the schedule; `run_sweep()` wraps it in a Run (audit log, progress bar, and

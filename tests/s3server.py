@@ -40,7 +40,7 @@ class MotoS3:
         )
 
     def env(self, bucket: str, prefix: str = "") -> dict:
-        """The console's settings (DESIGN.md §4) for this endpoint and bucket."""
+        """The console's settings (docs/architecture.md §4) for this endpoint and bucket."""
         return {
             "S3_BUCKET_NAME": bucket,
             "S3_ENDPOINT_URL": self.endpoint_url,

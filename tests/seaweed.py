@@ -133,7 +133,7 @@ class SeaweedS3:
         )
 
     def env(self, bucket: str, prefix: str = "") -> dict:
-        """The console's settings (DESIGN.md §4) for this server and bucket."""
+        """The console's settings (docs/architecture.md §4) for this server and bucket."""
         return {
             "S3_BUCKET_NAME": bucket,
             "S3_ENDPOINT_URL": self.endpoint_url,

@@ -1,6 +1,6 @@
 """In Debian's Chromium through Playwright: log in, filter by two tags, open a thread, see its chart.
 
-Chromium missing is a failure, never a skip: CI installs it (DESIGN.md §6).
+Chromium missing is a failure, never a skip: CI installs it (docs/architecture.md §6).
 """
 
 import importlib

@@ -3,6 +3,7 @@ import re
 
 import pytest
 from django.core.management import call_command
+from django.http import HttpRequest
 from django.test import Client
 
 from checkpoints.models import BlobReference, Source, Thread
@@ -29,5 +30,6 @@ def test_demo_builds_syncs_and_prints_a_working_login(settings, tmp_path):
 
     user, password = re.search(r"operator login: (\S+) / (\S+)", text).groups()
     client = Client()
-    assert client.login(username=user, password=password)
+    # django-axes checks every login against its lockouts, so it needs the request.
+    assert client.login(request=HttpRequest(), username=user, password=password)
     assert client.get("/").status_code == 200

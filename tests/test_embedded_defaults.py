@@ -17,13 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PAGES = r"""
 import json, sys
+from django.http import HttpRequest
 from django.test import Client
 from django.urls import reverse
 from checkpoints.models import BlobReference, Checkpoint, Run, Thread
 
 user, password = sys.argv[1], sys.argv[2]
 client = Client(HTTP_HOST="127.0.0.1")  # a host the default ALLOWED_HOSTS accepts
-assert client.login(username=user, password=password)
+assert client.login(request=HttpRequest(), username=user, password=password)  # axes needs the request
 thread = Thread.objects.filter(external_bytes__gt=0).first()
 ref = BlobReference.objects.filter(exists=True, uses__thread=thread).first()
 checkpoint = Checkpoint.objects.filter(thread=thread).order_by("-checkpoint_id").first()

@@ -1,6 +1,6 @@
 """Helpers for the maintenance page tests: users, sources with real graphs, rows read by plain SQL.
 
-The rows and bytes are read with the contract's SQL (DESIGN.md §3) straight
+The rows and bytes are read with the contract's SQL (docs/architecture.md §3) straight
 from the LangGraph database, independently of checkpoints.prune, so that the
 page's previews are checked against the source itself.
 """

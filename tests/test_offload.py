@@ -151,7 +151,7 @@ FROM checkpoints c WHERE c.thread_id = %s ORDER BY c.checkpoint_id
 
 
 def pg_checkpoint_bytes(url, thread_id):
-    """[(checkpoint_id, step, logical bytes)] per DESIGN.md §3, by SQL."""
+    """[(checkpoint_id, step, logical bytes)] per docs/architecture.md §3, by SQL."""
     with psycopg.connect(url) as conn:
         return [(cid, step, int(n)) for cid, step, n in conn.execute(PG_CHECKPOINT_BYTES, (thread_id,))]
 

@@ -174,16 +174,37 @@ def test_checkpoint_page_decodes_values_from_postgres(viewer_client, pg_saver, p
     assert any(w["value"].name == "__interrupt__" for w in values.writes)
     html = unescape(response.content.decode())
     assert "<details" in html and "approve?" in html
-    # the diff names the channels whose version moved, as SQL on the source says
-    with psycopg.connect(pg_source_url) as conn:
-        (mine, parent), = conn.execute(
-            """SELECT c.checkpoint->'channel_versions', p.checkpoint->'channel_versions' FROM checkpoints c
-               JOIN checkpoints p ON p.thread_id = c.thread_id AND p.checkpoint_ns = c.checkpoint_ns
-                AND p.checkpoint_id = c.parent_checkpoint_id WHERE c.thread_id = %s AND c.checkpoint_id = %s""",
-            ("t-waiting", cp.checkpoint_id),
-        ).fetchall()
-    changed = sorted(k for k in set(mine) | set(parent) if mine.get(k) != parent.get(k))
-    assert [row[0] for row in response.context["diff"]] == changed
+    # the diff against the parent says what changed, by value (issue 14.2)
+    changes = {c.channel: c for c in response.context["diff"]}
+    assert changes["messages"].kind == "changed"
+    assert [(d.op, d.text) for d in changes["messages"].details] == [("appended", "'step 1: " + "x" * 20 + "'")]
+    assert changes["counter"].kind == "added" and changes["label"].kind == "added"
+    assert changes["messages"].after_size == blobs["messages"]
+    assert "step 1: xx" in html and "appended" in html
+
+
+def test_checkpoint_page_diff_labels_a_removed_channel(viewer_client, sqlite_saver, sqlite_source_url):
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    graph = chat_graph(sqlite_saver)
+    cfg = config("removal", tenant="acme")
+    graph.invoke({"messages": ["hello"], "attachment": "doc"}, cfg)
+    # A checkpoint that no longer holds a channel its parent held (a graph whose
+    # schema dropped it, a tool that edited the thread), put through the saver itself.
+    latest = sqlite_saver.get_tuple(cfg)
+    checkpoint = dict(latest.checkpoint)
+    checkpoint["channel_values"] = {k: v for k, v in checkpoint["channel_values"].items() if k != "attachment"}
+    checkpoint["channel_versions"] = {k: v for k, v in checkpoint["channel_versions"].items() if k != "attachment"}
+    checkpoint["id"] = empty_checkpoint()["id"]
+    sqlite_saver.put(latest.config, checkpoint, {"source": "update", "step": 99, "parents": {}}, {})
+    synced_source(sqlite_source_url, "lite")
+    thread = Thread.objects.get(thread_id="removal")
+    cp = Checkpoint.objects.get(thread=thread, checkpoint_id=thread.latest_checkpoint_id)
+    response = viewer_client.get(reverse("checkpoint", args=[cp.pk]))
+    (change,) = response.context["diff"]
+    assert (change.channel, change.kind, change.after_size) == ("attachment", "removed", None)
+    assert change.before_size and [(d.op, d.text) for d in change.details] == [("removed", "'doc'")]
+    assert '<span class="change removed">removed</span>' in response.content.decode()
 
 
 def test_checkpoint_page_bytes_and_subgraphs(viewer_client, sqlite_saver, sqlite_source_url):

@@ -107,7 +107,7 @@ class SourceDB:
         return d
 
     def stored_bytes(self) -> int:
-        """DESIGN.md §3 byte accounting summed over every row, in SQL."""
+        """docs/architecture.md §3 byte accounting summed over every row, in SQL."""
         if self.kind == "postgres":
             sql = """
             SELECT (SELECT coalesce(sum(octet_length(checkpoint::text) + octet_length(metadata::text)), 0) FROM checkpoints)
@@ -186,7 +186,7 @@ class Expected:
 
 
 def expected(dump: Dump, *, keep_last, tags, whole_threads, cut, active_after, delta=frozenset()) -> Expected:
-    """What DESIGN.md §4 says goes, computed straight from the rows."""
+    """What docs/architecture.md §4 says goes, computed straight from the rows."""
     out = Expected()
     threads = defaultdict(list)
     for key in dump.checkpoints:

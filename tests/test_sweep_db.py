@@ -65,7 +65,7 @@ def dump(url):
 
 
 def expected_orphans(url, cutoff):
-    """The rows DESIGN.md §4 calls db orphans, worked out here in Python from the dump."""
+    """The rows docs/architecture.md §4 calls db orphans, worked out here in Python from the dump."""
     ckpts, blobs, writes = dump(url)
     delta = {t for (t, _, _), (_, meta) in ckpts.items() if "counters_since_delta_snapshot" in meta}
     active = {t for (t, _, cid) in list(ckpts) + [w[:3] for w in writes] if uuid6_time(cid) > cutoff}

@@ -1,6 +1,6 @@
 """Ground truth for the mirror, computed by SQL on the source.
 
-Written from the byte-accounting contract of DESIGN.md §3, independently of
+Written from the byte-accounting contract of docs/architecture.md §3, independently of
 checkpoints/sync.py, so that the tests compare two implementations.
 """
 
@@ -151,11 +151,13 @@ def assert_mirror_consistent():
 
 def assert_mirror_matches(source, url):
     """Every thread, checkpoint key, size and tag of the mirror equals the source."""
+    from checkpoints.ids import source_thread_id
     from checkpoints.models import Checkpoint, Thread
 
     assert_mirror_consistent()
     truth = source_truth(url)
-    mirror_threads = {t.thread_id: t for t in Thread.objects.filter(source=source)}
+    # The mirror holds the source's id under thread_key() (NUL escaped): compared in the source's form.
+    mirror_threads = {source_thread_id(t.thread_id): t for t in Thread.objects.filter(source=source)}
     assert set(mirror_threads) == set(truth["threads"])
     for thread_id, t in truth["threads"].items():
         m = mirror_threads[thread_id]
@@ -165,7 +167,7 @@ def assert_mirror_matches(source, url):
         assert m.tags == expected_tags(t["latest_metadata"]), thread_id
         assert dict(m.tag_rows.values_list("key", "value")) == m.tags
     mirror = {
-        (c.thread.thread_id, c.checkpoint_ns, c.checkpoint_id): c
+        (source_thread_id(c.thread.thread_id), c.checkpoint_ns, c.checkpoint_id): c
         for c in Checkpoint.objects.filter(source=source).select_related("thread")
     }
     assert set(mirror) == set(truth["checkpoints"])

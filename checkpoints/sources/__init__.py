@@ -2,7 +2,7 @@
 
 A reader opens the source read-only, detects its layout from the columns
 (never guesses, never creates tables) and reads whole threads in batches
-within one consistent snapshot. Sizes come from SQL on the source (DESIGN.md
+within one consistent snapshot. Sizes come from SQL on the source (docs/architecture.md
 §3); values are only fetched where they may hold a blob URI, so a sync never
 drags every blob of a large database through Python.
 """

@@ -10,6 +10,7 @@ price of re-reading a few rows that were already seen.
 """
 
 import json
+import time
 from functools import partial
 
 import orjson
@@ -114,6 +115,32 @@ class PostgresReader:
             if absent:
                 raise SourceError(f"{redact(self.url)}: table {table} lacks column(s) {', '.join(sorted(absent))}")
         return "standard"
+
+    def cover_transactions(self, xids, attempts: int = 100) -> None:
+        """Make sure this read's snapshot sees these transactions (32-bit ids), taking a new one if not.
+
+        A transaction's commit record reaches the WAL, where logical decoding
+        finds it, a moment before the transaction becomes visible to new
+        snapshots: a snapshot taken in that moment would read its thread as
+        it was before, and the slot would then be confirmed past it.
+        """
+        if not xids:
+            return
+        for _ in range(attempts):
+            ((xmax,),) = self._query("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+            epoch = xmax & ~0xFFFFFFFF
+            full = [epoch | x if (epoch | x) < xmax else (epoch | x) - 2**32 for x in xids]
+            ((unseen,),) = self._query(
+                "SELECT count(*) FROM unnest(%s::text[]) AS x"
+                " WHERE NOT pg_visible_in_snapshot(x::xid8, pg_current_snapshot())",
+                ([str(x) for x in full if x > 0],),
+            )
+            if not unseen:
+                return
+            self.conn.rollback()
+            time.sleep(0.01)
+            self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        raise SourceError(f"{redact(self.url)}: {unseen} committed transaction(s) stay invisible to new snapshots")
 
     def watermark(self) -> dict:
         """The snapshot this read sees, to find what changed after it next time."""

@@ -1,4 +1,4 @@
-"""Create the `viewer` and `operator` groups (DESIGN.md §4, permissions)."""
+"""Create the `viewer` and `operator` groups (docs/architecture.md §4, permissions)."""
 
 from django.contrib.auth.management import create_permissions
 from django.db import migrations

@@ -1,4 +1,4 @@
-"""What the `viewer` and `operator` groups may do (DESIGN.md §4), shared by the
+"""What the `viewer` and `operator` groups may do (docs/architecture.md §4), shared by the
 data migration that creates them and the post_migrate hook that restores them."""
 
 VIEW_MODELS = [

@@ -1,4 +1,4 @@
-"""prune_checkpoints: delete old checkpoints from the LangGraph sources (DESIGN.md §4)."""
+"""prune_checkpoints: delete old checkpoints from the LangGraph sources (docs/architecture.md §4)."""
 
 import json
 

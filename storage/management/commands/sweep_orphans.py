@@ -1,4 +1,4 @@
-"""sweep_orphans: delete unreferenced objects and orphan database rows (DESIGN.md §4)."""
+"""sweep_orphans: delete unreferenced objects and orphan database rows (docs/architecture.md §4)."""
 
 import json
 

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('checkpoints', '0005_mirror_without_fk_checks'),
+        ('checkpoints', '0008_thread_logical_idx'),
     ]
 
     operations = [

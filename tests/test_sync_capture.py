@@ -1,0 +1,212 @@
+"""Change capture through logical decoding: the sync reads what the slot reports, exactly.
+
+Every test runs on a PostgreSQL started with wal_level=logical (tests/pg_logical.py)
+and compares the mirror with SQL on the source after each step.
+"""
+
+import uuid
+
+import psycopg
+import pytest
+from langgraph.checkpoint.postgres import PostgresSaver
+
+from checkpoints.models import Run, Source, Thread
+from checkpoints.prune import PrunePolicy, run_prune
+from checkpoints.sources.capture import Capture, CaptureError, publication_sql
+from checkpoints.sync import sync_source
+from tests.graphs import chat_graph, config, run_scenarios
+from tests.pg_logical import logical_server_url, logical_url_for_database
+from tests.truth import assert_mirror_matches
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def logical_url():
+    """A fresh database with PostgresSaver's schema on the wal_level=logical server."""
+    name = f"lgc_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(logical_server_url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = logical_url_for_database(name)
+    with PostgresSaver.from_conn_string(url) as saver:
+        saver.setup()
+    yield url
+    with psycopg.connect(url, autocommit=True) as conn:
+        for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"):
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+    with psycopg.connect(logical_server_url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def saver(logical_url):
+    with PostgresSaver.from_conn_string(logical_url) as saver:
+        yield saver
+
+
+def capturing_source(url, name="cap"):
+    return Source.objects.create(name=name, url=url, kind="postgres", capture="logical")
+
+
+def slot_of(source):
+    source.refresh_from_db()
+    return source.sync_state["slot"]
+
+
+def pending_changes(source):
+    with Capture(source.url, slot_of(source)) as capture:
+        return capture.peek()
+
+
+def test_first_sync_creates_the_slot_scans_once_then_reads_only_what_changed(saver, logical_url):
+    run_scenarios(saver)
+    source = capturing_source(logical_url)
+
+    first = sync_source(source)
+    assert first["error"] is None and first["added"] > 0
+    assert_mirror_matches(source, logical_url)
+    with Capture(logical_url, slot_of(source)) as capture:
+        assert capture.status().exists
+
+    chat_graph(saver).invoke({"messages": ["more"]}, config("t-chat0", tenant="acme"))
+    assert pending_changes(source).threads == {"t-chat0"}
+    second = sync_source(source)
+    assert second["error"] is None and second["added"] > 0
+    assert Run.objects.filter(kind="sync").latest("pk").progress_total == 1  # one thread read, not all
+    assert_mirror_matches(source, logical_url)
+    assert pending_changes(source).threads == set()  # confirmed after the mirror committed
+
+    third = sync_source(source)
+    assert (third["added"], third["updated"], third["removed"], third["error"]) == (0, 0, 0, None)
+    assert Run.objects.filter(kind="sync").latest("pk").progress_total == 0
+
+
+def test_a_late_commit_with_a_lower_id_arrives_in_commit_order(saver, logical_url):
+    chat = chat_graph(saver)
+    chat.invoke({"messages": ["a"]}, config("early"))
+    source = capturing_source(logical_url)
+    sync_source(source)
+
+    slow_conn = psycopg.connect(logical_url, autocommit=False)
+    slow = chat_graph(PostgresSaver(slow_conn))
+    slow.invoke({"messages": ["slow"]}, config("late"))  # lower ids, not committed yet
+    chat.invoke({"messages": ["b"]}, config("early"))
+    sync_source(source)
+    assert not Thread.objects.filter(source=source, thread_id="late").exists()
+    assert_mirror_matches(source, logical_url)  # its rows are invisible to the source's SQL too
+
+    slow_conn.commit()
+    slow_conn.close()
+    result = sync_source(source)
+    assert result["error"] is None and result["added"] > 0
+    assert_mirror_matches(source, logical_url)
+
+
+def test_deletions_arrive_as_deletions_even_in_threads_that_did_not_otherwise_change(saver, logical_url):
+    run_scenarios(saver)
+    source = capturing_source(logical_url)
+    sync_source(source)
+
+    saver.delete_thread("t-chat1")
+    with psycopg.connect(logical_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM checkpoints WHERE thread_id = 't-chat2' AND checkpoint_id ="
+                     " (SELECT min(checkpoint_id) FROM checkpoints WHERE thread_id = 't-chat2')")
+        conn.execute("DELETE FROM checkpoint_blobs WHERE thread_id = 't-bytes' AND channel = 'payload'")
+    assert {"t-chat1", "t-chat2", "t-bytes"} <= pending_changes(source).threads
+    result = sync_source(source)
+    assert result["error"] is None and result["removed"] >= 9
+    assert_mirror_matches(source, logical_url)
+
+
+def test_a_prune_beside_it_and_concurrent_syncs_leave_the_mirror_equal_to_the_source(saver, logical_url):
+    run_scenarios(saver)
+    source = capturing_source(logical_url)
+    sync_source(source)
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    policy = PrunePolicy(older_than=timedelta(seconds=0), keep_last=1)
+    run_prune(source, policy, dry_run=False, now=timezone.now() + timedelta(days=1))
+    sync_source(source)
+    assert_mirror_matches(source, logical_url)
+    # A second sync at once finds nothing left to do.
+    again = sync_source(source)
+    assert (again["added"], again["removed"]) == (0, 0)
+
+
+def test_a_lost_slot_falls_back_to_one_scan_and_is_recreated(saver, logical_url):
+    chat = chat_graph(saver)
+    chat.invoke({"messages": ["a"]}, config("one"))
+    source = capturing_source(logical_url)
+    sync_source(source)
+    with Capture(logical_url, slot_of(source)) as capture:
+        assert capture.drop()
+
+    chat.invoke({"messages": ["b"]}, config("two"))  # written while no slot exists
+    result = sync_source(source)
+    assert result["error"] is None
+    assert Thread.objects.filter(source=source, thread_id="two").exists()
+    assert_mirror_matches(source, logical_url)
+    with Capture(logical_url, slot_of(source)) as capture:
+        assert capture.status().exists
+
+    chat.invoke({"messages": ["c"]}, config("three"))
+    sync_source(source)
+    assert_mirror_matches(source, logical_url)
+
+
+def test_a_sync_that_dies_before_confirming_sees_the_same_changes_again(saver, logical_url, monkeypatch):
+    chat = chat_graph(saver)
+    chat.invoke({"messages": ["a"]}, config("one"))
+    source = capturing_source(logical_url)
+    sync_source(source)
+    chat.invoke({"messages": ["b"]}, config("two"))
+
+    def crash(self, lsn):
+        raise RuntimeError("console restarted")
+
+    monkeypatch.setattr(Capture, "confirm", crash)
+    with pytest.raises(RuntimeError):
+        sync_source(source)
+    monkeypatch.undo()
+    assert pending_changes(source).threads == {"two"}  # nothing confirmed
+
+    Thread.objects.filter(source=source, thread_id="two").delete()  # as if the mirror had lost it too
+    result = sync_source(source)
+    assert result["error"] is None
+    assert_mirror_matches(source, logical_url)
+
+
+def test_values_never_pass_through_the_decoder(saver, logical_url):
+    source = capturing_source(logical_url)
+    sync_source(source)
+    chat_graph(saver).invoke({"messages": ["big"], "payload": b"x" * 5_000_000}, config("big"))
+    with Capture(logical_url, slot_of(source)) as capture:
+        changes = capture.peek()
+        assert changes.threads == {"big"}
+        assert changes.decoded_bytes < 20_000  # keys only: the 5 MB blob stays in the database
+    sync_source(source)
+    assert_mirror_matches(source, logical_url)
+
+
+def test_a_server_without_logical_wal_says_what_it_needs(pg_source_url):
+    source = capturing_source(pg_source_url)
+    result = sync_source(source)
+    assert "wal_level" in result["error"] and "logical" in result["error"]
+    with Capture(pg_source_url, "checkpoint_console_x") as capture:
+        problems = capture.requirements()
+    assert any("wal_level" in p for p in problems)
+
+
+def test_the_publication_sql_an_operator_runs_names_key_columns_only():
+    statement = publication_sql()
+    assert statement.startswith("CREATE PUBLICATION checkpoint_console FOR TABLE checkpoints (thread_id,")
+    assert "blob" not in statement.replace("checkpoint_blobs", "")
+    assert "metadata" not in statement and "checkpoint," not in statement
+
+
+def test_capture_error_is_a_source_error():
+    from checkpoints.sources import SourceError
+
+    assert issubclass(CaptureError, SourceError)
