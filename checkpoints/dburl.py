@@ -22,6 +22,14 @@ def parse_database_url(url: str) -> dict:
     Traceback (most recent call last):
     ...
     ValueError: unsupported database URL scheme 'mysql': use postgresql:// or sqlite:///
+    >>> parse_database_url("/var/lib/checkpoints.db")
+    Traceback (most recent call last):
+    ...
+    ValueError: a bare path: write sqlite:////var/lib/checkpoints.db for a SQLite file
+    >>> parse_database_url("not-a-url")
+    Traceback (most recent call last):
+    ...
+    ValueError: not a URL: use postgresql://user@host:port/db or sqlite:////absolute/path.db
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -51,6 +59,10 @@ def parse_database_url(url: str) -> dict:
         if not path:
             raise ValueError(f"database URL {url!r} names no file")
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": path, "OPTIONS": {}}
+    if not scheme:
+        if url.strip().startswith("/"):
+            raise ValueError(f"a bare path: write sqlite:///{url.strip()} for a SQLite file")
+        raise ValueError("not a URL: use postgresql://user@host:port/db or sqlite:////absolute/path.db")
     raise ValueError(
         f"unsupported database URL scheme {parts.scheme!r}: use postgresql:// or sqlite:///"
     )

@@ -32,7 +32,7 @@ from django.utils import timezone
 from checkpoints import decode, usage
 from checkpoints.dburl import kind_of
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
-from checkpoints.models import BlobReference, Checkpoint, PruneMark, ReferenceUse, Source, Tag, Thread
+from checkpoints.models import BlobReference, Checkpoint, DailyUsage, PruneMark, ReferenceUse, Run, Source, Tag, Thread
 from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
 from checkpoints.sources import SourceError, first_line, open_reader
 from checkpoints.sources.capture import Capture, new_slot_name
@@ -117,7 +117,8 @@ def sync_source(source, *, full=False, requested_by=None, origin="command", wait
             error = f"{type(e).__name__}: {e}"
             _record(source, run, started_at, stats, started, error, None)
             raise
-        return _record(source, run, started_at, stats, started, error, touched, totals)
+        return _record(source, run, started_at, stats, started, error, touched, totals,
+                       notify=not isinstance(totals, _Unchanged))
 
 
 @contextmanager
@@ -147,7 +148,7 @@ def commits_without_flush_wait():
             pass  # an aborted transaction: rolling it back undoes the SET as well
 
 
-def _record(source, run, started_at, stats, started, error, touched, totals=None):
+def _record(source, run, started_at, stats, started, error, touched, totals=None, notify=True):
     if totals is None:
         totals = usage.thread_totals(source)
     result = {
@@ -168,7 +169,8 @@ def _record(source, run, started_at, stats, started, error, touched, totals=None
         setattr(source, k, v)
     finish_run(run, result=result, error=error or "")
     threads = touched if touched is not None and len(touched) <= TOUCHED_LIMIT else None
-    sync_finished.send(sender=Source, source=source, result=result, threads=threads)
+    if notify:
+        sync_finished.send(sender=Source, source=source, result=result, threads=threads)
     return result
 
 
@@ -191,11 +193,23 @@ def _peek_changes(source):
         source.sync_state = {**(source.sync_state or {}), "slot": slot}
         source.save(update_fields=["sync_state"])
     with Capture(source.url, slot) as capture:
-        if capture.ensure():
-            log.info("source %s: new replication slot; this sync scans once", source)
-            return None
-        changes = capture.peek()
+        created = capture.ensure()
+        changes = None if created else capture.peek()
+        status = capture.status()
+    # What the slot holds back on the operator's server: shown and exported.
+    source.sync_state["slot_status"] = {
+        "retained_bytes": status.retained_bytes, "wal_status": status.wal_status,
+        "checked_at": timezone.now().isoformat(),
+    }
+    Source.objects.filter(pk=source.pk).update(sync_state=source.sync_state)
+    if created:
+        log.info("source %s: new replication slot; this sync scans once", source)
+        return None
     return None if changes.truncated else changes
+
+
+class _Unchanged(dict):
+    """The mirror's totals after a sync that found nothing to do: no reference check follows it."""
 
 
 def _sync(source, full, stats, run, touched):
@@ -206,6 +220,19 @@ def _sync(source, full, stats, run, touched):
     fail_dead_runs(lock_key("prune", source))
     settled = _settled_marks(source)
     changes = _peek_changes(source)
+    if (changes is not None and not full and not changes.threads and not settled
+            and not (source.sync_state or {}).get("retry")):
+        # The slot says no LangGraph row changed: no reader, no counting, no
+        # mirror work; the cost of a quiet source stays flat at any size.
+        with Capture(source.url, source.sync_state["slot"]) as capture:
+            capture.confirm(changes.end_lsn)
+        if not DailyUsage.objects.filter(source=source, day=timezone.now().date()).exists():
+            usage.capture(source)
+        previous = (Run.objects.filter(kind="sync", source=source, state="done").exclude(pk=run.pk)
+                    .order_by("-pk").values_list("result", flat=True).first())
+        if previous and "threads" in previous:
+            return _Unchanged(threads=previous["threads"], checkpoints=previous["checkpoints"])
+        return _Unchanged(usage.thread_totals(source))
     with open_reader(source.url) as reader:
         if changes is not None:
             # Read in a snapshot that sees every transaction the slot reported.
@@ -215,9 +242,12 @@ def _sync(source, full, stats, run, touched):
         state = source.sync_state or {}
         since = None if full else state.get("watermark")
         mirrored = Thread.objects.filter(source=source).aggregate(n=Sum("checkpoints"))["n"] or 0
+        quiet = changes is None and since is not None and reader.unchanged_since(since, now)
         if changes is not None:
             # Deletions arrive as deletions: no counting of the source's tables.
             totals, removing = None, changes.deleted_checkpoints
+        elif quiet:
+            totals, removing = None, 0
         else:
             totals = reader.totals()
             removing = mirrored - totals["checkpoints"]
@@ -235,6 +265,8 @@ def _sync(source, full, stats, run, touched):
             )
         if changes is not None and since is not None:
             changed = set(changes.threads)
+        elif quiet:
+            changed = set()
         elif since is not None:
             changed = reader.changed_thread_ids(since, now)
             if changed is None:  # the reader cannot tell what changed: compare everything
@@ -279,7 +311,8 @@ def _sync(source, full, stats, run, touched):
         _analyze_if_grown(stats, mirrored)
         usage.capture(source, mirror_totals)
         source.layout = layout
-        source.sync_state = {"watermark": now, **({"slot": state["slot"]} if state.get("slot") else {})}
+        source.sync_state = {"watermark": now, **{k: state[k] for k in ("slot", "slot_status") if k in state},
+                             "space": _space(reader)}
         if context.failed:  # in hex: an id may hold a NUL, which jsonb cannot
             source.sync_state["retry"] = sorted(t.encode("utf-8", "surrogatepass").hex() for t in context.failed)
         source.references_unknown = context.undecodable > 0 if since is None else (
@@ -306,6 +339,19 @@ def _settled_marks(source):
 def _delete_marks(pks, chunk=10_000):
     for i in range(0, len(pks), chunk):
         PruneMark.objects.filter(pk__in=pks[i : i + chunk])._raw_delete(PruneMark.objects.db)
+
+
+def _space(reader) -> dict:
+    """The source's tables on disk (dead rows, free pages: docs/architecture.md §7), or why not; never fails a sync.
+
+    Read last, with the same read-only connection: on PostgreSQL a failed
+    query ends the reader's transaction, and nothing is read after this.
+    """
+    try:
+        found = reader.space()
+    except SourceError as e:
+        found = {"error": str(e)}
+    return {**found, "checked_at": timezone.now().isoformat()}
 
 
 ANALYZE_FRACTION = 0.1

@@ -39,6 +39,7 @@ from dashboard import run_summary
 from dashboard.access import viewer_required
 from dashboard.maintenance_forms import PolicyForm, PruneForm, SweepForm
 from dashboard.models import SavedPolicy
+from dashboard.space import sources_space
 from dashboard.tasks import QueueError, busy_run, enqueue, fail_lost_runs, lost_after, new_queued_run, reap_runs
 from dashboard.views import _page_links, _query
 from storage.sweep import duration_text
@@ -110,6 +111,9 @@ def _render_index(request, *, prune_form=None, sweep_form=None, policy_forms=Non
         "prefix": settings.S3_PREFIX,
         "blob_root": settings.BLOB_ROOT,
         "active_window": duration_text(settings.PRUNE_ACTIVE_WINDOW),
+        "space": sources_space(sources),
+        "run_keep_days": settings.RUN_KEEP_DAYS,
+        "audit_keep_days": settings.AUDIT_KEEP_DAYS,
         "active": active,
         "waiting": any(r.state == "queued" and (now - r.created_at).total_seconds() > WAITING_HINT_AFTER for r in active),
         "rows": [_history_row(r) for r in page.object_list],

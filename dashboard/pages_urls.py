@@ -22,5 +22,6 @@ urlpatterns = [
     path("api/threads/<slug:source>/<thread_id:thread_id>/", api.thread, name="api-thread"),
     path("api/threads/<slug:source>/", api.thread_by_query, name="api-thread-by-query"),
     path("api/summary/", api.summary, name="api-summary"),
+    path("api/state/", api.state, name="api-state"),
     path("metrics", metrics.metrics, name="metrics"),
 ]

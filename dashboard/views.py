@@ -4,15 +4,18 @@ import json
 from urllib.parse import urlencode
 
 from django.conf import settings
+from django.contrib import admin
 from django.core.paginator import Paginator
 from django.db.models import TextField
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
+from django.views import defaults
 
 from checkpoints.decode import plain
 from checkpoints.models import BlobReference, Checkpoint, Source, Tag, Thread
@@ -332,6 +335,17 @@ def _thread_page(request, source, thread_id):
     return render(request, "dashboard/thread.html", ctx)
 
 
+def _link_delta_sources(values, same_ns):
+    """Mirror pks of the checkpoints a DeltaChannel value was rebuilt from, for links."""
+    sources = [v.delta for v in values.channels if v.delta and v.delta.status != "snapshot"]
+    ids = {s.seed_checkpoint_id for s in sources if s.seed_checkpoint_id} | {w.checkpoint_id for s in sources for w in s.writes}
+    if not ids:
+        return
+    links = dict(same_ns.filter(checkpoint_id__in=ids).values_list("checkpoint_id", "pk"))
+    for s in sources:
+        s.links = links
+
+
 @viewer_required
 def checkpoint(request, pk):
     from dashboard.source_values import ReadError, read_values
@@ -364,6 +378,8 @@ def checkpoint(request, pk):
         )
     except ReadError as e:
         error = str(e)
+    if values:
+        _link_delta_sources(values, same_ns)
 
     ctx = {
         "cp": cp,
@@ -384,3 +400,35 @@ def checkpoint(request, pk):
         "subgraphs": subgraphs,
     }
     return render(request, "dashboard/checkpoint.html", ctx)
+
+
+# --- error pages and the admin's door ----------------------------------------------
+
+
+def _wants_json(request):
+    return request.path.startswith(("/api/", "/metrics"))
+
+
+def not_found(request, exception):
+    """The console's own 404 page; JSON for the API, like its other errors."""
+    if _wants_json(request):
+        return JsonResponse({"error": "not found"}, status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request):
+    """templates/500.html needs neither the database nor the static files; JSON for the API."""
+    if _wants_json(request):
+        return JsonResponse({"error": "server error: see the console's log"}, status=500)
+    return defaults.server_error(request)
+
+
+def admin_login(request):
+    """The admin's login page, except for a logged-in user who is not staff.
+
+    Django's admin would show that user its login form ("log in as another
+    account"), which reads like a broken login: say why instead.
+    """
+    if request.user.is_authenticated and not (request.user.is_active and request.user.is_staff):
+        return render(request, "dashboard/staff_only.html", {}, status=403)
+    return admin.site.login(request)

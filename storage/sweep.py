@@ -526,11 +526,12 @@ class _StoreStats:
 
 
 class _Sweep:
-    def __init__(self, grace, dry_run, sync, progress, requested_by, origin, batch_size=BATCH, page_size=LIST_PAGE):
+    def __init__(self, grace, dry_run, sync, progress, requested_by, origin, batch_size=BATCH, page_size=LIST_PAGE,
+                 now=None):
         if not 1 <= batch_size <= BATCH:
             raise ValueError(f"batch_size must be between 1 and {BATCH} (S3 deletes at most {BATCH} keys a request)")
         self.batch_size, self.page_size = batch_size, page_size
-        self.grace, self.dry_run, self.sync = grace, dry_run, sync
+        self.grace, self.dry_run, self.sync, self.now = grace, dry_run, sync, now
         self.progress, self.requested_by, self.origin = progress, requested_by, origin
         self.refusals = []  # why nothing may be deleted
         self.failures = []  # what went wrong (the run's error)
@@ -582,7 +583,10 @@ class _Sweep:
         # 1. Begin every listing, then sync: each successful sync starts after the listing began.
         self.listing_started = timezone.now()
         self.result["listing_started_at"] = self.listing_started.isoformat()
-        self.cutoff = self.listing_started - self.grace
+        # The grace counts back from the listing's start (or the `now` given:
+        # tests age objects a server stamps with its own clock this way).
+        # The check of each source's sync against the listing uses the real start.
+        self.cutoff = (self.now or self.listing_started) - self.grace
         listings = []
         for scope in scopes:
             stats = _StoreStats(scope.label)
@@ -776,7 +780,7 @@ class _Sweep:
 
 
 def sweep(*, grace=None, force=False, dry_run=False, requested_by=None, origin="command", progress=None, sync=True,
-          batch_size=BATCH, page_size=LIST_PAGE) -> dict:
+          batch_size=BATCH, page_size=LIST_PAGE, now=None) -> dict:
     """Sweep orphan objects and database rows; the sweep_orphans contract's keys and more.
 
     `grace` is a timedelta or DURATION text (default SWEEP_GRACE; under 1h
@@ -790,9 +794,11 @@ def sweep(*, grace=None, force=False, dry_run=False, requested_by=None, origin="
     a refusal in a real run, a store or source failure, objects not deleted).
     `batch_size` (at most 1000) candidates are re-checked and deleted
     together; `page_size` objects are asked for per S3 LIST request.
+    `now` fixes the clock the grace counts back from (default: when the
+    listing begins), as prune's `now` does.
     """
     grace = check_grace(grace, force)
-    return _Sweep(grace, dry_run, sync, progress, requested_by, origin, batch_size, page_size).run()
+    return _Sweep(grace, dry_run, sync, progress, requested_by, origin, batch_size, page_size, now).run()
 
 
 def contract_result(result) -> dict:
@@ -800,7 +806,8 @@ def contract_result(result) -> dict:
     return {k: result[k] for k in CONTRACT_KEYS}
 
 
-def run_sweep(*, grace=None, force=False, dry_run=False, requested_by=None, origin="command", run=None, sync=True):
+def run_sweep(*, grace=None, force=False, dry_run=False, requested_by=None, origin="command", run=None, sync=True,
+              now=None):
     """sweep() under a Run (kind `sweep`): audit log, progress, one sweep at a time.
 
     Returns the finished Run (`result` as sweep() returns it, `error` its
@@ -826,7 +833,7 @@ def run_sweep(*, grace=None, force=False, dry_run=False, requested_by=None, orig
 
     try:
         result = sweep(grace=grace, force=force, dry_run=dry_run, requested_by=requested_by, origin=origin,
-                       progress=progress, sync=sync)
+                       progress=progress, sync=sync, now=now)
     except Exception as e:
         finish_run(run, result={}, error=f"{type(e).__name__}: {e}")
         raise

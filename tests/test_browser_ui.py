@@ -13,7 +13,6 @@ from django.urls import reverse
 
 from checkpoints.models import Checkpoint
 from tests.mirror_data import build_mirror, make_user, static_settings  # noqa: F401
-from tests.test_browser import ARGS, CHROMIUM
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -38,14 +37,9 @@ def data(transactional_db):
 
 
 @pytest.fixture
-def browser(data):
-    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: apt-get install chromium"
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield instance
-        instance.close()
+def browser_data(data):
+    """What the shared `browser` fixture (tests/conftest.py) waits for."""
+    return data
 
 
 def page_for(browser, base, width, username="otto"):

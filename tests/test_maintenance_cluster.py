@@ -27,8 +27,8 @@ from tests.pg import url_for_database
 from tests.test_maintenance_support import latest_values, make_source, make_user, old_scenarios, prune_post, read_rows
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-START_TIMEOUT = 60
-RUN_TIMEOUT = 90
+START_TIMEOUT = 180  # minutes, not seconds: the machine may be busy
+RUN_TIMEOUT = 300
 
 
 @pytest.fixture
