@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('checkpoints', '0008_thread_logical_idx'),
+        ('checkpoints', '0009_source_management'),
     ]
 
     operations = [
