@@ -110,6 +110,8 @@ def _render_index(request, *, prune_form=None, sweep_form=None, policy_forms=Non
         "prefix": settings.S3_PREFIX,
         "blob_root": settings.BLOB_ROOT,
         "active_window": duration_text(settings.PRUNE_ACTIVE_WINDOW),
+        "run_keep_days": settings.RUN_KEEP_DAYS,
+        "audit_keep_days": settings.AUDIT_KEEP_DAYS,
         "active": active,
         "waiting": any(r.state == "queued" and (now - r.created_at).total_seconds() > WAITING_HINT_AFTER for r in active),
         "rows": [_history_row(r) for r in page.object_list],

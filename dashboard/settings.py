@@ -249,6 +249,9 @@ CAPTURE_WAL_WARN = env_size("CAPTURE_WAL_WARN", units.parse_size("1GB"))
 CHECKPOINT_SIZE_LIMIT = env_size("CHECKPOINT_SIZE_LIMIT", 10_000_000)
 STORAGE_QUOTA = env_size("STORAGE_QUOTA", None)
 USAGE_KEEP_DAYS = env_int("USAGE_KEEP_DAYS", 400, minimum=1)
+# Run history: routine runs (sync, reference check) and the audit log (prune, sweep, remove).
+RUN_KEEP_DAYS = env_int("RUN_KEEP_DAYS", 30, minimum=1)
+AUDIT_KEEP_DAYS = env_int("AUDIT_KEEP_DAYS", 400, minimum=1)
 TAG_EXCLUDE = env_list("TAG_EXCLUDE", ["*key*", "*token*", "*secret*", "*password*", "*auth*"])
 LANGGRAPH_AES_KEY = env_str("LANGGRAPH_AES_KEY", "")
 if LANGGRAPH_AES_KEY and len(LANGGRAPH_AES_KEY.encode()) not in (16, 24, 32):
