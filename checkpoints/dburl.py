@@ -68,6 +68,21 @@ def parse_database_url(url: str) -> dict:
     )
 
 
+def describe(db: dict) -> str:
+    """Where a Django database is, for messages: never its password.
+
+    >>> describe(parse_database_url("postgresql://u:pw@db.internal:5433/console"))
+    "PostgreSQL at db.internal:5433, database 'console'"
+    >>> describe(parse_database_url("sqlite:////var/console.db"))
+    'SQLite file /var/console.db'
+    """
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"SQLite file {db['NAME']}"
+    host = db.get("HOST") or "the local socket"
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"PostgreSQL at {host}{port}, database {db['NAME']!r}"
+
+
 def redact(url: str) -> str:
     """The URL with its password replaced, for messages and pages.
 

@@ -33,6 +33,14 @@ class Source(models.Model):
     )
     undecodable_values = models.BigIntegerField(default=0, help_text="Values the last sync could not decode.")
     sync_state = models.JSONField(default=dict, blank=True, help_text="Watermarks of the incremental sync.")
+    enabled = models.BooleanField(
+        default=True, help_text="Synced on schedule; a disabled source keeps its mirror and is skipped by syncs."
+    )
+    disabled_reason = models.CharField(max_length=300, blank=True, help_text="Why and by whom it was disabled.")
+    registered_by_env = models.BooleanField(
+        default=False,
+        help_text="Registered (and kept up to date) by CHECKPOINT_DATABASE_URL; disabled when the variable is unset.",
+    )
     CAPTURE_CHOICES = [("scan", "Scan"), ("logical", "Logical decoding")]
     capture = models.CharField(
         max_length=16, choices=CAPTURE_CHOICES, default="scan",
@@ -41,6 +49,7 @@ class Source(models.Model):
 
     class Meta:
         ordering = ["name"]
+        permissions = [("manage_sources", "Can add, edit, disable and remove sources")]
 
     def __str__(self):
         return self.name
@@ -242,9 +251,10 @@ class DailyUsage(models.Model):
 
 
 class Run(models.Model):
-    """Every sync, prune and sweep: the audit log and the progress bar."""
+    """Every sync, prune, sweep and source removal: the audit log and the progress bar."""
 
-    KIND_CHOICES = [("sync", "Sync"), ("prune", "Prune"), ("sweep", "Sweep"), ("refcheck", "Reference check")]
+    KIND_CHOICES = [("sync", "Sync"), ("prune", "Prune"), ("sweep", "Sweep"), ("refcheck", "Reference check"),
+                    ("remove", "Source removal")]
     STATE_CHOICES = [("queued", "Queued"), ("running", "Running"), ("done", "Done"), ("failed", "Failed")]
 
     kind = models.CharField(max_length=16, choices=KIND_CHOICES, help_text="What ran.")

@@ -66,32 +66,67 @@ class SyncIncomplete(Exception):
                    f"the first, {thread_id!r}: {reason}")
 
 
+ENV_SOURCE = "default"
+ENV_UNSET_REASON = "CHECKPOINT_DATABASE_URL is no longer set"
+
+
 def register_default_source():
-    """Create or update the source `default` from CHECKPOINT_DATABASE_URL."""
+    """Create, update or disable the source `default` from CHECKPOINT_DATABASE_URL.
+
+    The variable states what is wanted, every time a job starts: a new value
+    replaces the URL (and enables the source, even one an operator had
+    disabled: setting the variable is asking for it), and an unset variable
+    disables the source it had registered, so a mistyped URL never leaves a
+    source that fails every sync for good. Disabling keeps the mirror;
+    removing it is the operator's call (the sources page, remove_source).
+    """
     url = settings.CHECKPOINT_DATABASE_URL
     if not url:
+        Source.objects.filter(name=ENV_SOURCE, registered_by_env=True).update(
+            registered_by_env=False, enabled=False, disabled_reason=ENV_UNSET_REASON
+        )
         return None
     source, created = Source.objects.get_or_create(
-        name="default", defaults={"url": url, "kind": kind_of(url), "capture": settings.CHECKPOINT_CAPTURE}
+        name=ENV_SOURCE,
+        defaults={"url": url, "kind": kind_of(url), "registered_by_env": True, "capture": settings.CHECKPOINT_CAPTURE},
     )
-    if not created and source.url != url:
+    if created:
+        return source
+    fields = {}
+    if source.url != url:
         # Another database: its watermark means nothing there.
-        source.url, source.kind, source.sync_state = url, kind_of(url), {}
-        source.save(update_fields=["url", "kind", "sync_state"])
-    if not created and source.capture != settings.CHECKPOINT_CAPTURE:
-        source.capture = settings.CHECKPOINT_CAPTURE
-        source.save(update_fields=["capture"])
+        fields.update(url=url, kind=kind_of(url), sync_state={}, enabled=True, disabled_reason="")
+    if not source.registered_by_env:
+        # Set again after being unset (or a source of that name made by hand): the variable owns it now.
+        fields.update(registered_by_env=True, enabled=True, disabled_reason="")
+    if source.capture != settings.CHECKPOINT_CAPTURE:
+        fields["capture"] = settings.CHECKPOINT_CAPTURE
+    if fields:
+        for k, v in fields.items():
+            setattr(source, k, v)
+        source.save(update_fields=list(fields))
     return source
 
 
+def disabled_error(source) -> str:
+    reason = f" ({source.disabled_reason})" if source.disabled_reason else ""
+    return f"skipped: source {source.name} is disabled{reason}; enable it on the sources page to sync it"
+
+
 def sync_sources(name=None, *, full=False, requested_by=None, origin="command", wait=60.0) -> dict:
-    """Sync every registered source (or the one named); the sync_checkpoints contract."""
+    """Sync every enabled source (or the one named); the sync_checkpoints contract.
+
+    Disabled sources are left out of "every source"; one named explicitly
+    answers with an error that says it is disabled.
+    """
     register_default_source()
     sources = list(Source.objects.all())
     if name is not None:
         sources = [s for s in sources if s.name == name]
         if not sources:
             return {"sources": [_empty_result(name, f"no source named {name!r}")]}
+    else:
+        sources = [s for s in sources if s.enabled]
     results = [sync_source(s, full=full, requested_by=requested_by, origin=origin, wait=wait) for s in sources]
     return {"sources": results}
 
@@ -99,10 +134,19 @@ def sync_sources(name=None, *, full=False, requested_by=None, origin="command", 
 def sync_source(source, *, full=False, requested_by=None, origin="command", wait=60.0) -> dict:
     """Sync one source; never raises for a source problem, reports it in `error`."""
     started = time.monotonic()
+    if not _still_enabled(source):
+        return _empty_result(source.name, disabled_error(source))
     try:
         run = start_run("sync", source, parameters={"full": full}, requested_by=requested_by, origin=origin, wait=wait)
     except RunBusy as e:
         return _empty_result(source.name, f"skipped: {e}")
+    # Read again now that the run holds the lock: a removal disables the
+    # source, then waits for the running sync; this sync either shows up as
+    # running to it or sees the source disabled here, never neither.
+    if not _still_enabled(source):
+        error = disabled_error(source)
+        finish_run(run, result=_empty_result(source.name, error), error=error)
+        return _empty_result(source.name, error)
     started_at = run.started_at
     stats = {"added": 0, "updated": 0, "removed": 0}
     touched = set()
@@ -115,10 +159,25 @@ def sync_source(source, *, full=False, requested_by=None, origin="command", wait
             error = str(e)
         except Exception as e:  # noqa: BLE001 - recorded on the run and the source, then re-raised
             error = f"{type(e).__name__}: {e}"
-            _record(source, run, started_at, stats, started, error, None)
+            try:
+                _record(source, run, started_at, stats, started, error, None)
+            except DatabaseError:
+                # The console's database itself failed (the usual way here): nothing
+                # can be recorded, and a second, chained traceback would only bury
+                # the first. fail_stale_runs() closes the run once it is reachable.
+                log.warning("could not record the failed sync of %s", source, exc_info=True)
             raise
         return _record(source, run, started_at, stats, started, error, touched, totals,
                        notify=not isinstance(totals, _Unchanged))
+
+
+def _still_enabled(source) -> bool:
+    """Whether the source is enabled in the database now (a removed one is not)."""
+    row = Source.objects.filter(pk=source.pk).values("enabled", "disabled_reason").first()
+    if row is None:
+        row = {"enabled": False, "disabled_reason": "removed"}
+    source.enabled, source.disabled_reason = row["enabled"], row["disabled_reason"]
+    return source.enabled
 
 
 @contextmanager
@@ -297,7 +356,8 @@ def _sync(source, full, stats, run, touched):
         _analyze_if_grown(stats, mirrored)
         usage.capture(source, mirror_totals)
         source.layout = layout
-        source.sync_state = {"watermark": now, **{k: state[k] for k in ("slot", "slot_status") if k in state}}
+        source.sync_state = {"watermark": now, **{k: state[k] for k in ("slot", "slot_status") if k in state},
+                             "space": _space(reader)}
         if context.failed:  # in hex: an id may hold a NUL, which jsonb cannot
             source.sync_state["retry"] = sorted(t.encode("utf-8", "surrogatepass").hex() for t in context.failed)
         source.references_unknown = context.undecodable > 0 if since is None else (
@@ -313,6 +373,19 @@ def _sync(source, full, stats, run, touched):
     if context.failed:
         raise SyncIncomplete.of(context.failed)
     return mirror_totals
+
+
+def _space(reader) -> dict:
+    """The source's tables on disk (dead rows, free pages: docs/architecture.md §7), or why not; never fails a sync.
+
+    Read last, with the same read-only connection: on PostgreSQL a failed
+    query ends the reader's transaction, and nothing is read after this.
+    """
+    try:
+        found = reader.space()
+    except SourceError as e:
+        found = {"error": str(e)}
+    return {**found, "checked_at": timezone.now().isoformat()}
 
 
 ANALYZE_FRACTION = 0.1

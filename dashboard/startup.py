@@ -52,16 +52,13 @@ def console_database_reachable() -> bool:
 
 
 def console_database() -> str:
-    """Where the console's database is, without its password: 'postgresql at db:5432, database console'."""
+    """Where the console's database is, without its password, and which setting says so."""
     from django.conf import settings
 
-    db = settings.DATABASES["default"]
+    from checkpoints.dburl import describe
+
     origin = "DATABASE_URL" if os.environ.get("DATABASE_URL", "").strip() else "the default of DATABASE_URL"
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"SQLite file {db['NAME']} ({origin})"
-    host = db.get("HOST") or "the local socket"
-    port = f":{db['PORT']}" if db.get("PORT") else ""
-    return f"PostgreSQL at {host}{port}, database {db['NAME']!r} ({origin})"
+    return f"{describe(settings.DATABASES['default'])} ({origin})"
 
 
 def console_database_error(exc) -> str:

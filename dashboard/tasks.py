@@ -36,11 +36,13 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from checkpoints.models import Run
 from checkpoints.prune import PruneBusy, PrunePolicy, run_prune
-from checkpoints.runs import fail_stale_runs, finish_run, lock_key
+from checkpoints.removal import RemovalRefused, remove_source
+from checkpoints.runs import RunBusy, fail_stale_runs, finish_run, lock_key
 from dashboard.models import SavedPolicy
 from storage.sweep import SweepBusy, SweepRefused, run_sweep
 
@@ -138,7 +140,7 @@ def busy_run(kind, source=None):
 
 
 def run_queued(run_pk):
-    """Run a queued prune or sweep (the django-q2 task); return a short summary.
+    """Run a queued prune, sweep or source removal (the django-q2 task); return a short summary.
 
     Never raises for a run's own failure: the Run row records it, and a raise
     would only make django-q2 log a second copy.
@@ -157,6 +159,8 @@ def run_queued(run_pk):
                 run = _prune(run)
             elif run.kind == "sweep":
                 run = _sweep(run)
+            elif run.kind == "remove":
+                run = _remove(run)
             else:
                 run = finish_run(run, result={}, error=f"the queue does not run {run.kind} runs")
     except Exception as e:  # noqa: BLE001 - recorded on the Run by run_prune/run_sweep (or here)
@@ -196,6 +200,22 @@ def _sweep(run):
         return finish_run(run, result={}, error=str(e))
     except SweepBusy:
         return _not_started(run, "another sweep is running")
+
+
+def _remove(run):
+    if run.source is None:
+        return finish_run(run, result={}, error="the source no longer exists: nothing to remove")
+    source = run.source
+    try:
+        return remove_source(source, requested_by=run.requested_by, origin=run.origin, run=run)
+    except RemovalRefused:
+        run.refresh_from_db()  # failed with the reason by remove_source
+        return run
+    except RunBusy as e:
+        run.refresh_from_db()
+        if run.state == "running":
+            return finish_run(run, result=run.result, error=str(e))
+        return _not_started(run, f"another removal of {source.name} is running") if run.state == "queued" else run
 
 
 def _not_started(run, what):
@@ -258,6 +278,8 @@ def run_due_policies(now=None) -> dict:
     now = now or timezone.now()
     queued, waiting, failed = [], [], []
     due = SavedPolicy.objects.filter(enabled=True).exclude(next_run_at__gt=now).select_related("source")
+    # A prune policy of a disabled source waits for it to be enabled again.
+    due = due.filter(Q(source__isnull=True) | Q(source__enabled=True))
     for policy in due:
         claimed = SavedPolicy.objects.filter(pk=policy.pk, next_run_at=policy.next_run_at)
         if not claimed.update(next_run_at=now + policy.interval):

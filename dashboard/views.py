@@ -6,7 +6,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import admin
 from django.core.paginator import Paginator
-from django.db.models import TextField
+from django.db.models import F, TextField
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
 from django.http import JsonResponse
@@ -95,8 +95,10 @@ def overview(request):
     sync = {
         "latest": latest,
         "age": (timezone.now() - latest).total_seconds() if latest else None,
-        "failed": sum(1 for r in rows if r["last_sync_ok"] is False),
-        "never": sum(1 for r in rows if not r["last_sync_at"]),
+        # Disabled sources are not synced: neither failed nor waiting for a first sync.
+        "failed": sum(1 for r in rows if r["source"].enabled and r["last_sync_ok"] is False),
+        "never": sum(1 for r in rows if r["source"].enabled and not r["last_sync_at"]),
+        "enabled": sum(1 for r in rows if r["source"].enabled),
     }
     ctx = {
         "rows": rows,
@@ -305,6 +307,11 @@ def _thread_page(request, source, thread_id):
         for c in page.object_list
     ]
 
+    # New bytes differ from logical bytes only where checkpoints share blob
+    # rows (PostgreSQL). On SQLite every checkpoint is stored whole: the
+    # column and the bars would only repeat the logical bytes.
+    shares_blobs = t.source.kind != "sqlite" and checkpoints.exclude(new_bytes=F("logical_bytes")).exists()
+
     recent = checkpoints.filter(checkpoint_ns="").order_by("-created_at", "-checkpoint_id")
     points = list(recent.values_list("step", "checkpoint_id", "logical_bytes", "new_bytes")[:CHART_POINTS])[::-1]
     spikes = {p[1] for p in points if threshold is not None and p[3] > threshold}
@@ -326,7 +333,8 @@ def _thread_page(request, source, thread_id):
         "page_links": _page_links(page, params),
         "threshold": threshold,
         "limit": limit,
-        "figure": charts.thread_sizes(points, spikes),
+        "figure": charts.thread_sizes(points, spikes, new_bytes=shares_blobs),
+        "shares_blobs": shares_blobs,
         "chart_points": len(points),
         "chart_capped": len(points) == CHART_POINTS,
         "blobs": blobs,

@@ -645,6 +645,13 @@ class _Sweep:
                 self.result["warnings"].append(f"sync of {source.name} failed: {outcome['error']}")
 
     def check_source(self, source):
+        if not source.enabled:
+            # Its mirror is as old as its last sync: objects it wrote since would look orphaned.
+            self.refuse(
+                f"source {source.name} is disabled: its references are as of its last sync; enable it, "
+                "or remove it if it no longer writes into these stores"
+            )
+            return
         if source.references_unknown:
             self.refuse(
                 f"source {source.name} has {source.undecodable_values} value(s) it could not decode "

@@ -51,13 +51,18 @@ def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path, variable, value
 
 
 def test_an_unreachable_console_database_is_one_line_naming_the_host(tmp_path):
-    for command in (["manage.py", "sync_checkpoints"], ["manage.py", "migrate"], ["manage.py", "sync_checkpoints", "--json"]):
+    for command in (["manage.py", "migrate"], ["manage.py", "createsuperuser", "--noinput", "--username", "x"]):
         done = _run(tmp_path, command, DATABASE_URL=UNREACHABLE)
         assert done.returncode == 1, done.stderr
         lines = done.stderr.splitlines()
         assert len(lines) == 1, done.stderr
         assert lines[0].startswith("The console database cannot be reached: PostgreSQL at 127.0.0.1:9, database 'console'")
         assert "DATABASE_URL" in lines[0]
+    # The sync says so in its own words, with its JSON object under --json.
+    for command in (["manage.py", "sync_checkpoints"], ["manage.py", "sync_checkpoints", "--json"]):
+        done = _run(tmp_path, command, DATABASE_URL=UNREACHABLE)
+        assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
+        assert "the console database failed (PostgreSQL at 127.0.0.1:9, database 'console')" in done.stderr
 
     wsgi = _run(tmp_path, ["-c", "import dashboard.wsgi"], DATABASE_URL=UNREACHABLE)
     assert wsgi.returncode == 3 and len(wsgi.stderr.splitlines()) == 1 and "127.0.0.1:9" in wsgi.stderr

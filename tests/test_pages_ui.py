@@ -129,3 +129,90 @@ def test_thread_ids_are_whole_with_a_title_and_a_copy_button(viewer_client, mirr
                          r'<button type="button" class="copy" data-copy="([^"]*)"', html[html.index(url.replace("&", "&amp;")) - 60:])
         assert cell, t.thread_id
         assert unescape(cell[2]) == unescape(cell[3]) == unescape(cell[4]) == t.thread_id
+
+
+# --- the thread page ---------------------------------------------------------------
+
+
+def test_step_axis_has_a_tick_per_step_on_short_threads():
+    from dashboard.charts import STEP_TICKS, thread_sizes
+
+    short = thread_sizes([(s, f"c{s}", 1000 * (s + 1), 10) for s in range(-1, 3)], set())
+    axis = short["layout"]["xaxis"]
+    assert (axis["tickmode"], axis["tick0"], axis["dtick"], axis["tickformat"]) == ("linear", 0, 1, "d")
+    long = thread_sizes([(s, f"c{s}", 1000, 10) for s in range(STEP_TICKS + 5)], set())
+    assert "dtick" not in long["layout"]["xaxis"] and long["layout"]["xaxis"]["tickformat"] == "d"
+    assert [t["name"] for t in short["data"]] == ["Logical bytes", "New bytes"]
+    assert [t["name"] for t in thread_sizes([(0, "c", 5, 5)], set(), new_bytes=False)["data"]] == ["Logical bytes"]
+
+
+def test_sqlite_thread_hides_new_bytes_that_only_repeat_the_logical_bytes(viewer_client, sqlite_saver, sqlite_source_url):
+    from django.urls import reverse
+
+    run_scenarios(sqlite_saver, prefix="s")
+    synced_source(sqlite_source_url, "lite")
+    t = Thread.objects.get(source__name="lite", thread_id="s-chat0")
+    response = viewer_client.get(reverse("thread", args=["lite", t.thread_id]))
+    html = unescape(response.content.decode())
+    assert response.context["shares_blobs"] is False
+    assert ">New</abbr>" not in html and "SQLite stores each checkpoint whole" in html
+    assert [tr["name"] for tr in response.context["figure"]["data"]] == ["Logical bytes"]
+    # Absolute times (UTC, to the second) beside the relative ones.
+    for c, _, _ in response.context["rows"]:
+        assert f'{c.created_at:%Y-%m-%d %H:%M:%S}</time> <span class="ago">' in html
+
+
+def test_postgres_thread_explains_new_bytes(viewer_client, pg_saver, pg_source_url):
+    from django.urls import reverse
+
+    run_scenarios(pg_saver, prefix="p")
+    synced_source(pg_source_url, "pg")
+    response = viewer_client.get(reverse("thread", args=["pg", "p-chat0"]))
+    html = unescape(response.content.decode())
+    assert response.context["shares_blobs"] is True
+    assert '<abbr title="What it added over its parent: its row, its writes and the blob rows its parent does not name">New</abbr>' in html
+    assert "blob rows it shares with its parent count in its logical bytes only" in html
+    assert [tr["name"] for tr in response.context["figure"]["data"]] == ["Logical bytes", "New bytes"]
+    assert response.context["figure"]["layout"]["xaxis"]["dtick"] == 1  # a short thread: a tick per step
+
+
+def test_chart_axes_use_the_unit_of_the_cards(viewer_client, mirror):
+    from checkpoints.units import format_bytes
+
+    response = viewer_client.get("/")
+    total = response.context["total"]["stored_bytes"]
+    card_unit = format_bytes(total).split()[1]
+    assert f">{format_bytes(total)}</span>" in response.content.decode() and card_unit == "MB"
+    stored = response.context["figures"]["stored"]
+    assert stored["layout"]["yaxis"]["ticksuffix"] == " MB"
+    assert stored["data"][0]["hovertemplate"] == "%{y:,.1f} MB"
+    # The stacked areas add up to the day's stored bytes, in MB.
+    last = response.context["series"][-1]
+    stacked = sum(trace["y"][-1] for trace in stored["data"])
+    assert abs(stacked * 1e6 - sum(last[k] or 0 for k in ("checkpoint_bytes", "blob_bytes", "write_bytes", "external_bytes"))) < 1
+    top = response.context["figures"]["top"]
+    assert top["layout"]["xaxis"]["ticksuffix"].strip() == format_bytes(max(t.stored_bytes for t in response.context["top"])).split()[1]
+
+
+# --- the admin -----------------------------------------------------------------------
+
+
+def test_admin_is_branded_and_healthy_booleans_read_as_words(admin_client, mirror):
+    from checkpoints.models import Run, Source
+
+    index = admin_client.get("/admin/").content.decode()
+    assert "<title>Site administration | Checkpoint Console administration</title>" in index or \
+        "Checkpoint Console administration</title>" in index
+    assert '<a href="/admin/">Checkpoint Console administration</a>' in index
+    assert ">API tokens</a>" in index and "Api tokens" not in index
+    Run.objects.create(kind="prune", lock_key="prune:x", dry_run=False, state="done")
+    for url, column in (("/admin/checkpoints/source/", "column-references"),
+                        ("/admin/checkpoints/run/", "column-mode"),
+                        ("/admin/checkpoints/blobreference/", "column-object_state")):
+        html = admin_client.get(url).content.decode()
+        assert column in html, url
+        # No red cross for a healthy False in these columns.
+        cells = re.findall(r'<td class="field-(?:references|mode|object_state)">(.*?)</td>', html)
+        assert cells and not any("icon-no" in c for c in cells), (url, cells)
+    sources = admin_client.get("/admin/checkpoints/source/").content.decode()
+    assert sources.count('<td class="field-references">known</td>') == Source.objects.filter(references_unknown=False).count()

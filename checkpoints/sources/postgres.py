@@ -116,6 +116,40 @@ class PostgresReader:
                 raise SourceError(f"{redact(self.url)}: table {table} lacks column(s) {', '.join(sorted(absent))}")
         return "standard"
 
+    def space(self) -> dict:
+        """What the three LangGraph tables hold on disk, and whether anything vacuums them.
+
+        Deleted rows (a prune) stay as dead rows until VACUUM, plain or
+        automatic, marks their space reusable; with autovacuum off (globally,
+        or per table by a reloption) or behind, the tables grow however much
+        is pruned. Autovacuum runs only with both `autovacuum` and
+        `track_counts` on. Read from the statistics views and the catalog: no
+        table is scanned.
+        """
+        rows = self._query(
+            """
+            SELECT t.name, s.n_live_tup, s.n_dead_tup, s.last_vacuum, s.last_autovacuum,
+                   pg_total_relation_size(c.oid), coalesce(c.reloptions, '{}')
+            FROM (VALUES (1, 'checkpoints'), (2, 'checkpoint_blobs'), (3, 'checkpoint_writes')) AS t(n, name)
+            JOIN pg_class c ON c.oid = to_regclass(t.name)
+            LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+            ORDER BY t.n
+            """
+        )
+        ((autovacuum, track_counts),) = self._query(
+            "SELECT current_setting('autovacuum') = 'on', current_setting('track_counts') = 'on'"
+        )
+        server_on = bool(autovacuum and track_counts)
+        tables = []
+        for name, live, dead, vacuumed, autovacuumed, size, options in rows:
+            tables.append({
+                "table": name, "live_rows": live or 0, "dead_rows": dead or 0,
+                "last_vacuum": vacuumed.isoformat() if vacuumed else None,
+                "last_autovacuum": autovacuumed.isoformat() if autovacuumed else None,
+                "autovacuum": server_on and _autovacuum_enabled(options), "bytes": size,
+            })
+        return {"kind": "postgres", "autovacuum": server_on, "tables": tables}
+
     def unchanged_since(self, since: dict, now: dict) -> bool:
         """True when no transaction can have written anything since the `since` snapshot: exact and free.
 
@@ -259,6 +293,21 @@ class PostgresReader:
         ):
             threads[r[0]].writes.append(r)
         return list(threads.values())
+
+
+def _autovacuum_enabled(reloptions) -> bool:
+    """False when a table's reloptions turn autovacuum off (PostgreSQL's boolean spellings).
+
+    >>> _autovacuum_enabled([]), _autovacuum_enabled(["fillfactor=90", "autovacuum_enabled=off"])
+    (True, False)
+    >>> _autovacuum_enabled(["autovacuum_enabled=TRUE"]), _autovacuum_enabled(["autovacuum_enabled=0"])
+    (True, False)
+    """
+    for option in reloptions or ():
+        key, _, value = option.partition("=")
+        if key.strip().lower() == "autovacuum_enabled":
+            return value.strip().lower() not in ("false", "off", "no", "0", "f", "n", "of")
+    return True
 
 
 def _json_loads(data):

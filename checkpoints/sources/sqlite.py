@@ -79,6 +79,22 @@ class SqliteReader:
                 raise SourceError(f"{self.url}: table {table} lacks column(s) {', '.join(sorted(absent))}")
         return "standard"
 
+    def space(self) -> dict:
+        """The file's pages and its free pages: deleted rows leave free pages that only VACUUM returns.
+
+        `auto_vacuum` (none, full, incremental) is SQLite's own: with `full`
+        the file shrinks at each commit; it must be set before the first table.
+        """
+        ((page_size,),) = self._query("PRAGMA page_size")
+        ((page_count,),) = self._query("PRAGMA page_count")
+        ((free_pages,),) = self._query("PRAGMA freelist_count")
+        ((auto_vacuum,),) = self._query("PRAGMA auto_vacuum")
+        return {
+            "kind": "sqlite", "page_size": page_size, "page_count": page_count, "free_pages": free_pages,
+            "bytes": page_count * page_size, "free_bytes": free_pages * page_size,
+            "auto_vacuum": {0: "none", 1: "full", 2: "incremental"}.get(auto_vacuum, str(auto_vacuum)),
+        }
+
     def unchanged_since(self, since: dict, now: dict) -> bool:
         """SQLite offers no exact cheap signal of deletions: always look."""
         return False
