@@ -34,7 +34,7 @@ from checkpoints.dburl import kind_of
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
 from checkpoints.models import BlobReference, Checkpoint, ReferenceUse, Source, Tag, Thread
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
-from checkpoints.sources import SourceError, first_line, open_reader
+from checkpoints.sources import ScannedURIs, SourceError, first_line, open_reader
 from checkpoints.sources.capture import Capture, new_slot_name
 from checkpoints.tags import extract_tags
 from checkpoints.uris import classify
@@ -522,13 +522,17 @@ def _compute_thread(context, rows, known):
         values = None
         if isinstance(c.inline_values, dict):
             values = c.inline_values
+        elif isinstance(c.value_data, ScannedURIs):  # too large to decode: scanned raw, channel unknown
+            if c.value_data:
+                refs.append((c.checkpoint_ns, c.checkpoint_id, "value:*", set(c.value_data)))
         elif c.value_data is not None:
-            loaded = decode.safe_loads(c.value_type, c.value_data, limit=REFERENCE_DECODE_LIMIT,
-                                       aes_key=context.aes_key, clip=False)
-            if decode.is_undecodable(loaded):
+            # Strings and bytes values alike, per channel, without the display copy.
+            by_channel, whole = decode.checkpoint_references(c.value_type, c.value_data, limit=REFERENCE_DECODE_LIMIT,
+                                                             aes_key=context.aes_key)
+            if not whole:
                 context.undecodable += 1
-            elif isinstance(loaded, dict) and isinstance(loaded.get("channel_values"), dict):
-                values = loaded["channel_values"]
+            refs.extend((c.checkpoint_ns, c.checkpoint_id, f"value:{channel}", uris)
+                        for channel, uris in by_channel.items())
         elif not c.fresh and c.inline_values is None and c.channel_versions is None:
             for key, uris in known.items():
                 if key[0] == "value" and key[1] == c.checkpoint_ns and key[2] == c.checkpoint_id:
@@ -620,6 +624,8 @@ def _write_location(w):
 
 
 def _uris_in(context, type_, data):
+    if isinstance(data, ScannedURIs):  # a large value the reader scanned in windows
+        return set(data)
     uris, whole = decode.references_in(type_, data, limit=REFERENCE_DECODE_LIMIT, aes_key=context.aes_key)
     if not whole:
         context.undecodable += 1
