@@ -32,8 +32,8 @@ from django.utils import timezone
 from checkpoints import decode, usage
 from checkpoints.dburl import kind_of
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
-from checkpoints.models import BlobReference, Checkpoint, DailyUsage, ReferenceUse, Run, Source, Tag, Thread
-from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
+from checkpoints.models import BlobReference, Checkpoint, DailyUsage, PruneMark, ReferenceUse, Run, Source, Tag, Thread
+from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
 from checkpoints.sources import SourceError, first_line, open_reader
 from checkpoints.sources.capture import Capture, new_slot_name
 from checkpoints.tags import extract_tags
@@ -164,7 +164,7 @@ def sync_source(source, *, full=False, requested_by=None, origin="command", wait
             except DatabaseError:
                 # The console's database itself failed (the usual way here): nothing
                 # can be recorded, and a second, chained traceback would only bury
-                # the first. fail_stale_runs() closes the run once it is reachable.
+                # the first. fail_dead_runs() closes the run once it is reachable.
                 log.warning("could not record the failed sync of %s", source, exc_info=True)
             raise
         return _record(source, run, started_at, stats, started, error, touched, totals,
@@ -190,7 +190,7 @@ def commits_without_flush_wait():
     incremental sync. Each commit is still atomic and at once visible to
     other sessions; only a crash of the database server may lose the last
     fraction of a second of them, which the next sync repeats (the watermark
-    goes back with the rows it covered) and fail_stale_runs() closes.
+    goes back with the rows it covered) and fail_dead_runs() closes.
     """
     if connection.vendor != "postgresql":
         yield
@@ -273,8 +273,14 @@ class _Unchanged(dict):
 
 def _sync(source, full, stats, run, touched):
     aes_key = settings.LANGGRAPH_AES_KEY.encode() if settings.LANGGRAPH_AES_KEY else None
+    # Marks of prunes that ended (or died) before this sync reads the source:
+    # their threads are re-read, then the marks go. Read before the source's
+    # snapshot, so that every deletion they stand for is in it.
+    fail_dead_runs(lock_key("prune", source))
+    settled = _settled_marks(source)
     changes = _peek_changes(source)
-    if changes is not None and not full and not changes.threads and not (source.sync_state or {}).get("retry"):
+    if (changes is not None and not full and not changes.threads and not settled
+            and not (source.sync_state or {}).get("retry")):
         # The slot says no LangGraph row changed: no reader, no counting, no
         # mirror work; the cost of a quiet source stays flat at any size.
         with Capture(source.url, source.sync_state["slot"]) as capture:
@@ -304,7 +310,13 @@ def _sync(source, full, stats, run, touched):
         else:
             totals = reader.totals()
             removing = mirrored - totals["checkpoints"]
-        if not full and mirrored and removing > mirrored / 2:
+        # Checkpoints of threads our own prunes marked may be gone: the guard
+        # is against a wrong URL, so it weighs the rest of the mirror only.
+        # Read after the source's snapshot: a prune marks before it deletes.
+        marked = Thread.objects.filter(
+            source=source, thread_id__in=PruneMark.objects.filter(source=source).values("thread_id"),
+        ).aggregate(n=Sum("checkpoints"))["n"] or 0
+        if not full and mirrored - marked and removing - marked > (mirrored - marked) / 2:
             raise SyncRefused(
                 f"the source now holds {mirrored - removing} checkpoints where the mirror has {mirrored}: "
                 "a sync would remove more than half of the mirror. If that is right (a big prune, a new "
@@ -323,6 +335,8 @@ def _sync(source, full, stats, run, touched):
             changed = set(reader.thread_ids()) | {
                 source_thread_id(t) for t in Thread.objects.filter(source=source).values_list("thread_id", flat=True)
             }
+        else:
+            changed = set(changed) | {source_thread_id(t) for _, t in settled}
         context = _Context(source, since, now, aes_key, stats, touched)
         # Threads the previous sync could not mirror: read whole, since their
         # older rows were never seen (their references would be missed).
@@ -370,9 +384,20 @@ def _sync(source, full, stats, run, touched):
         # makes the next sync see the same changes again.
         with Capture(source.url, source.sync_state["slot"]) as capture:
             capture.confirm(changes.end_lsn)
+    _delete_marks([pk for pk, t in settled if source_thread_id(t) not in context.failed])
     if context.failed:
         raise SyncIncomplete.of(context.failed)
     return mirror_totals
+
+
+def _settled_marks(source):
+    """(pk, thread_id) of the source's prune marks whose prune is no longer running."""
+    return list(PruneMark.objects.filter(source=source).exclude(run__state="running").values_list("pk", "thread_id"))
+
+
+def _delete_marks(pks, chunk=10_000):
+    for i in range(0, len(pks), chunk):
+        PruneMark.objects.filter(pk__in=pks[i : i + chunk])._raw_delete(PruneMark.objects.db)
 
 
 def _space(reader) -> dict:
