@@ -1,8 +1,8 @@
-"""Admin: sources are edited here; the mirror and the runs are read-only."""
+"""Admin: sources can be edited here too (the sources page checks URLs first); the mirror and the runs are read-only."""
 
 from django.contrib import admin, messages
 
-from checkpoints.models import BlobReference, Checkpoint, DailyUsage, Run, Source, Thread
+from checkpoints.models import BlobReference, Checkpoint, DailyUsage, PruneMark, Run, Source, Thread
 from checkpoints.sync import sync_source
 
 
@@ -17,6 +17,27 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+# Booleans whose False is the healthy state read as words: Django's red
+# cross on "references unknown: no" or "dry run: no" looks like a failure.
+
+
+@admin.display(description="references", ordering="references_unknown")
+def references(source):
+    if source.references_unknown:
+        return f"unknown ({source.undecodable_values} undecodable)"
+    return "known"
+
+
+@admin.display(description="state", ordering="exists")
+def object_state(ref):
+    return ref.state
+
+
+@admin.display(description="mode", ordering="dry_run")
+def mode(run):
+    return "dry run" if run.dry_run else "real"
+
+
 @admin.action(description="Sync selected sources now")
 def sync_now(modeladmin, request, queryset):
     for source in queryset:
@@ -29,7 +50,7 @@ def sync_now(modeladmin, request, queryset):
 
 @admin.register(Source)
 class SourceAdmin(admin.ModelAdmin):
-    list_display = ["name", "kind", "display_url", "layout", "last_sync_at", "last_sync_ok", "references_unknown"]
+    list_display = ["name", "kind", "display_url", "layout", "enabled", "last_sync_at", "last_sync_ok", references]
     readonly_fields = ["kind", "layout", "created_at", "last_sync_started_at", "last_sync_at", "last_sync_ok",
                        "last_success_started_at", "last_error", "references_unknown", "undecodable_values", "sync_state"]
     actions = [sync_now]
@@ -62,7 +83,7 @@ class CheckpointAdmin(ReadOnlyAdmin):
 
 @admin.register(BlobReference)
 class BlobReferenceAdmin(ReadOnlyAdmin):
-    list_display = ["uri", "store", "exists", "size", "checked_at"]
+    list_display = ["uri", "store", object_state, "size", "checked_at"]
     list_filter = ["store", "exists"]
     search_fields = ["uri"]
 
@@ -75,5 +96,13 @@ class DailyUsageAdmin(ReadOnlyAdmin):
 
 @admin.register(Run)
 class RunAdmin(ReadOnlyAdmin):
-    list_display = ["id", "kind", "source", "state", "dry_run", "requested_by", "origin", "created_at", "finished_at"]
+    list_display = ["id", "kind", "source", "state", mode, "requested_by", "origin", "created_at", "finished_at"]
     list_filter = ["kind", "state", "source"]
+
+
+@admin.register(PruneMark)
+class PruneMarkAdmin(ReadOnlyAdmin):
+    list_display = ["thread_id", "source", "run", "created_at"]
+    list_filter = ["source"]
+    search_fields = ["thread_id"]
+    raw_id_fields = ["run"]

@@ -22,6 +22,14 @@ def parse_database_url(url: str) -> dict:
     Traceback (most recent call last):
     ...
     ValueError: unsupported database URL scheme 'mysql': use postgresql:// or sqlite:///
+    >>> parse_database_url("/var/lib/checkpoints.db")
+    Traceback (most recent call last):
+    ...
+    ValueError: a bare path: write sqlite:////var/lib/checkpoints.db for a SQLite file
+    >>> parse_database_url("not-a-url")
+    Traceback (most recent call last):
+    ...
+    ValueError: not a URL: use postgresql://user@host:port/db or sqlite:////absolute/path.db
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -51,9 +59,28 @@ def parse_database_url(url: str) -> dict:
         if not path:
             raise ValueError(f"database URL {url!r} names no file")
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": path, "OPTIONS": {}}
+    if not scheme:
+        if url.strip().startswith("/"):
+            raise ValueError(f"a bare path: write sqlite:///{url.strip()} for a SQLite file")
+        raise ValueError("not a URL: use postgresql://user@host:port/db or sqlite:////absolute/path.db")
     raise ValueError(
         f"unsupported database URL scheme {parts.scheme!r}: use postgresql:// or sqlite:///"
     )
+
+
+def describe(db: dict) -> str:
+    """Where a Django database is, for messages: never its password.
+
+    >>> describe(parse_database_url("postgresql://u:pw@db.internal:5433/console"))
+    "PostgreSQL at db.internal:5433, database 'console'"
+    >>> describe(parse_database_url("sqlite:////var/console.db"))
+    'SQLite file /var/console.db'
+    """
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"SQLite file {db['NAME']}"
+    host = db.get("HOST") or "the local socket"
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"PostgreSQL at {host}{port}, database {db['NAME']!r}"
 
 
 def redact(url: str) -> str:

@@ -11,7 +11,7 @@ int, float, bool and None. What cannot be shown as it is becomes a marker dict:
     {"__type__": "numpy.ndarray", "ext": 6, "dtype", "shape", "nbytes"}
     {"__delta_snapshot__": ...}                  a DeltaChannel snapshot (ext 7)
     {"__ext__": code, "value": ...}              an extension code LangGraph does not write
-    {"__bytes__": n, "preview": "hex"}           raw bytes (the first BYTES_PREVIEW)
+    {"__bytes__": n, "preview": "hex"}           raw bytes (the first BYTES_PREVIEW; "sha256" too with digest=True)
     {"__encrypted__": type, "size": n}           no key, or (with "error") it failed
     {"__unsupported__": type, "size": n}         pickle or an unknown serializer type
     {"__error__": message, "size": n}            corrupt data
@@ -27,6 +27,7 @@ a display cap; `is_undecodable` then tells it that the value's references are
 unknown.
 """
 
+import hashlib
 import json
 import math
 import re
@@ -57,7 +58,7 @@ class _Undecodable(Exception):
     pass
 
 
-def safe_loads(type_, data, *, limit=DEFAULT_LIMIT, aes_key=None, clip=True):
+def safe_loads(type_, data, *, limit=DEFAULT_LIMIT, aes_key=None, clip=True, digest=False):
     """Decode one serialized value (a `type`/blob pair of a LangGraph row) to plain JSON.
 
     Never raises on bad data: see the module docstring for the markers.
@@ -76,6 +77,8 @@ def safe_loads(type_, data, *, limit=DEFAULT_LIMIT, aes_key=None, clip=True):
     {'__truncated__': True, 'type': 'json', 'size': 9}
     >>> safe_loads("null", b""), safe_loads("msgpack", None)
     (None, None)
+    >>> safe_loads("bytes", b"ab", digest=True)["sha256"][:16]  # for the state API: bytes named by their hash
+    'fb8e20fc2e4c3f24'
     """
     if data is None or type_ in ("null", "empty"):
         return None
@@ -88,8 +91,8 @@ def safe_loads(type_, data, *, limit=DEFAULT_LIMIT, aes_key=None, clip=True):
         return {"__truncated__": True, "type": type_, "size": size}
     data = bytes(data)
     if is_encrypted(type_):
-        return _load_encrypted(type_, data, aes_key, clip)
-    return _load(type_, data, clip)
+        return _load_encrypted(type_, data, aes_key, clip, digest)
+    return _load(type_, data, clip, digest)
 
 
 def references_in(type_, data, *, limit=None, aes_key=None) -> tuple[set[str], bool]:
@@ -219,7 +222,7 @@ def decode_json_text(text, *, limit=DEFAULT_LIMIT, clip=True):
     return safe_loads("json", text, limit=limit, clip=clip)
 
 
-def plain(value, *, clip=True):
+def plain(value, *, clip=True, digest=False):
     """Make an already-decoded value plain JSON, applying the display caps when `clip`.
 
     >>> plain({1: b"ab", "xs": list(range(3)), "f": float("inf")})
@@ -227,7 +230,7 @@ def plain(value, *, clip=True):
     >>> plain(list(range(MAX_ITEMS + 5)))[-1]
     {'__more__': 5, 'total': 1005}
     """
-    return _plain(value, 0, clip)
+    return _plain(value, 0, clip, digest)
 
 
 def is_encrypted(type_) -> bool:
@@ -362,12 +365,12 @@ def _short(text, width=60):
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _load(type_, data: bytes, clip):
+def _load(type_, data: bytes, clip, digest=False):
     size = len(data)
     if type_ in ("null", "empty"):  # also reached after decryption: "null+aes"
         return None
     if type_ in ("bytes", "bytearray"):
-        return _bytes_marker(data)
+        return _bytes_marker(data, digest)
     if type_ == "pickle":  # loading a pickle runs code the data names: shown as opaque
         return {"__unsupported__": "pickle", "size": size}
     if type_ not in ("msgpack", "json"):
@@ -377,7 +380,7 @@ def _load(type_, data: bytes, clip):
             value = _Unpacker().unpack(data)
         else:
             value = json.loads(data)  # no object_hook: lc:2 constructor envelopes stay dicts
-        return _plain(value, 0, clip)
+        return _plain(value, 0, clip, digest)
     except _Undecodable as exc:
         return {"__error__": f"cannot read this {type_} value whole: {exc}", "size": size}
     except RecursionError:
@@ -386,7 +389,7 @@ def _load(type_, data: bytes, clip):
         return {"__error__": f"corrupt {type_}: {exc}", "size": size}
 
 
-def _load_encrypted(type_, data: bytes, aes_key, clip):
+def _load_encrypted(type_, data: bytes, aes_key, clip, digest=False):
     inner_type, cipher = type_.split("+", 1)
     marker = {"__encrypted__": type_, "size": len(data)}
     if aes_key is None:
@@ -396,7 +399,7 @@ def _load_encrypted(type_, data: bytes, aes_key, clip):
     plaintext, error = _aes_eax_decrypt(aes_key, data)
     if error:
         return {**marker, "error": error}
-    return _load(inner_type, plaintext, clip)
+    return _load(inner_type, plaintext, clip, digest)
 
 
 def _aes_eax_decrypt(key, data: bytes):
@@ -466,7 +469,7 @@ def _ext_value(code, inner):
     return {"__ext__": code, "value": inner}
 
 
-def _plain(value, depth, clip):
+def _plain(value, depth, clip, digest=False):
     if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, str):
@@ -474,7 +477,7 @@ def _plain(value, depth, clip):
     if isinstance(value, float):
         return value if math.isfinite(value) else {"__float__": repr(value)}
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return _bytes_marker(value)
+        return _bytes_marker(value, digest)
     if not isinstance(value, (dict, list, tuple)):
         # Not produced by ormsgpack or json; kept out so the result stays plain.
         return {"__unsupported__": type(value).__name__}
@@ -490,11 +493,11 @@ def _plain(value, depth, clip):
             if i == shown:
                 break
             key = key if isinstance(key, str) else str(key)
-            out[_clip_string(key) if clip else key] = _plain(child, depth + 1, clip)
+            out[_clip_string(key) if clip else key] = _plain(child, depth + 1, clip, digest)
         if shown < len(value):
             out["__more__"] = {"__more__": len(value) - shown, "total": len(value)}
         return out
-    out = [_plain(child, depth + 1, clip) for child in value[:shown]]
+    out = [_plain(child, depth + 1, clip, digest) for child in value[:shown]]
     if shown < len(value):
         out.append({"__more__": len(value) - shown, "total": len(value)})
     return out
@@ -506,5 +509,8 @@ def _clip_string(text: str) -> str:
     return text[:MAX_STRING] + f" …[cut, {len(text.encode('utf-8', 'surrogatepass'))} bytes in all]"
 
 
-def _bytes_marker(data) -> dict:
-    return {"__bytes__": len(data), "preview": bytes(data[:BYTES_PREVIEW]).hex()}
+def _bytes_marker(data, digest=False) -> dict:
+    marker = {"__bytes__": len(data), "preview": bytes(data[:BYTES_PREVIEW]).hex()}
+    if digest:
+        marker["sha256"] = hashlib.sha256(data).hexdigest()
+    return marker

@@ -57,7 +57,7 @@ def as_message(item) -> Message | None:
         return None
     role = fields.get("type") if isinstance(fields.get("type"), str) else _ROLES.get(cls, cls)
     mid = fields.get("id")
-    return Message(mid if isinstance(mid, str) and mid else None, role, fields)
+    return Message(mid if isinstance(mid, str) else None, role, fields)
 
 
 def is_remove(message: Message) -> bool:

@@ -32,8 +32,8 @@ from django.utils import timezone
 from checkpoints import decode, usage
 from checkpoints.dburl import kind_of
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
-from checkpoints.models import BlobReference, Checkpoint, ReferenceUse, Source, Tag, Thread
-from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
+from checkpoints.models import BlobReference, Checkpoint, DailyUsage, PruneMark, ReferenceUse, Run, Source, Tag, Thread
+from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
 from checkpoints.sources import ScannedURIs, SourceError, first_line, open_reader
 from checkpoints.sources.capture import Capture, new_slot_name
 from checkpoints.tags import extract_tags
@@ -66,32 +66,67 @@ class SyncIncomplete(Exception):
                    f"the first, {thread_id!r}: {reason}")
 
 
+ENV_SOURCE = "default"
+ENV_UNSET_REASON = "CHECKPOINT_DATABASE_URL is no longer set"
+
+
 def register_default_source():
-    """Create or update the source `default` from CHECKPOINT_DATABASE_URL."""
+    """Create, update or disable the source `default` from CHECKPOINT_DATABASE_URL.
+
+    The variable states what is wanted, every time a job starts: a new value
+    replaces the URL (and enables the source, even one an operator had
+    disabled: setting the variable is asking for it), and an unset variable
+    disables the source it had registered, so a mistyped URL never leaves a
+    source that fails every sync for good. Disabling keeps the mirror;
+    removing it is the operator's call (the sources page, remove_source).
+    """
     url = settings.CHECKPOINT_DATABASE_URL
     if not url:
+        Source.objects.filter(name=ENV_SOURCE, registered_by_env=True).update(
+            registered_by_env=False, enabled=False, disabled_reason=ENV_UNSET_REASON
+        )
         return None
     source, created = Source.objects.get_or_create(
-        name="default", defaults={"url": url, "kind": kind_of(url), "capture": settings.CHECKPOINT_CAPTURE}
+        name=ENV_SOURCE,
+        defaults={"url": url, "kind": kind_of(url), "registered_by_env": True, "capture": settings.CHECKPOINT_CAPTURE},
     )
-    if not created and source.url != url:
+    if created:
+        return source
+    fields = {}
+    if source.url != url:
         # Another database: its watermark means nothing there.
-        source.url, source.kind, source.sync_state = url, kind_of(url), {}
-        source.save(update_fields=["url", "kind", "sync_state"])
-    if not created and source.capture != settings.CHECKPOINT_CAPTURE:
-        source.capture = settings.CHECKPOINT_CAPTURE
-        source.save(update_fields=["capture"])
+        fields.update(url=url, kind=kind_of(url), sync_state={}, enabled=True, disabled_reason="")
+    if not source.registered_by_env:
+        # Set again after being unset (or a source of that name made by hand): the variable owns it now.
+        fields.update(registered_by_env=True, enabled=True, disabled_reason="")
+    if source.capture != settings.CHECKPOINT_CAPTURE:
+        fields["capture"] = settings.CHECKPOINT_CAPTURE
+    if fields:
+        for k, v in fields.items():
+            setattr(source, k, v)
+        source.save(update_fields=list(fields))
     return source
 
 
+def disabled_error(source) -> str:
+    reason = f" ({source.disabled_reason})" if source.disabled_reason else ""
+    return f"skipped: source {source.name} is disabled{reason}; enable it on the sources page to sync it"
+
+
 def sync_sources(name=None, *, full=False, requested_by=None, origin="command", wait=60.0) -> dict:
-    """Sync every registered source (or the one named); the sync_checkpoints contract."""
+    """Sync every enabled source (or the one named); the sync_checkpoints contract.
+
+    Disabled sources are left out of "every source"; one named explicitly
+    answers with an error that says it is disabled.
+    """
     register_default_source()
     sources = list(Source.objects.all())
     if name is not None:
         sources = [s for s in sources if s.name == name]
         if not sources:
             return {"sources": [_empty_result(name, f"no source named {name!r}")]}
+    else:
+        sources = [s for s in sources if s.enabled]
     results = [sync_source(s, full=full, requested_by=requested_by, origin=origin, wait=wait) for s in sources]
     return {"sources": results}
 
@@ -99,10 +134,19 @@ def sync_sources(name=None, *, full=False, requested_by=None, origin="command", 
 def sync_source(source, *, full=False, requested_by=None, origin="command", wait=60.0) -> dict:
     """Sync one source; never raises for a source problem, reports it in `error`."""
     started = time.monotonic()
+    if not _still_enabled(source):
+        return _empty_result(source.name, disabled_error(source))
     try:
         run = start_run("sync", source, parameters={"full": full}, requested_by=requested_by, origin=origin, wait=wait)
     except RunBusy as e:
         return _empty_result(source.name, f"skipped: {e}")
+    # Read again now that the run holds the lock: a removal disables the
+    # source, then waits for the running sync; this sync either shows up as
+    # running to it or sees the source disabled here, never neither.
+    if not _still_enabled(source):
+        error = disabled_error(source)
+        finish_run(run, result=_empty_result(source.name, error), error=error)
+        return _empty_result(source.name, error)
     started_at = run.started_at
     stats = {"added": 0, "updated": 0, "removed": 0}
     touched = set()
@@ -115,9 +159,25 @@ def sync_source(source, *, full=False, requested_by=None, origin="command", wait
             error = str(e)
         except Exception as e:  # noqa: BLE001 - recorded on the run and the source, then re-raised
             error = f"{type(e).__name__}: {e}"
-            _record(source, run, started_at, stats, started, error, None)
+            try:
+                _record(source, run, started_at, stats, started, error, None)
+            except DatabaseError:
+                # The console's database itself failed (the usual way here): nothing
+                # can be recorded, and a second, chained traceback would only bury
+                # the first. fail_dead_runs() closes the run once it is reachable.
+                log.warning("could not record the failed sync of %s", source, exc_info=True)
             raise
-        return _record(source, run, started_at, stats, started, error, touched, totals)
+        return _record(source, run, started_at, stats, started, error, touched, totals,
+                       notify=not isinstance(totals, _Unchanged))
+
+
+def _still_enabled(source) -> bool:
+    """Whether the source is enabled in the database now (a removed one is not)."""
+    row = Source.objects.filter(pk=source.pk).values("enabled", "disabled_reason").first()
+    if row is None:
+        row = {"enabled": False, "disabled_reason": "removed"}
+    source.enabled, source.disabled_reason = row["enabled"], row["disabled_reason"]
+    return source.enabled
 
 
 @contextmanager
@@ -130,7 +190,7 @@ def commits_without_flush_wait():
     incremental sync. Each commit is still atomic and at once visible to
     other sessions; only a crash of the database server may lose the last
     fraction of a second of them, which the next sync repeats (the watermark
-    goes back with the rows it covered) and fail_stale_runs() closes.
+    goes back with the rows it covered) and fail_dead_runs() closes.
     """
     if connection.vendor != "postgresql":
         yield
@@ -147,7 +207,7 @@ def commits_without_flush_wait():
             pass  # an aborted transaction: rolling it back undoes the SET as well
 
 
-def _record(source, run, started_at, stats, started, error, touched, totals=None):
+def _record(source, run, started_at, stats, started, error, touched, totals=None, notify=True):
     if totals is None:
         totals = usage.thread_totals(source)
     result = {
@@ -168,7 +228,8 @@ def _record(source, run, started_at, stats, started, error, touched, totals=None
         setattr(source, k, v)
     finish_run(run, result=result, error=error or "")
     threads = touched if touched is not None and len(touched) <= TOUCHED_LIMIT else None
-    sync_finished.send(sender=Source, source=source, result=result, threads=threads)
+    if notify:
+        sync_finished.send(sender=Source, source=source, result=result, threads=threads)
     return result
 
 
@@ -191,16 +252,46 @@ def _peek_changes(source):
         source.sync_state = {**(source.sync_state or {}), "slot": slot}
         source.save(update_fields=["sync_state"])
     with Capture(source.url, slot) as capture:
-        if capture.ensure():
-            log.info("source %s: new replication slot; this sync scans once", source)
-            return None
-        changes = capture.peek()
+        created = capture.ensure()
+        changes = None if created else capture.peek()
+        status = capture.status()
+    # What the slot holds back on the operator's server: shown and exported.
+    source.sync_state["slot_status"] = {
+        "retained_bytes": status.retained_bytes, "wal_status": status.wal_status,
+        "checked_at": timezone.now().isoformat(),
+    }
+    Source.objects.filter(pk=source.pk).update(sync_state=source.sync_state)
+    if created:
+        log.info("source %s: new replication slot; this sync scans once", source)
+        return None
     return None if changes.truncated else changes
+
+
+class _Unchanged(dict):
+    """The mirror's totals after a sync that found nothing to do: no reference check follows it."""
 
 
 def _sync(source, full, stats, run, touched):
     aes_key = settings.LANGGRAPH_AES_KEY.encode() if settings.LANGGRAPH_AES_KEY else None
+    # Marks of prunes that ended (or died) before this sync reads the source:
+    # their threads are re-read, then the marks go. Read before the source's
+    # snapshot, so that every deletion they stand for is in it.
+    fail_dead_runs(lock_key("prune", source))
+    settled = _settled_marks(source)
     changes = _peek_changes(source)
+    if (changes is not None and not full and not changes.threads and not settled
+            and not (source.sync_state or {}).get("retry")):
+        # The slot says no LangGraph row changed: no reader, no counting, no
+        # mirror work; the cost of a quiet source stays flat at any size.
+        with Capture(source.url, source.sync_state["slot"]) as capture:
+            capture.confirm(changes.end_lsn)
+        if not DailyUsage.objects.filter(source=source, day=timezone.now().date()).exists():
+            usage.capture(source)
+        previous = (Run.objects.filter(kind="sync", source=source, state="done").exclude(pk=run.pk)
+                    .order_by("-pk").values_list("result", flat=True).first())
+        if previous and "threads" in previous:
+            return _Unchanged(threads=previous["threads"], checkpoints=previous["checkpoints"])
+        return _Unchanged(usage.thread_totals(source))
     with open_reader(source.url) as reader:
         if changes is not None:
             # Read in a snapshot that sees every transaction the slot reported.
@@ -210,13 +301,22 @@ def _sync(source, full, stats, run, touched):
         state = source.sync_state or {}
         since = None if full else state.get("watermark")
         mirrored = Thread.objects.filter(source=source).aggregate(n=Sum("checkpoints"))["n"] or 0
+        quiet = changes is None and since is not None and reader.unchanged_since(since, now)
         if changes is not None:
             # Deletions arrive as deletions: no counting of the source's tables.
             totals, removing = None, changes.deleted_checkpoints
+        elif quiet:
+            totals, removing = None, 0
         else:
             totals = reader.totals()
             removing = mirrored - totals["checkpoints"]
-        if not full and mirrored and removing > mirrored / 2:
+        # Checkpoints of threads our own prunes marked may be gone: the guard
+        # is against a wrong URL, so it weighs the rest of the mirror only.
+        # Read after the source's snapshot: a prune marks before it deletes.
+        marked = Thread.objects.filter(
+            source=source, thread_id__in=PruneMark.objects.filter(source=source).values("thread_id"),
+        ).aggregate(n=Sum("checkpoints"))["n"] or 0
+        if not full and mirrored - marked and removing - marked > (mirrored - marked) / 2:
             raise SyncRefused(
                 f"the source now holds {mirrored - removing} checkpoints where the mirror has {mirrored}: "
                 "a sync would remove more than half of the mirror. If that is right (a big prune, a new "
@@ -224,6 +324,8 @@ def _sync(source, full, stats, run, touched):
             )
         if changes is not None and since is not None:
             changed = set(changes.threads)
+        elif quiet:
+            changed = set()
         elif since is not None:
             changed = reader.changed_thread_ids(since, now)
             if changed is None:  # the reader cannot tell what changed: compare everything
@@ -233,7 +335,10 @@ def _sync(source, full, stats, run, touched):
             changed = set(reader.thread_ids()) | {
                 source_thread_id(t) for t in Thread.objects.filter(source=source).values_list("thread_id", flat=True)
             }
+        else:
+            changed = set(changed) | {source_thread_id(t) for _, t in settled}
         context = _Context(source, since, now, aes_key, stats, touched)
+        context.settled_marks = {pk for pk, _ in settled}
         # Threads the previous sync could not mirror: read whole, since their
         # older rows were never seen (their references would be missed).
         retry = {_unhex(t) for t in state.get("retry", [])} - set(changed) if since is not None else set()
@@ -241,6 +346,7 @@ def _sync(source, full, stats, run, touched):
         _process(reader, context, sorted(changed), run)
         if retry:
             whole = _Context(source, None, now, aes_key, stats, touched)
+            whole.settled_marks, whole.deferred = context.settled_marks, context.deferred
             _process(reader, whole, sorted(retry), run)
             context.failed.update(whole.failed)
             context.undecodable += whole.undecodable
@@ -258,7 +364,7 @@ def _sync(source, full, stats, run, touched):
                                  Thread.objects.filter(source=source).values_list("thread_id", field)}
                 suspects |= {t for t in source_counts.keys() | mirror_counts.keys()
                              if source_counts.get(t, 0) != mirror_counts.get(t, 0)}
-        suspects -= set(changed) | context.failed.keys()
+        suspects -= set(changed) | context.failed.keys() | context.deferred
         if suspects:
             _process(reader, context, sorted(suspects), run)
             mirror_totals = usage.thread_totals(source)
@@ -266,7 +372,8 @@ def _sync(source, full, stats, run, touched):
         _analyze_if_grown(stats, mirrored)
         usage.capture(source, mirror_totals)
         source.layout = layout
-        source.sync_state = {"watermark": now, **({"slot": state["slot"]} if state.get("slot") else {})}
+        source.sync_state = {"watermark": now, **{k: state[k] for k in ("slot", "slot_status") if k in state},
+                             "space": _space(reader)}
         if context.failed:  # in hex: an id may hold a NUL, which jsonb cannot
             source.sync_state["retry"] = sorted(t.encode("utf-8", "surrogatepass").hex() for t in context.failed)
         source.references_unknown = context.undecodable > 0 if since is None else (
@@ -279,9 +386,46 @@ def _sync(source, full, stats, run, touched):
         # makes the next sync see the same changes again.
         with Capture(source.url, source.sync_state["slot"]) as capture:
             capture.confirm(changes.end_lsn)
+    _delete_marks([pk for pk, t in settled if source_thread_id(t) not in context.failed])
     if context.failed:
         raise SyncIncomplete.of(context.failed)
     return mirror_totals
+
+
+def _settled_marks(source):
+    """(pk, thread_id) of the source's prune marks whose prune is no longer running."""
+    return list(PruneMark.objects.filter(source=source).exclude(run__state="running").values_list("pk", "thread_id"))
+
+
+def _pruned_meanwhile(context, ids):
+    """Threads (source ids) that a prune marked and that had not ended when this sync began reading.
+
+    This sync may have read them before that prune deleted their rows: its
+    copy must not overwrite the prune's refresh of the mirror (nor bring a
+    deleted thread back). They are left as they are: the prune refreshes
+    them when it is done, and the next sync, which finds the mark settled,
+    re-reads them (also when the prune died first). See docs/architecture.md.
+    """
+    marks = PruneMark.objects.filter(source=context.source, thread_id__in=[thread_key(i) for i in ids])
+    return {source_thread_id(t) for pk, t in marks.values_list("pk", "thread_id") if pk not in context.settled_marks}
+
+
+def _delete_marks(pks, chunk=10_000):
+    for i in range(0, len(pks), chunk):
+        PruneMark.objects.filter(pk__in=pks[i : i + chunk])._raw_delete(PruneMark.objects.db)
+
+
+def _space(reader) -> dict:
+    """The source's tables on disk (dead rows, free pages: docs/architecture.md §7), or why not; never fails a sync.
+
+    Read last, with the same read-only connection: on PostgreSQL a failed
+    query ends the reader's transaction, and nothing is read after this.
+    """
+    try:
+        found = reader.space()
+    except SourceError as e:
+        found = {"error": str(e)}
+    return {**found, "checked_at": timezone.now().isoformat()}
 
 
 ANALYZE_FRACTION = 0.1
@@ -342,6 +486,10 @@ class _Context:
         self.touched = touched if touched is not None else set()  # pks of the threads rewritten
         self.undecodable = 0
         self.failed = {}  # thread_id -> why it could not be mirrored
+        # A sync's: pks of the prune marks that were settled when it began
+        # reading (see _pruned_meanwhile); None for a prune's own refresh.
+        self.settled_marks = None
+        self.deferred = set()  # threads left to a prune's refresh or the next sync
         # Source JSON text goes to a PostgreSQL mirror as it is; elsewhere Django stores parsed values.
         self.json_passthrough = connection.vendor == "postgresql"
         self.store_settings = {
@@ -665,6 +813,14 @@ def _apply_batch(context, thread_rows):
         # Keyed by the source's id; the mirror holds thread_key() of it (NUL escaped).
         existing = {source_thread_id(t.thread_id): t for t in Thread.objects.select_for_update().filter(
             source=source, thread_id__in=[thread_key(i) for i in ids]).order_by("pk")}  # one lock order for all: no deadlock
+        if context.settled_marks is not None:
+            # Checked under the lock: a prune's refresh of these threads has
+            # either committed already (its mark is seen) or waits for ours.
+            deferred = _pruned_meanwhile(context, ids)
+            if deferred:
+                context.deferred |= deferred
+                thread_rows = [rows for rows in thread_rows if rows.thread_id not in deferred]
+                existing = {tid: t for tid, t in existing.items() if tid not in deferred}
         known = _known_references(existing) if context.since is not None and existing else {}
         computed = {rows.thread_id: _compute_thread(context, rows, known.get(rows.thread_id, {})) for rows in thread_rows}
 

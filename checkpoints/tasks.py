@@ -6,16 +6,23 @@ only schedules them.
 
 from django.conf import settings
 
-from checkpoints.runs import fail_stale_runs
+from checkpoints.run_history import trim_runs
+from checkpoints.runs import fail_dead_runs
 from checkpoints.sync import sync_sources
 
 SYNC_SCHEDULE = "sync checkpoints"
+TRIM_SCHEDULE = "trim run history"
 
 
 def sync_all():
     """The scheduled sync: skip a source whose previous sync still runs."""
-    fail_stale_runs()
+    fail_dead_runs()
     return sync_sources(origin="schedule", wait=0)
+
+
+def trim_run_history():
+    """The daily trim of the run history (RUN_KEEP_DAYS, AUDIT_KEEP_DAYS)."""
+    return trim_runs()
 
 
 def schedules_table_exists(using="default") -> bool:
@@ -31,7 +38,7 @@ def schedules_table_exists(using="default") -> bool:
 
 
 def ensure_schedules(**kwargs):
-    """Create or update the sync schedule from SYNC_INTERVAL (after migrate)."""
+    """Create or update the sync schedule from SYNC_INTERVAL, and the daily trim (after migrate)."""
     from django_q.models import Schedule
 
     minutes = max(1, int(settings.SYNC_INTERVAL.total_seconds() // 60))
@@ -39,4 +46,8 @@ def ensure_schedules(**kwargs):
         name=SYNC_SCHEDULE,
         defaults={"func": "checkpoints.tasks.sync_all", "schedule_type": Schedule.MINUTES, "minutes": minutes,
                   "repeats": -1},
+    )
+    Schedule.objects.update_or_create(
+        name=TRIM_SCHEDULE,
+        defaults={"func": "checkpoints.tasks.trim_run_history", "schedule_type": Schedule.DAILY, "repeats": -1},
     )

@@ -82,6 +82,21 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean: use 1/0, true/false or yes/no")
 
 
+_BYTE_UNITS = (("B", 1), ("KB", 1000), ("MB", 1000**2), ("GB", 1000**3), ("TB", 1000**4))
+
+
+def byte_unit(n) -> tuple[str, int]:
+    """The unit format_bytes shows `n` in, and its size: charts scale their axes by it.
+
+    >>> byte_unit(999), byte_unit(40_600_000), byte_unit(0), byte_unit(5 * 1000**5)
+    (('B', 1), ('MB', 1000000), ('B', 1), ('TB', 1000000000000))
+    """
+    for name, size in reversed(_BYTE_UNITS):
+        if n >= size:
+            return name, size
+    return _BYTE_UNITS[0]
+
+
 def format_bytes(n: int) -> str:
     """Short human size in powers of 1000, as the limits are written.
 

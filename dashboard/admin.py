@@ -2,6 +2,12 @@ from django.contrib import admin
 
 from dashboard.models import ApiToken, SavedPolicy
 
+# The console's name on every admin page, not Django's.
+admin.site.site_header = "Checkpoint Console administration"
+admin.site.site_title = "Checkpoint Console administration"
+admin.site.index_title = "Sources, mirror, runs and users"
+admin.site.site_url = "/"
+
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):

@@ -12,8 +12,10 @@ from django.core.paginator import EmptyPage, Paginator
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET
 
-from checkpoints.models import BlobReference, Source, Tag, Thread
-from dashboard import browse, usage
+from checkpoints.ids import thread_key
+from checkpoints.models import BlobReference, Checkpoint, Source, Tag, Thread
+from checkpoints.tags import redact_metadata
+from dashboard import browse, state_json, usage
 from dashboard.access import api_auth
 
 PAGE_SIZE = 100
@@ -78,6 +80,9 @@ def threads(request):
     sort = request.GET.get("sort", browse.DEFAULT_SORT)
     if sort not in browse.SORTS:
         return _error(f"sort must be one of {', '.join(browse.SORTS)}")
+    direction = request.GET.get("dir") or None
+    if direction is not None and direction not in browse.DIRECTIONS:
+        return _error(f"dir must be one of {', '.join(browse.DIRECTIONS)}")
     source = None
     if request.GET.get("source"):
         source = Source.objects.filter(name=request.GET["source"]).first()
@@ -85,7 +90,7 @@ def threads(request):
             return _error(f"no source named {request.GET['source']!r}", status=404)
     number = int(request.GET.get("page", "1"))
 
-    found = browse.find_threads(pairs, request.GET.get("q", "").strip(), source, sort)
+    found = browse.find_threads(pairs, request.GET.get("q", "").strip(), source, sort, direction)
     paginator = Paginator(found, PAGE_SIZE)
     try:
         page = paginator.page(number)
@@ -158,4 +163,59 @@ def summary(request):
                 for r in rows
             ]
         }
+    )
+
+
+@require_GET
+@api_auth
+def state(request):
+    """One checkpoint's state: values as LangGraph's get_state gives them, in JSON (dashboard.state_json).
+
+    The checkpoint is found in the mirror (default: the thread's latest in
+    the namespace, the root one unless checkpoint_ns is given) and its values
+    read from the source; DeltaChannel values are rebuilt as on the page.
+    """
+    from dashboard.source_values import ReadError, read_values
+
+    name, thread_id = request.GET.get("source"), request.GET.get("thread_id")
+    if not name or thread_id is None:
+        return _error("source and thread_id are required: /api/state/?source=S&thread_id=T")
+    ns = request.GET.get("checkpoint_ns", "")
+    checkpoint_id = request.GET.get("checkpoint_id")
+    source = Source.objects.filter(name=name).first()
+    if source is None:
+        return _error(f"no source named {name!r}", status=404)
+    t = Thread.objects.filter(source=source, thread_id=thread_key(thread_id)).first()
+    if t is None:
+        return _error(f"no thread {thread_id!r} in source {name!r}", status=404)
+    rows = Checkpoint.objects.filter(thread=t, checkpoint_ns=ns)
+    cp = rows.filter(checkpoint_id=checkpoint_id).first() if checkpoint_id else rows.order_by("-checkpoint_id").first()
+    if cp is None:
+        what = f"checkpoint {checkpoint_id!r}" if checkpoint_id else "checkpoint"
+        return _error(f"no {what} in namespace {ns!r} of thread {thread_id!r}", status=404)
+    cp.thread = t
+    try:
+        values = read_values(source, cp, limit=settings.DISPLAY_DECODE_LIMIT,
+                             aes_key=settings.LANGGRAPH_AES_KEY or None, digest=True)
+    except ReadError as e:
+        gone = "no longer in the source" in str(e)
+        return _error(str(e), status=404 if gone else 502)
+    shown = [v for v in values.channels if not state_json.is_internal(v.name)]
+    return JsonResponse(
+        {
+            "source": source.name,
+            "thread_id": thread_id,
+            "checkpoint_ns": cp.checkpoint_ns,
+            "checkpoint_id": cp.checkpoint_id,
+            "parent_checkpoint_id": cp.parent_checkpoint_id or None,
+            "created_at": iso(cp.created_at),
+            "metadata": redact_metadata(cp.metadata, settings.TAG_EXCLUDE),
+            "values": {v.name: state_json.to_json(v.value) for v in shown},
+            "reconstructed": [v.name for v in shown if v.delta and v.delta.status == "reconstructed"],
+            "pending_writes": [
+                {"task_id": w["task_id"], "channel": w["value"].name, "value": state_json.to_json(w["value"].value)}
+                for w in values.writes
+            ],
+        },
+        json_dumps_params={"ensure_ascii": False},
     )

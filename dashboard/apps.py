@@ -34,7 +34,7 @@ def _groups_after_migrate(sender, using="default", **kwargs):
 
     try:
         view = perms((app, f"view_{model}") for app, model in _groups.VIEW_MODELS)
-        extra = perms(_groups.OPERATOR_EXTRA)
+        extra = perms(_groups.OPERATOR_EXTRA + _groups.OPERATOR_SOURCES)
     except Permission.DoesNotExist:
         return  # a partial migrate (`migrate checkpoints 0004`): the full one comes back here
     viewer, _ = Group.objects.db_manager(using).get_or_create(name="viewer")

@@ -21,15 +21,20 @@ from checkpoints.models import Source, Tag, Thread
 from checkpoints.tags import split_tag
 from dashboard.planner import estimated_rows, table_rows
 
-# Orders a B-tree index on the first column can produce (scanned backwards),
-# so "newest first, 50 rows" stops after 50 index entries instead of sorting
+# The orders a page or the API may ask for, by name: (label, column, natural
+# direction). Only these names reach order_by (never a column named by the
+# request). Each column has a B-tree index, scanned forwards or backwards, so
+# "newest first, 50 rows" stops after 50 index entries instead of sorting
 # every match; the id only breaks ties.
 SORTS = {
-    "activity": ("Last activity", ["-last_checkpoint_at", "-id"]),
-    "stored": ("Stored bytes", ["-stored_bytes", "-id"]),
-    "checkpoints": ("Checkpoints", ["-checkpoints", "-id"]),
+    "thread": ("Thread", "thread_id", "asc"),
+    "checkpoints": ("Checkpoints", "checkpoints", "desc"),
+    "logical": ("Latest state", "logical_bytes", "desc"),
+    "stored": ("Stored", "stored_bytes", "desc"),
+    "activity": ("Last activity", "last_checkpoint_at", "desc"),
 }
 DEFAULT_SORT = "activity"
+DIRECTIONS = ("asc", "desc")
 MAX_FILTERS = 10
 
 
@@ -80,7 +85,20 @@ def with_tags(threads, pairs):
     return threads
 
 
-def find_threads(pairs=(), prefix="", source=None, sort=DEFAULT_SORT):
+def ordering(sort=DEFAULT_SORT, direction=None) -> list[str]:
+    """The order_by() arguments of a sort name and direction from the whitelists; unknown names fall back.
+
+    >>> ordering("stored"), ordering("stored", "asc"), ordering("thread")
+    (['-stored_bytes', '-id'], ['stored_bytes', 'id'], ['thread_id', 'id'])
+    >>> ordering("id; DROP TABLE x", "sideways")
+    ['-last_checkpoint_at', '-id']
+    """
+    _, column, natural = SORTS.get(sort) or SORTS[DEFAULT_SORT]
+    sign = "-" if (direction if direction in DIRECTIONS else natural) == "desc" else ""
+    return [sign + column, sign + "id"]
+
+
+def find_threads(pairs=(), prefix="", source=None, sort=DEFAULT_SORT, direction=None):
     """Threads matching every filter, in the sort's order (tags come from Tag rows; sources from attach_sources)."""
     threads = Thread.objects.all()
     if source is not None:
@@ -88,7 +106,7 @@ def find_threads(pairs=(), prefix="", source=None, sort=DEFAULT_SORT):
     if prefix:
         threads = threads.filter(thread_id__startswith=prefix)
     threads = with_tags(threads, pairs)
-    return threads.order_by(*SORTS.get(sort, SORTS[DEFAULT_SORT])[1])
+    return threads.order_by(*ordering(sort, direction))
 
 
 def attach_sources(threads):

@@ -11,6 +11,8 @@ overview's time budget, for JSON that plotly.js reads as it is.
 
 from functools import cache
 
+from checkpoints.units import byte_unit
+
 COLORS = {
     "checkpoint": "#3b6fd4",
     "blob": "#7b5cc4",
@@ -21,8 +23,30 @@ COLORS = {
     "trend": "#6b7280",
     "quota": "#b42318",
 }
-# Serialized sizes are powers of 1000, as the limits are written: SI ticks.
-BYTES_AXIS = {"tickformat": "~s", "ticksuffix": "B", "rangemode": "tozero", "gridcolor": "#e8ebf0"}
+GRID = "#e8ebf0"
+
+
+def _scale(largest):
+    """(axis, divisor, hover format) for byte values up to `largest`, in the unit the cards use.
+
+    Sizes are powers of 1000 as the limits are written; the axis says "40 MB"
+    where a card says "40.6 MB" (checkpoints.units picks the unit for both),
+    never plotly's own "40MB" or "40M".
+
+    >>> axis, divisor, hover = _scale(40_600_000)
+    >>> axis["ticksuffix"], divisor, hover
+    (' MB', 1000000, '%{y:,.1f} MB')
+    >>> _scale(0)[0]["ticksuffix"], _scale(0)[2]
+    (' B', '%{y:,} B')
+    """
+    unit, divisor = byte_unit(largest or 0)
+    axis = {"ticksuffix": f" {unit}", "tickformat": ",~f", "rangemode": "tozero", "gridcolor": GRID, "exponentformat": "none"}
+    hover = "%{y:,} B" if divisor == 1 else f"%{{y:,.1f}} {unit}"
+    return axis, divisor, hover
+
+
+def _scaled(values, divisor):
+    return [v / divisor if divisor != 1 else v for v in values]
 
 
 def _layout(**extra):
@@ -66,21 +90,23 @@ def stored_over_time(rows):
         ("Writes", "write_bytes", COLORS["write"]),
         ("External objects", "external_bytes", COLORS["external"]),
     ]
+    largest = max((sum(r[key] or 0 for _, key, _ in series) for r in rows), default=0)
+    axis, divisor, hover = _scale(largest)
     traces = [
         _trace(
-            "scatter", x=days, y=[r[key] or 0 for r in rows], name=name, stackgroup="bytes", mode="lines",
-            line={"width": 1, "color": color}, hovertemplate="%{y:.3~s}B",
+            "scatter", x=days, y=_scaled([r[key] or 0 for r in rows], divisor), name=name, stackgroup="bytes",
+            mode="lines", line={"width": 1, "color": color}, hovertemplate=hover,
         )
         for name, key, color in series
     ]
-    return _figure(traces, _layout(yaxis=BYTES_AXIS))
+    return _figure(traces, _layout(yaxis=axis))
 
 
 def checkpoints_per_day(rows):
     return _figure(
         [_trace("bar", x=[r["day"] for r in rows], y=[r["checkpoints_added"] or 0 for r in rows],
                 name="Checkpoints added", marker={"color": COLORS["bar"]}, hovertemplate="%{y:,}")],
-        _layout(yaxis={"rangemode": "tozero", "gridcolor": "#e8ebf0"}, showlegend=False),
+        _layout(yaxis={"rangemode": "tozero", "gridcolor": GRID, "tickformat": ",d"}, showlegend=False),
     )
 
 
@@ -97,7 +123,7 @@ def size_distribution(bins, limit):
         [_trace("bar", x=[label for label, _, _ in bins], y=[n for _, _, n in bins], marker={"color": colors},
                 hovertemplate="%{x}: %{y:,} checkpoints<extra></extra>")],
         _layout(showlegend=False, hovermode="closest", xaxis={"type": "category", "tickangle": -30},
-                yaxis={"rangemode": "tozero", "gridcolor": "#e8ebf0"}),
+                yaxis={"rangemode": "tozero", "gridcolor": GRID, "tickformat": ",d"}),
     )
 
 
@@ -105,12 +131,13 @@ def top_threads(threads):
     """Horizontal bars, biggest on top."""
     threads = list(reversed(threads))
     labels = [f"{t.source.name}/{_short(t.thread_id)}" for t in threads]
+    axis, divisor, hover = _scale(max((t.stored_bytes for t in threads), default=0))
     return _figure(
-        [_trace("bar", y=labels, x=[t.stored_bytes for t in threads], orientation="h",
-                marker={"color": COLORS["blob"]}, hovertemplate="%{y}: %{x:.3~s}B<extra></extra>")],
+        [_trace("bar", y=labels, x=_scaled([t.stored_bytes for t in threads], divisor), orientation="h",
+                marker={"color": COLORS["blob"]}, hovertemplate="%{y}: " + hover.replace("{y", "{x") + "<extra></extra>")],
         _layout(
             showlegend=False, hovermode="closest", height=max(200, 28 * len(threads) + 60),
-            margin={"l": 200, "r": 16, "t": 8, "b": 40}, xaxis=BYTES_AXIS,
+            margin={"l": 200, "r": 16, "t": 8, "b": 40}, xaxis=axis,
             yaxis={"automargin": True, "type": "category"},
         ),
     )
@@ -118,43 +145,58 @@ def top_threads(threads):
 
 def growth_forecast(points, result):
     """Daily stored bytes, the trend line continued to the quota, and the quota."""
+    largest = max([v for _, v in points] + ([result["quota"]] if result else []), default=0)
+    axis, divisor, hover = _scale(largest)
     traces = [
-        _trace("scatter", x=[d for d, _ in points], y=[v for _, v in points], name="Stored bytes",
-               mode="lines+markers", line={"color": COLORS["checkpoint"]}, hovertemplate="%{y:.3~s}B"),
+        _trace("scatter", x=[d for d, _ in points], y=_scaled([v for _, v in points], divisor), name="Stored bytes",
+               mode="lines+markers", line={"color": COLORS["checkpoint"]}, hovertemplate=hover),
     ]
     end = result["date"] if result and result["date"] else None
     if points and end and end > points[-1][0]:
         traces.append(
-            _trace("scatter", x=[points[-1][0], end], y=[points[-1][1], result["quota"]], name="Trend", mode="lines",
-                   line={"color": COLORS["trend"], "dash": "dash"}, hovertemplate="%{y:.3~s}B")
+            _trace("scatter", x=[points[-1][0], end], y=_scaled([points[-1][1], result["quota"]], divisor), name="Trend",
+                   mode="lines", line={"color": COLORS["trend"], "dash": "dash"}, hovertemplate=hover)
         )
     if points and result:
         x_end = end if end and end > points[-1][0] else points[-1][0]
         traces.append(
-            _trace("scatter", x=[points[0][0], x_end], y=[result["quota"]] * 2, name="Quota", mode="lines",
-                   line={"color": COLORS["quota"], "width": 1}, hovertemplate="%{y:.3~s}B")
+            _trace("scatter", x=[points[0][0], x_end], y=_scaled([result["quota"]] * 2, divisor), name="Quota",
+                   mode="lines", line={"color": COLORS["quota"], "width": 1}, hovertemplate=hover)
         )
-    return _figure(traces, _layout(yaxis=BYTES_AXIS))
+    return _figure(traces, _layout(yaxis=axis))
 
 
-def thread_sizes(points, spikes):
+def thread_sizes(points, spikes, new_bytes=True):
     """Logical and new bytes per step of a thread's root namespace.
 
     `points` are (step, checkpoint_id, logical_bytes, new_bytes) oldest first;
-    `spikes` the checkpoint ids flagged as size spikes.
+    `spikes` the checkpoint ids flagged as size spikes; `new_bytes` False
+    leaves out the bars (where they equal the logical bytes, as on SQLite).
+    The x axis has a tick per step on short threads: plotly's own ticks
+    would read 0, 0.5, 1 and, rounded to integers, 0, 1, 1.
     """
     steps = [p[0] for p in points]
-    return _figure(
-        [
-            _trace("scatter", x=steps, y=[p[2] for p in points], name="Logical bytes", mode="lines+markers",
-                   line={"color": COLORS["checkpoint"]}, hovertemplate="step %{x}: %{y:.3~s}B"),
-            _trace("bar", x=steps, y=[p[3] for p in points], name="New bytes", width=0.6,
+    axis, divisor, hover = _scale(max((p[2] for p in points), default=0))
+    traces = [
+        _trace("scatter", x=steps, y=_scaled([p[2] for p in points], divisor), name="Logical bytes",
+               mode="lines+markers", line={"color": COLORS["checkpoint"]}, hovertemplate="step %{x}: " + hover),
+    ]
+    if new_bytes:
+        traces.append(
+            _trace("bar", x=steps, y=_scaled([p[3] for p in points], divisor), name="New bytes", width=0.6,
                    marker={"color": [COLORS["over"] if p[1] in spikes else COLORS["write"] for p in points]},
-                   opacity=0.75, hovertemplate="step %{x}: %{y:.3~s}B new"),
-        ],
-        _layout(yaxis=BYTES_AXIS, xaxis={"title": {"text": "step"}, "gridcolor": "#e8ebf0", "tickformat": "d"},
-                hovermode="closest", barmode="overlay"),
-    )
+                   opacity=0.75, hovertemplate="step %{x}: " + hover + " new")
+        )
+    known = [s for s in steps if s is not None]
+    xaxis = {"title": {"text": "step"}, "gridcolor": GRID, "tickformat": "d"}
+    if known and max(known) - min(known) <= STEP_TICKS:
+        xaxis.update(tickmode="linear", tick0=0, dtick=1)
+    return _figure(traces, _layout(yaxis=axis, xaxis=xaxis,
+                                   hovermode="closest", barmode="overlay", showlegend=new_bytes))
+
+
+# Up to this many steps, one tick per step; beyond, plotly's (whole) ticks.
+STEP_TICKS = 20
 
 
 def _short(text, n=28):

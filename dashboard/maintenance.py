@@ -34,11 +34,12 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from checkpoints.models import Run, Source
-from checkpoints.runs import STALE_AFTER, fail_stale_runs
+from checkpoints.runs import fail_dead_runs
 from dashboard import run_summary
 from dashboard.access import viewer_required
 from dashboard.maintenance_forms import PolicyForm, PruneForm, SweepForm
 from dashboard.models import SavedPolicy
+from dashboard.space import sources_space
 from dashboard.tasks import QueueError, busy_run, enqueue, fail_lost_runs, lost_after, new_queued_run, reap_runs
 from dashboard.views import _page_links, _query
 from storage.sweep import duration_text
@@ -49,9 +50,10 @@ PREVIEW_MAX_AGE = timedelta(hours=1)  # past that, what the operator saw is too 
 WAITING_HINT_AFTER = 10  # seconds queued before the page asks whether a cluster runs
 SKIPPED_SHOWN = 100
 HISTORY_FILTERS = {
-    "maintenance": ("Prune and sweep", ["prune", "sweep"]),
+    "maintenance": ("Prune, sweep, removal", ["prune", "sweep", "remove"]),
     "prune": ("Prune", ["prune"]),
     "sweep": ("Sweep", ["sweep"]),
+    "remove": ("Source removal", ["remove"]),
     "sync": ("Sync", ["sync"]),
     "refcheck": ("Reference check", ["refcheck"]),
     "all": ("All", None),
@@ -93,6 +95,7 @@ def _render_index(request, *, prune_form=None, sweep_form=None, policy_forms=Non
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     params = [(k, v) for k, v in request.GET.items()]
     sources = list(Source.objects.all())
+    enabled = [s for s in sources if s.enabled]
     policy_forms = policy_forms or {}
     active = list(Run.objects.filter(kind__in=["prune", "sweep"], state__in=["queued", "running"]).select_related("source"))
     for run in active:
@@ -100,8 +103,8 @@ def _render_index(request, *, prune_form=None, sweep_form=None, policy_forms=Non
     now = timezone.now()
     ctx = {
         "can_run": request.user.has_perm(MAINTENANCE_PERM),
-        "sources": sources,
-        "prune_form": prune_form or PruneForm(prefix="prune", initial={"source": sources[0].pk if sources else None}),
+        "sources": enabled,
+        "prune_form": prune_form or PruneForm(prefix="prune", initial={"source": enabled[0].pk if enabled else None}),
         "sweep_form": sweep_form or SweepForm(prefix="sweep"),
         "prune_policy_form": policy_forms.get("prune") or PolicyForm(prefix="policy", auto_id="prune_%s"),
         "sweep_policy_form": policy_forms.get("sweep") or PolicyForm(prefix="policy", auto_id="sweep_%s"),
@@ -110,6 +113,9 @@ def _render_index(request, *, prune_form=None, sweep_form=None, policy_forms=Non
         "prefix": settings.S3_PREFIX,
         "blob_root": settings.BLOB_ROOT,
         "active_window": duration_text(settings.PRUNE_ACTIVE_WINDOW),
+        "space": sources_space(sources),
+        "run_keep_days": settings.RUN_KEEP_DAYS,
+        "audit_keep_days": settings.AUDIT_KEEP_DAYS,
         "active": active,
         "waiting": any(r.state == "queued" and (now - r.created_at).total_seconds() > WAITING_HINT_AFTER for r in active),
         "rows": [_history_row(r) for r in page.object_list],
@@ -137,6 +143,8 @@ def _hidden_fields(kind, source_id, params):
                   ("prune-keep_last", params.get("keep_last", 1)), ("prune-tags", "\n".join(params.get("tags", ())))]
         if params.get("threads"):
             hidden.append(("prune-threads", "on"))
+        if params.get("vacuum"):
+            hidden.append(("prune-vacuum", "on"))
         return hidden
     hidden = [("sweep-grace", params.get("grace", ""))]
     if params.get("force"):
@@ -204,10 +212,9 @@ def _busy_message(holder):
 def _get_run(pk):
     run = get_object_or_404(Run.objects.select_related("source", "requested_by"), pk=pk)
     now = timezone.now()
-    # A run that stopped sending heartbeats or never reached a worker is
-    # failed here, so nobody watches a progress bar that will never move.
-    if run.state == "running" and run.heartbeat_at and now - run.heartbeat_at > STALE_AFTER:
-        fail_stale_runs(run.lock_key)
+    # A run whose worker died or that never reached a worker is failed
+    # here, so nobody watches a progress bar that will never move.
+    if run.state == "running" and fail_dead_runs(run.lock_key, now=now):
         run.refresh_from_db()
     elif run.state == "queued" and now - run.created_at > lost_after():
         fail_lost_runs(now)
@@ -229,6 +236,7 @@ def run_detail(request, pk):
     ctx = {
         "run": run,
         "result": result,
+        "vacuum_rows": run_summary.vacuum_rows(result.get("vacuum")),
         "parameters": run_summary.describe_parameters(run.kind, run.parameters),
         "finished": run.state in ("done", "failed"),
         "waiting": run.state == "queued" and (timezone.now() - run.created_at).total_seconds() > WAITING_HINT_AFTER,
@@ -251,6 +259,7 @@ def run_detail(request, pk):
         "active_window": duration_text(settings.PRUNE_ACTIVE_WINDOW),
         "result_json": json.dumps(result, indent=2, sort_keys=True, default=str),
         "policy_id": run.parameters.get("policy_id"),
+        "removal": run_summary.removal_rows(result) if run.kind == "remove" else [],
     }
     return render(request, "maintenance/run.html", ctx)
 

@@ -30,7 +30,8 @@ def split_tag_lines(text: str) -> list:
 
 class PruneForm(forms.Form):
     source = forms.ModelChoiceField(
-        queryset=Source.objects.all(), empty_label=None, help_text="The checkpoint database to prune.",
+        # Disabled sources are left out: syncs skip them, and one may be the mistyped URL it was disabled for.
+        queryset=Source.objects.filter(enabled=True), empty_label=None, help_text="The checkpoint database to prune.",
     )
     older_than = forms.CharField(
         initial="30d", max_length=20, label="Older than",
@@ -47,6 +48,12 @@ class PruneForm(forms.Form):
     threads = forms.BooleanField(
         required=False, label="Whole threads",
         help_text="Delete threads idle for longer than the age entirely.",
+    )
+    vacuum = forms.BooleanField(
+        required=False, label="VACUUM after",
+        help_text="A plain VACUUM of the pruned tables after the run (never VACUUM FULL): their space is reused "
+                  "at once instead of when autovacuum comes by; agents keep reading and writing meanwhile. SQLite "
+                  "rewrites the whole file.",
     )
 
     def clean_tags(self):
@@ -73,6 +80,7 @@ class PruneForm(forms.Form):
         try:
             data["policy"] = PrunePolicy.from_options(
                 data["older_than"], data["keep_last"], split_tag_lines(data.get("tags") or ""), data["threads"],
+                data.get("vacuum", False),
             )
         except ValueError as e:
             raise forms.ValidationError(str(e).replace("--keep-last", "Keep last").replace("--threads", "whole threads")

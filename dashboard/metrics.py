@@ -13,6 +13,7 @@ from django.views.decorators.http import require_GET
 from checkpoints.models import BlobReference, Run
 from dashboard import usage
 from dashboard.access import api_auth
+from dashboard.space import sources_space
 
 PREFIX = "checkpoint_console_"
 
@@ -88,6 +89,18 @@ def metrics(request):
         "references_unknown", "1 if some values could not be decoded, so references may be missing.",
         [({"source": r["name"]}, r["source"].references_unknown) for r in rows],
     )
+    slots = [(r["name"], (r["source"].sync_state or {}).get("slot_status")) for r in rows
+             if r["source"].capture == "logical"]
+    out.gauge(
+        "capture_slot_retained_bytes", "WAL held back by the source's replication slot (change capture), at the last sync.",
+        [({"source": name}, status.get("retained_bytes")) for name, status in slots if status],
+    )
+    out.gauge(
+        "capture_slot_lost", "1 if the source's replication slot was lost or invalidated at the last sync.",
+        [({"source": name}, status.get("wal_status") == "lost") for name, status in slots if status],
+    )
+    out.gauge("capture_wal_warn_bytes", "CAPTURE_WAL_WARN.", [({}, settings.CAPTURE_WAL_WARN)])
+    _space_gauges(out, [r["source"] for r in rows])
     states = {"present": 0, "missing": 0, "unchecked": 0, "foreign": 0}
     for row in BlobReference.objects.values("store", "exists").annotate(n=Count("id")).order_by():
         state = "foreign" if row["store"] == "foreign" else "unchecked" if row["exists"] is None else "present" if row["exists"] else "missing"
@@ -101,3 +114,33 @@ def metrics(request):
     out.gauge("checkpoint_size_limit_bytes", "CHECKPOINT_SIZE_LIMIT.", [({}, settings.CHECKPOINT_SIZE_LIMIT)])
     out.gauge("storage_quota_bytes", "STORAGE_QUOTA, when set.", [({}, settings.STORAGE_QUOTA)])
     return HttpResponse(out.text(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _space_gauges(out, sources):
+    """Dead rows, vacuums and free pages of each source, as its last sync read them (dashboard/space.py)."""
+    spaces = [sp for sp in sources_space(sources) if not sp.get("error")]
+    pg = [(sp["source"].name, t) for sp in spaces if sp["kind"] == "postgres" for t in sp["tables"]]
+    lite = [sp for sp in spaces if sp["kind"] == "sqlite"]
+
+    def per_table(key, convert=lambda v: v):
+        return [({"source": name, "table": t["table"]}, None if t[key] is None else convert(t[key])) for name, t in pg]
+
+    out.gauge("source_space_checked_timestamp_seconds", "When the last sync read the source's space figures (Unix time).",
+              [({"source": sp["source"].name}, sp["checked_at"].timestamp() if sp["checked_at"] else None) for sp in spaces])
+    out.gauge("source_table_live_rows", "Live rows of a PostgreSQL source's LangGraph table (pg_stat_user_tables).",
+              per_table("live_rows"))
+    out.gauge("source_table_dead_rows", "Dead rows of a PostgreSQL source's LangGraph table: space reused only after VACUUM.",
+              per_table("dead_rows"))
+    out.gauge("source_table_bytes", "pg_total_relation_size of a PostgreSQL source's LangGraph table.", per_table("bytes"))
+    out.gauge("source_table_last_vacuum_timestamp_seconds", "Last manual VACUUM of the table (Unix time).",
+              per_table("last_vacuum", lambda v: v.timestamp()))
+    out.gauge("source_table_last_autovacuum_timestamp_seconds", "Last autovacuum of the table (Unix time).",
+              per_table("last_autovacuum", lambda v: v.timestamp()))
+    out.gauge("source_table_autovacuum_enabled", "1 if autovacuum runs on the table (server settings and reloptions).",
+              per_table("autovacuum"))
+    out.gauge("source_pages", "Pages of a SQLite source's file (PRAGMA page_count).",
+              [({"source": sp["source"].name}, sp["page_count"]) for sp in lite])
+    out.gauge("source_free_pages", "Free pages of a SQLite source's file (PRAGMA freelist_count): returned by VACUUM.",
+              [({"source": sp["source"].name}, sp["free_pages"]) for sp in lite])
+    out.gauge("source_page_size_bytes", "Page size of a SQLite source's file.",
+              [({"source": sp["source"].name}, sp["page_size"]) for sp in lite])

@@ -13,6 +13,10 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, help_text="When it was created.")
     last_used_at = models.DateTimeField(null=True, blank=True, help_text="Last request made with it.")
 
+    class Meta:
+        verbose_name = "API token"
+        verbose_name_plural = "API tokens"
+
     @staticmethod
     def digest_of(token: str) -> str:
         return hashlib.sha256(token.encode()).hexdigest()

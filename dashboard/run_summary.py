@@ -7,6 +7,7 @@ history renders without loading anything else per row.
 PRUNE_COUNTS = (("threads", "threads"), ("checkpoints", "checkpoints"), ("writes", "writes"), ("blobs", "blob rows"))
 SWEEP_COUNTS = (("objects_scanned", "scanned"), ("orphans", "orphans"), ("deleted", "deleted"), ("db_orphans", "db rows"))
 SYNC_COUNTS = (("added", "added"), ("updated", "updated"), ("removed", "removed"))
+REMOVE_COUNTS = (("threads", "threads"), ("checkpoints", "checkpoints"), ("writes", "writes"), ("blobs", "blob rows"))
 # What the preview and the real run are compared on (the rows that go).
 COMPARED = {
     "prune": (("threads", "Threads"), ("checkpoints", "Checkpoints"), ("writes", "Writes"), ("blobs", "Blob rows"),
@@ -21,6 +22,8 @@ def describe_parameters(kind: str, parameters: dict) -> str:
 
     >>> describe_parameters("prune", {"older_than": "30d", "keep_last": 2, "tags": ["tenant=acme"], "threads": True})
     'older than 30d · keep last 2 · tenant=acme · whole threads'
+    >>> describe_parameters("prune", {"older_than": "30d", "keep_last": 1, "vacuum": True})
+    'older than 30d · keep last 1 · VACUUM after'
     >>> describe_parameters("prune", {"older_than": "1h", "keep_last": 1, "tags": [], "threads": False, "policy": "nightly"})
     'older than 1h · keep last 1 · policy nightly'
     >>> describe_parameters("sweep", {"grace": "24h", "force": False}), describe_parameters("sync", {"full": True})
@@ -36,6 +39,8 @@ def describe_parameters(kind: str, parameters: dict) -> str:
         parts.extend(parameters.get("tags") or ())
         if parameters.get("threads"):
             parts.append("whole threads")
+        if parameters.get("vacuum"):
+            parts.append("VACUUM after")
     elif kind == "sweep":
         parts.append(f"grace {parameters.get('grace', '?')}")
         if parameters.get("force"):
@@ -43,6 +48,8 @@ def describe_parameters(kind: str, parameters: dict) -> str:
     elif kind == "sync":
         if parameters.get("full"):
             parts.append("full")
+    elif kind == "remove":
+        parts.append(f"source {parameters.get('source', '?')}")
     else:
         parts.extend(f"{k} {v}" for k, v in parameters.items() if not isinstance(v, (dict, list)))
     if parameters.get("policy"):
@@ -63,7 +70,7 @@ def counts(kind: str, result: dict) -> list:
     result = result or {}
     if not result:
         return []
-    table = {"prune": PRUNE_COUNTS, "sweep": SWEEP_COUNTS, "sync": SYNC_COUNTS}.get(kind)
+    table = {"prune": PRUNE_COUNTS, "sweep": SWEEP_COUNTS, "sync": SYNC_COUNTS, "remove": REMOVE_COUNTS}.get(kind)
     if table is None:
         return [(v, k.replace("_", " ")) for k, v in result.items() if isinstance(v, int) and not isinstance(v, bool)][:4]
     found = [(result[key], label) for key, label in table if isinstance(result.get(key), int)]
@@ -114,3 +121,32 @@ def skipped_by_reason(skipped: list) -> list:
     for entry in skipped or ():
         tally[entry.get("reason", "?")] = tally.get(entry.get("reason", "?"), 0) + 1
     return sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def vacuum_rows(vacuum) -> list:
+    """(what, before, after) of a prune's VACUUM: dead rows per table (PostgreSQL) or free pages (SQLite).
+
+    >>> vacuum_rows({"before": {"dead_rows": {"checkpoints": 9}, "bytes": 1}, "after": {"dead_rows": {"checkpoints": 0}, "bytes": 1}})
+    [('checkpoints', 9, 0)]
+    >>> vacuum_rows({"before": {"free_pages": 40, "bytes": 1}, "after": {"free_pages": 0, "bytes": 1}}), vacuum_rows(None)
+    ([('free pages', 40, 0)], [])
+    """
+    if not vacuum or vacuum.get("error"):
+        return []
+    before, after = vacuum["before"], vacuum["after"]
+    if "dead_rows" in before:
+        return [(table, n, after["dead_rows"].get(table)) for table, n in before["dead_rows"].items()]
+    return [("free pages", before["free_pages"], after["free_pages"])]
+
+
+def removal_rows(result: dict) -> list:
+    """(label, previewed, removed) for a source removal's run page.
+
+    >>> removal_rows({"threads": 2, "preview": {"threads": 2}})[0]
+    ('Threads', 2, 2)
+    """
+    from checkpoints.removal import COUNTS
+
+    result = result or {}
+    preview = result.get("preview") or {}
+    return [(label, preview.get(key), result.get(key)) for key, label in COUNTS]

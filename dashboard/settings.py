@@ -11,7 +11,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from checkpoints import units
-from checkpoints.dburl import parse_database_url
+from checkpoints.dburl import parse_database_url, redact
 from storage.s3client import S3Settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -25,7 +25,15 @@ def _env(name, default, parse):
     try:
         return parse(raw)
     except ValueError as e:
-        raise ImproperlyConfigured(f"{name}={raw!r} is invalid: {e}") from None
+        # The message is printed and logged: never with a URL's password.
+        raise ImproperlyConfigured(f"{name}={_shown(raw)!r} is invalid: {e}") from None
+
+
+def _shown(raw):
+    try:
+        return redact(raw)
+    except ValueError:  # not even splittable as a URL: nothing to hide
+        return raw
 
 
 def env_str(name, default=""):
@@ -241,6 +249,9 @@ CAPTURE_WAL_WARN = env_size("CAPTURE_WAL_WARN", units.parse_size("1GB"))
 CHECKPOINT_SIZE_LIMIT = env_size("CHECKPOINT_SIZE_LIMIT", 10_000_000)
 STORAGE_QUOTA = env_size("STORAGE_QUOTA", None)
 USAGE_KEEP_DAYS = env_int("USAGE_KEEP_DAYS", 400, minimum=1)
+# Run history: routine runs (sync, reference check) and the audit log (prune, sweep, remove).
+RUN_KEEP_DAYS = env_int("RUN_KEEP_DAYS", 30, minimum=1)
+AUDIT_KEEP_DAYS = env_int("AUDIT_KEEP_DAYS", 400, minimum=1)
 TAG_EXCLUDE = env_list("TAG_EXCLUDE", ["*key*", "*token*", "*secret*", "*password*", "*auth*"])
 LANGGRAPH_AES_KEY = env_str("LANGGRAPH_AES_KEY", "")
 if LANGGRAPH_AES_KEY and len(LANGGRAPH_AES_KEY.encode()) not in (16, 24, 32):

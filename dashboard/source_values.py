@@ -14,10 +14,11 @@ from pathlib import Path
 
 import ormsgpack
 
+from checkpoints import delta
 from checkpoints.dburl import parse_database_url, redact
 from checkpoints.decode import decode_json_text, plain, safe_loads, summarize
 from checkpoints.ids import source_thread_id
-from checkpoints.sources import first_line
+from checkpoints.sources import DeltaRows, first_line
 from checkpoints.sources.sqlite import byte_length
 from dashboard.value_diff import diff_values
 
@@ -41,6 +42,8 @@ class Value:
     size: int | None
     value: object
     version: str = ""
+    # DeltaChannel provenance (checkpoints.delta): None for an ordinary channel.
+    delta: "DeltaSource | None" = None
 
     @property
     def summary(self):
@@ -49,6 +52,37 @@ class Value:
     @property
     def pretty(self):
         return json.dumps(plain(self.value), indent=2, ensure_ascii=False, sort_keys=False)
+
+
+@dataclass
+class DeltaSource:
+    """Where a DeltaChannel value comes from.
+
+    status: "snapshot" (stored at this checkpoint), "reconstructed" (seed plus
+    writes replayed by the console) or "raw" (shapes the console does not
+    replay: the seed and the writes are shown as they are, `note` says why).
+    """
+
+    status: str
+    shape: str = ""
+    seed_checkpoint_id: str | None = None
+    seed: object = None
+    writes: list = field(default_factory=list)  # checkpoints.delta.DeltaWrite, replay order
+    note: str = ""
+    links: dict = field(default_factory=dict)  # checkpoint id -> mirror pk, filled by the page
+
+    @property
+    def seed_pk(self):
+        return self.links.get(self.seed_checkpoint_id)
+
+    @property
+    def seed_summary(self):
+        return summarize(self.seed)
+
+    @property
+    def rows(self):
+        """The replayed writes for a table: (checkpoint id, mirror pk or None, write)."""
+        return [(w.checkpoint_id, self.links.get(w.checkpoint_id), w, summarize(w.value)) for w in self.writes]
 
 
 @dataclass
@@ -75,18 +109,132 @@ class CheckpointValues:
         )
 
 
-def read_values(source, checkpoint, *, limit, aes_key=None) -> CheckpointValues:
-    """Values, writes and channel versions of a mirrored checkpoint; ReadError if the source cannot tell."""
+def read_values(source, checkpoint, *, limit, aes_key=None, digest=False) -> CheckpointValues:
+    """Values, writes and channel versions of a mirrored checkpoint; ReadError if the source cannot tell.
+
+    `digest` adds the sha256 of every bytes value (the state API names bytes by it).
+    """
     # The source's own id: the mirror escapes NUL (checkpoints.ids.thread_key).
     key = (source_thread_id(checkpoint.thread.thread_id), checkpoint.checkpoint_ns, checkpoint.checkpoint_id)
     parent = checkpoint.parent_checkpoint_id or None
     if source.kind == "postgres":
-        return _read_postgres(source.url, key, parent, limit, aes_key)
-    return _read_sqlite(source.url, key, parent, limit, aes_key)
+        return _read_postgres(source.url, key, parent, limit, aes_key, digest)
+    return _read_sqlite(source.url, key, parent, limit, aes_key, digest)
 
 
 def _object(value):
     return value if isinstance(value, dict) else {}
+
+
+def _json_or_none(text):
+    try:
+        return json.loads(text) if text else None
+    except (ValueError, TypeError):
+        return None
+
+
+# --- DeltaChannel values ---------------------------------------------------------
+
+# The writes replayed for one checkpoint's delta channels are read up to this
+# many times the per-value display limit.
+DELTA_READ_FACTOR = 8
+
+
+def _apply_delta(out, cid, parent, metadata, parent_metadata, read_rows, read_snapshot, limit, aes_key, digest=False):
+    """Give the delta channels of `out` (and of its parent) their values, as LangGraph rebuilds them.
+
+    A snapshot stored at the checkpoint is its value; otherwise the seed and
+    the writes of the ancestors since it are read (`read_rows(start, channels)`,
+    from the parent) and replayed by checkpoints.delta for the shapes it can
+    do exactly. The parent's value comes from the same walk, minus its own writes.
+    `read_snapshot(channel)` finds a stored value elsewhere in the thread when
+    the walk found none and the shape needs one.
+    """
+    mine = {v.name: v for v in out.channels}
+    theirs = {v.name: v for v in out.parent_channels} if out.parent_channels is not None else None
+    channels = delta.delta_channels(metadata, {k: v.value for k, v in mine.items()})
+    if theirs is not None:
+        channels |= delta.delta_channels(parent_metadata, {k: v.value for k, v in theirs.items()})
+    if not channels:
+        return
+    for values in (mine, theirs or {}):
+        for name, v in values.items():
+            if name in channels and delta.is_snapshot(v.value):
+                v.value = delta.unwrap(v.value)
+                v.delta = DeltaSource("snapshot")
+    need_mine = {ch for ch in channels if ch not in mine}
+    need_theirs = {ch for ch in channels if theirs is not None and ch not in theirs}
+    todo = sorted(need_mine | need_theirs)
+    if not todo:
+        return
+    rows = read_rows(parent, todo) if parent else DeltaRows(chains={ch: [] for ch in todo})
+    writes = [_delta_write(r, limit, aes_key, digest) for r in rows.writes]
+    for ch in todo:
+        seed_cid, seed = None, None
+        if ch in rows.seeds:
+            seed_cid, type_, size, data = rows.seeds[ch]
+            seed = _decode_seed(type_, size, data, limit, aes_key, digest)
+        chain = rows.chains.get(ch, [])
+        ch_writes = [w[1] for w in writes if w[0] == ch]
+        evidence = None
+        if seed_cid is None and any(isinstance(w.value, list) for w in ch_writes):
+            found = read_snapshot(ch)
+            evidence = _decode_seed(*found, limit, aes_key) if found else None
+        if ch in need_mine:
+            history = delta.History(ch, seed_cid, seed, delta.replay_order(chain, ch_writes),
+                                    rows.problems.get(ch, ""), evidence)
+            if out.versions is not None and ch not in out.versions:
+                history = delta.History(ch)  # never written on this branch: the reducer's empty start
+            out.channels.append(_delta_value(ch, history, (out.versions or {}).get(ch, "")))
+            out.channel_sizes[ch] = out.channels[-1].size
+        if ch in need_theirs:
+            # The parent's own writes made this checkpoint: they are not part of its value.
+            history = delta.History(ch, seed_cid, seed, delta.replay_order(chain[1:], ch_writes),
+                                    rows.problems.get(ch, ""), evidence)
+            if out.parent_versions is not None and ch not in out.parent_versions:
+                history = delta.History(ch)
+            out.parent_channels.append(_delta_value(ch, history, (out.parent_versions or {}).get(ch, "")))
+            out.parent_sizes[ch] = out.parent_channels[-1].size
+    out.channels.sort(key=lambda v: v.name)
+    if out.parent_channels is not None:
+        out.parent_channels.sort(key=lambda v: v.name)
+
+
+def _delta_write(row, limit, aes_key, digest=False):
+    checkpoint_id, task_id, task_path, idx, channel, type_, size, data = row
+    if data is None and size:
+        value = {"__truncated__": True, "type": type_, "size": size}
+    else:
+        value = safe_loads(type_, data, limit=limit, aes_key=aes_key, clip=False, digest=digest)
+    return channel, delta.DeltaWrite(checkpoint_id, task_id, task_path or "", idx, value, size)
+
+
+def _decode_seed(type_, size, data, limit, aes_key=None, digest=False):
+    if type_ == "decoded":
+        return data
+    if data is None:
+        return {"__truncated__": True, "type": type_, "size": size}
+    if type_ == "inline json":
+        return decode_json_text(data, limit=limit, clip=False)
+    return safe_loads(type_, data, limit=limit, aes_key=aes_key, clip=False, digest=digest)
+
+
+def _delta_value(channel, history, version) -> Value:
+    result = delta.reconstruct(history)
+    size = sum(w.size for w in history.writes)
+    source = DeltaSource(
+        "reconstructed" if result.shape else "raw", result.shape, history.seed_checkpoint_id,
+        delta.unwrap(history.seed) if history.has_seed else None, history.writes, result.note,
+    )
+    if result.shape:
+        return Value(channel, "reconstructed", size, result.value, version, source)
+    shown = {
+        "seed_checkpoint_id": source.seed_checkpoint_id,
+        "seed": source.seed,
+        "writes": [{"checkpoint_id": w.checkpoint_id, "task_id": w.task_id, "idx": w.idx, "value": w.value}
+                   for w in history.writes],
+    }
+    return Value(channel, "delta writes", size, {"__delta__": shown}, version, source)
 
 
 # --- PostgreSQL ------------------------------------------------------------------
@@ -96,7 +244,9 @@ _VERSIONS = """
            CASE WHEN jsonb_typeof(checkpoint->'channel_versions') = 'object' THEN checkpoint->'channel_versions' END,
            (SELECT jsonb_object_agg(key, octet_length(value::text))
               FROM jsonb_each(CASE WHEN jsonb_typeof(checkpoint->'channel_values') = 'object'
-                                   THEN checkpoint->'channel_values' ELSE '{}'::jsonb END))
+                                   THEN checkpoint->'channel_values' ELSE '{}'::jsonb END)),
+           jsonb_build_object('counters_since_delta_snapshot', metadata->'counters_since_delta_snapshot',
+                              'delta_updates_since_snapshot', metadata->'delta_updates_since_snapshot')
     FROM checkpoints
     WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s AND checkpoint_id = ANY(%(ids)s)
 """
@@ -128,8 +278,10 @@ _PG_WRITES = """
 """
 
 
-def _read_postgres(url, key, parent, limit, aes_key):
+def _read_postgres(url, key, parent, limit, aes_key, digest=False):
     import psycopg
+
+    from checkpoints.sources import postgres as postgres_source
 
     thread, ns, cid = key
     params = {"thread": thread, "ns": ns, "id": cid, "ids": [cid] + ([parent] if parent else []), "limit": limit}
@@ -137,16 +289,30 @@ def _read_postgres(url, key, parent, limit, aes_key):
         with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT, autocommit=False) as conn:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
-            versions = {r[0]: (r[1], r[2]) for r in conn.execute(_VERSIONS, params)}
+            versions = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(_VERSIONS, params)}
             if cid not in versions:
                 raise ReadError("this checkpoint is no longer in the source (pruned or deleted since the last sync)")
             inline = conn.execute(_INLINE, params).fetchall()
             blobs = conn.execute(_BLOBS, params).fetchall()
             writes = conn.execute(_PG_WRITES, params).fetchall()
+            out = _postgres_values(versions, inline, blobs, writes, cid, parent, limit, aes_key, digest)
+
+            def read_rows(start, channels):
+                return postgres_source.read_delta_rows(
+                    conn, thread, ns, start, channels, limit=limit, total_limit=limit * DELTA_READ_FACTOR)
+
+            def read_snapshot(channel):
+                return postgres_source.read_any_snapshot(conn, thread, ns, channel, limit=limit)
+
+            _apply_delta(out, cid, parent, versions[cid][2], versions.get(parent, (None, None, None))[2],
+                         read_rows, read_snapshot, limit, aes_key, digest)
             conn.rollback()
     except psycopg.Error as e:
         raise ReadError(f"cannot read {redact(url)}: {first_line(e)}") from None
+    return out
 
+
+def _postgres_values(versions, inline, blobs, writes, cid, parent, limit, aes_key, digest=False):
     out = CheckpointValues()
     out.versions = _object(versions[cid][0])
     if parent in versions:
@@ -161,7 +327,7 @@ def _read_postgres(url, key, parent, limit, aes_key):
         # A delta snapshot leaves a `true` marker inline next to its blob: both count.
         per[channel] = per.get(channel, 0) + size
         blob_channels.add((checkpoint_id, channel))
-        value = safe_loads(type_, data, limit=limit, aes_key=aes_key, clip=False) if data is not None or size == 0 else {
+        value = safe_loads(type_, data, limit=limit, aes_key=aes_key, clip=False, digest=digest) if data is not None or size == 0 else {
             "__truncated__": True, "type": type_, "size": size}
         channels[checkpoint_id].append(Value(channel, type_ or "", size, value, version))
     for checkpoint_id, channel, size, text in inline:
@@ -176,15 +342,15 @@ def _read_postgres(url, key, parent, limit, aes_key):
         out.parent_channels = sorted(channels[parent], key=lambda v: v.name)
     out.channel_sizes = sizes.get(cid, {})
     out.parent_sizes = sizes.get(parent, {})
-    out.writes = [_write(task, idx, channel, type_, size, data, limit, aes_key) for task, idx, channel, type_, size, data in writes]
+    out.writes = [_write(task, idx, channel, type_, size, data, limit, aes_key, digest) for task, idx, channel, type_, size, data in writes]
     return out
 
 
-def _write(task, idx, channel, type_, size, data, limit, aes_key):
+def _write(task, idx, channel, type_, size, data, limit, aes_key, digest=False):
     if data is None and size:
         value = {"__truncated__": True, "type": type_, "size": size}
     else:
-        value = safe_loads(type_, data, limit=limit, aes_key=aes_key, clip=False)
+        value = safe_loads(type_, data, limit=limit, aes_key=aes_key, clip=False, digest=digest)
     return {"task_id": task, "idx": idx, "value": Value(channel, type_ or "", size, value)}
 
 
@@ -193,7 +359,8 @@ def _write(task, idx, channel, type_, size, data, limit, aes_key):
 # Sizes by byte_length(): a value above the limit is never loaded, not even for its size.
 _SQLITE_CHECKPOINTS = f"""
     SELECT checkpoint_id, type, {byte_length('checkpoint')},
-           CASE WHEN {byte_length('checkpoint')} <= ? THEN CAST(checkpoint AS BLOB) END
+           CASE WHEN {byte_length('checkpoint')} <= ? THEN CAST(checkpoint AS BLOB) END,
+           CAST(metadata AS TEXT)
     FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id IN (?, ?)
 """
 _SQLITE_WRITES = f"""
@@ -204,7 +371,9 @@ _SQLITE_WRITES = f"""
 """
 
 
-def _read_sqlite(url, key, parent, limit, aes_key):
+def _read_sqlite(url, key, parent, limit, aes_key, digest=False):
+    from checkpoints.sources import sqlite as sqlite_source
+
     thread, ns, cid = key
     path = Path(parse_database_url(url)["NAME"])
     if not path.is_file():
@@ -213,24 +382,38 @@ def _read_sqlite(url, key, parent, limit, aes_key):
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
         try:
+            conn.execute("BEGIN")  # one read snapshot for the checkpoint, its parent and their history
             rows = {r[0]: r[1:] for r in conn.execute(_SQLITE_CHECKPOINTS, (whole, thread, ns, cid, parent or cid))}
             writes = conn.execute(_SQLITE_WRITES, (limit, thread, ns, cid)).fetchall()
+            if cid not in rows:
+                raise ReadError("this checkpoint is no longer in the source (pruned or deleted since the last sync)")
+            out = CheckpointValues()
+            type_, size, data, metadata = rows[cid]
+            parsed = _split_sqlite_checkpoint(type_, size, data, limit, aes_key, digest)
+            out.channels, out.versions, out.channel_sizes, out.note = parsed
+            parent_metadata = None
+            if parent in rows:
+                *parent_row, parent_metadata = rows[parent]
+                parent_channels, out.parent_versions, out.parent_sizes, parent_note = _split_sqlite_checkpoint(
+                    *parent_row, limit, aes_key, digest)
+                # A parent too large to read has unknown values, not none.
+                out.parent_channels = None if parent_note else parent_channels
+            out.writes = [_write(task, idx, channel, t, s, d, limit, aes_key, digest) for task, idx, channel, t, s, d in writes]
+
+            def read_rows(start, channels):
+                return sqlite_source.read_delta_rows(
+                    conn, thread, ns, start, channels, limit=limit, total_limit=whole, aes_key=aes_key, digest=digest)
+
+            def read_snapshot(channel):
+                return sqlite_source.read_any_snapshot(conn, thread, ns, channel, limit=whole, after=cid)
+
+            if not out.note:
+                _apply_delta(out, cid, parent, _json_or_none(metadata), _json_or_none(parent_metadata),
+                             read_rows, read_snapshot, limit, aes_key, digest)
         finally:
             conn.close()
     except sqlite3.Error as e:
         raise ReadError(f"cannot read {url}: {e}") from None
-    if cid not in rows:
-        raise ReadError("this checkpoint is no longer in the source (pruned or deleted since the last sync)")
-
-    out = CheckpointValues()
-    type_, size, data = rows[cid]
-    parsed = _split_sqlite_checkpoint(type_, size, data, limit, aes_key)
-    out.channels, out.versions, out.channel_sizes, out.note = parsed
-    if parent in rows:
-        parent_channels, out.parent_versions, out.parent_sizes, parent_note = _split_sqlite_checkpoint(*rows[parent], limit, aes_key)
-        # A parent too large to read has unknown values, not none.
-        out.parent_channels = None if parent_note else parent_channels
-    out.writes = [_write(task, idx, channel, t, s, d, limit, aes_key) for task, idx, channel, t, s, d in writes]
     return out
 
 
@@ -239,7 +422,7 @@ def _raw_ext(code, data):
     return ormsgpack.Ext(code, data)
 
 
-def _split_sqlite_checkpoint(type_, size, data, limit, aes_key):
+def _split_sqlite_checkpoint(type_, size, data, limit, aes_key, digest=False):
     """(channels, channel_versions, sizes, note) of a whole serialized SQLite checkpoint.
 
     Each channel value is re-packed on its own to measure and decode it: the
@@ -249,7 +432,7 @@ def _split_sqlite_checkpoint(type_, size, data, limit, aes_key):
         return [], None, {}, f"the checkpoint is {size:,} bytes, too large to read for display"
     if type_ != "msgpack":
         # Encrypted (or another serializer): decode it whole, sizes per channel unknown.
-        whole = safe_loads(type_, data, limit=None, aes_key=aes_key, clip=False)
+        whole = safe_loads(type_, data, limit=None, aes_key=aes_key, clip=False, digest=digest)
         if not isinstance(whole, dict) or "channel_values" not in whole:
             return [Value("(whole checkpoint)", type_ or "", size, whole)], None, {}, ""
         channels = [Value(k, type_, None, v) for k, v in sorted(_object(whole.get("channel_values")).items())]
@@ -265,6 +448,6 @@ def _split_sqlite_checkpoint(type_, size, data, limit, aes_key):
     for name, value in sorted(_object(raw.get("channel_values")).items(), key=lambda kv: str(kv[0])):
         packed = ormsgpack.packb(value, option=ormsgpack.OPT_NON_STR_KEYS)
         sizes[str(name)] = len(packed)
-        decoded = safe_loads("msgpack", packed, limit=limit, aes_key=aes_key, clip=False)
+        decoded = safe_loads("msgpack", packed, limit=limit, aes_key=aes_key, clip=False, digest=digest)
         channels.append(Value(str(name), "msgpack", len(packed), decoded, versions.get(str(name), "")))
     return channels, versions, sizes, ""

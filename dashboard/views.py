@@ -4,15 +4,18 @@ import json
 from urllib.parse import urlencode
 
 from django.conf import settings
+from django.contrib import admin
 from django.core.paginator import Paginator
-from django.db.models import TextField
+from django.db.models import F, TextField
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
+from django.views import defaults
 
 from checkpoints.decode import plain
 from checkpoints.models import BlobReference, Checkpoint, Source, Tag, Thread
@@ -21,6 +24,7 @@ from dashboard import browse, charts, usage
 from dashboard.access import DOWNLOAD_PERM, viewer_required
 from dashboard.forecast import forecast
 from dashboard.links import thread_path, thread_pattern
+from dashboard.state_json import is_internal
 
 THREADS_PER_PAGE = 50
 TIMELINE_PER_PAGE = 100
@@ -91,8 +95,10 @@ def overview(request):
     sync = {
         "latest": latest,
         "age": (timezone.now() - latest).total_seconds() if latest else None,
-        "failed": sum(1 for r in rows if r["last_sync_ok"] is False),
-        "never": sum(1 for r in rows if not r["last_sync_at"]),
+        # Disabled sources are not synced: neither failed nor waiting for a first sync.
+        "failed": sum(1 for r in rows if r["source"].enabled and r["last_sync_ok"] is False),
+        "never": sum(1 for r in rows if r["source"].enabled and not r["last_sync_at"]),
+        "enabled": sum(1 for r in rows if r["source"].enabled),
     }
     ctx = {
         "rows": rows,
@@ -138,13 +144,17 @@ def threads(request):
         errors.append(f"Only the first {browse.MAX_FILTERS} tag filters are used.")
         pairs = pairs[: browse.MAX_FILTERS]
     prefix = request.GET.get("q", "").strip()
+    # Both checked against the whitelists: only a known name picks a column.
     sort = request.GET.get("sort", browse.DEFAULT_SORT)
     if sort not in browse.SORTS:
         sort = browse.DEFAULT_SORT
+    direction = request.GET.get("dir")
+    if direction not in browse.DIRECTIONS:
+        direction = browse.SORTS[sort][2]
     source = _selected_source(request)
     sources = list(Source.objects.all())
 
-    found = browse.find_threads(pairs, prefix, source, sort)
+    found = browse.find_threads(pairs, prefix, source, sort, direction)
     page = browse.CappedPaginator(found, THREADS_PER_PAGE).get_page(request.GET.get("page"))
     matches, counted, facets_estimated = browse.filter_summary(
         found, pairs, prefix, source, sources, page.paginator.count
@@ -187,8 +197,12 @@ def threads(request):
         html = chips.get(tag)
         if html is None:
             key, value = tag
-            active = " active" if tag in selected else ""
-            html = chips[tag] = f'<a class="chip{active}" href="{escape(with_tag(key, value))}">{escape(key)}:{escape(value)}</a>'
+            text = f"{escape(key)}:{escape(value)}"
+            if tag in selected:  # already filtered by: a link would only add it again
+                html = f'<span class="chip active" title="Filtered by this tag">{text}</span>'
+            else:
+                html = f'<a class="chip" href="{escape(with_tag(key, value))}" title="Filter by {text}">{text}</a>'
+            chips[tag] = html
         return html
 
     pattern = thread_pattern()  # reversed once: reverse() costs 20 µs a row
@@ -207,7 +221,10 @@ def threads(request):
         "errors": errors,
         "prefix": prefix,
         "sort": sort,
-        "sorts": [(key, label, _query(params, sort=key, page=None)) for key, (label, _) in browse.SORTS.items()],
+        "direction": direction,
+        "columns": _sort_columns(params, sort, direction),
+        "prefix_clear_url": _query(params, q=None, page=None),
+        "source_clear_url": _query(params, source=None, page=None),
         "source": source,
         "sources": sources,
         "multi_source": len(sources) > 1,
@@ -216,6 +233,23 @@ def threads(request):
         "clear_url": _query([(k, v) for k, v in params if k != "tag"], page=None),
     }
     return render(request, "dashboard/threads.html", ctx)
+
+
+def _sort_columns(params, sort, direction):
+    """{name: (url, aria-sort or None)} of the sortable headers: the sorted column's link turns its direction round.
+
+    >>> cols = _sort_columns([("sort", "stored")], "stored", "desc")
+    >>> cols["stored"], cols["thread"]
+    (('?sort=stored&dir=asc', 'descending'), ('?sort=thread&dir=asc', None))
+    """
+    columns = {}
+    for key, (_, _, natural) in browse.SORTS.items():
+        if key == sort:
+            flipped = "asc" if direction == "desc" else "desc"
+            columns[key] = (_query(params, sort=key, dir=flipped, page=None), "descending" if direction == "desc" else "ascending")
+        else:
+            columns[key] = (_query(params, sort=key, dir=natural, page=None), None)
+    return columns
 
 
 def _page_links(page, params):
@@ -273,6 +307,11 @@ def _thread_page(request, source, thread_id):
         for c in page.object_list
     ]
 
+    # New bytes differ from logical bytes only where checkpoints share blob
+    # rows (PostgreSQL). On SQLite every checkpoint is stored whole: the
+    # column and the bars would only repeat the logical bytes.
+    shares_blobs = t.source.kind != "sqlite" and checkpoints.exclude(new_bytes=F("logical_bytes")).exists()
+
     recent = checkpoints.filter(checkpoint_ns="").order_by("-created_at", "-checkpoint_id")
     points = list(recent.values_list("step", "checkpoint_id", "logical_bytes", "new_bytes")[:CHART_POINTS])[::-1]
     spikes = {p[1] for p in points if threshold is not None and p[3] > threshold}
@@ -294,7 +333,8 @@ def _thread_page(request, source, thread_id):
         "page_links": _page_links(page, params),
         "threshold": threshold,
         "limit": limit,
-        "figure": charts.thread_sizes(points, spikes),
+        "figure": charts.thread_sizes(points, spikes, new_bytes=shares_blobs),
+        "shares_blobs": shares_blobs,
         "chart_points": len(points),
         "chart_capped": len(points) == CHART_POINTS,
         "blobs": blobs,
@@ -302,6 +342,17 @@ def _thread_page(request, source, thread_id):
         "namespaces": checkpoints.values("checkpoint_ns").distinct().count(),
     }
     return render(request, "dashboard/thread.html", ctx)
+
+
+def _link_delta_sources(values, same_ns):
+    """Mirror pks of the checkpoints a DeltaChannel value was rebuilt from, for links."""
+    sources = [v.delta for v in values.channels if v.delta and v.delta.status != "snapshot"]
+    ids = {s.seed_checkpoint_id for s in sources if s.seed_checkpoint_id} | {w.checkpoint_id for s in sources for w in s.writes}
+    if not ids:
+        return
+    links = dict(same_ns.filter(checkpoint_id__in=ids).values_list("checkpoint_id", "pk"))
+    for s in sources:
+        s.links = links
 
 
 @viewer_required
@@ -336,6 +387,9 @@ def checkpoint(request, pk):
         )
     except ReadError as e:
         error = str(e)
+    if values:
+        _link_delta_sources(values, same_ns)
+    diff = values.diff() if values else None
 
     ctx = {
         "cp": cp,
@@ -347,7 +401,9 @@ def checkpoint(request, pk):
         "metadata": json.dumps(plain(metadata), indent=2, ensure_ascii=False, sort_keys=True),
         "metadata_bytes": len(json.dumps(cp.metadata, ensure_ascii=False).encode()),
         "values": values,
-        "diff": values.diff() if values else None,
+        "diff": diff if diff is None else [c for c in diff if not is_internal(c.channel)],
+        # LangGraph's own channels (__start__, branch:to:*) change at every step: named, not detailed.
+        "internal_changes": [c.channel for c in diff or [] if is_internal(c.channel)],
         "error": error,
         "logical_delta": cp.logical_bytes - parent.logical_bytes if parent else None,
         "references": cp.reference_uses.select_related("reference").order_by("location"),
@@ -356,3 +412,35 @@ def checkpoint(request, pk):
         "subgraphs": subgraphs,
     }
     return render(request, "dashboard/checkpoint.html", ctx)
+
+
+# --- error pages and the admin's door ----------------------------------------------
+
+
+def _wants_json(request):
+    return request.path.startswith(("/api/", "/metrics"))
+
+
+def not_found(request, exception):
+    """The console's own 404 page; JSON for the API, like its other errors."""
+    if _wants_json(request):
+        return JsonResponse({"error": "not found"}, status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request):
+    """templates/500.html needs neither the database nor the static files; JSON for the API."""
+    if _wants_json(request):
+        return JsonResponse({"error": "server error: see the console's log"}, status=500)
+    return defaults.server_error(request)
+
+
+def admin_login(request):
+    """The admin's login page, except for a logged-in user who is not staff.
+
+    Django's admin would show that user its login form ("log in as another
+    account"), which reads like a broken login: say why instead.
+    """
+    if request.user.is_authenticated and not (request.user.is_active and request.user.is_staff):
+        return render(request, "dashboard/staff_only.html", {}, status=403)
+    return admin.site.login(request)

@@ -69,6 +69,9 @@ _MAGIC = (
 
 # Set by lazy_refs(): loads return OffloadedRef instead of fetching.
 _LAZY = contextvars.ContextVar("offload_lazy", default=None)
+# Set by OffloadingSaver while the wrapped saver writes: the values were
+# prepared, so the serializer stores what it is given (metadata included).
+_SAVING = contextvars.ContextVar("offload_saving", default=False)
 # Set by the async saver methods: loads collect references here and the
 # caller fetches them in a worker thread, off the event loop.
 _DEFERRED = contextvars.ContextVar("offload_deferred", default=None)
@@ -593,24 +596,39 @@ class OffloadSerializer:
 
     # --- offloading ---------------------------------------------------------------------
     def _dump(self, obj, upload):
+        if _is_checkpoint(obj):
+            return self._dump_checkpoint(obj, upload)
+        if upload and _SAVING.get():
+            # offload() replaced the large values before calling the saver:
+            # what the saver serializes now (its metadata too, which
+            # InMemorySaver passes through here) is stored as it is.
+            return self.inner.dumps_typed(obj)
         obj = self.offload_value(obj, upload=upload, whole=False)
         typed = self.inner.dumps_typed(obj)
         if typed[1] is None or len(typed[1]) <= self.threshold or is_reference(obj):
             return typed
-        if _is_checkpoint(obj):
-            # SqliteSaver serializes the whole checkpoint at once: offload
-            # inside channel_values, never the checkpoint itself (its ids and
-            # channel_versions must stay readable in the row).
-            values = obj["channel_values"]
-            changed = {}
-            for channel, value in values.items():
-                new = self._offload_large(value, None, upload, 0)
-                if new is not value:
-                    changed[channel] = new
-            if not changed:
-                return typed
-            return self.inner.dumps_typed({**obj, "channel_values": {**values, **changed}})
         return self.inner.dumps_typed(self._offload_large(obj, typed, upload, 0))
+
+    def _dump_checkpoint(self, obj, upload):
+        # SqliteSaver serializes the whole checkpoint at once, InMemorySaver
+        # all of it but its values: offload inside channel_values only, never
+        # the checkpoint's own fields (id, ts and channel_versions must stay
+        # readable in the row, whatever the threshold).
+        values = obj.get("channel_values") or {}
+        leaves = self.offload_value(values, upload=upload, whole=False)
+        if leaves is not values:
+            obj = {**obj, "channel_values": leaves}
+        typed = self.inner.dumps_typed(obj)
+        if typed[1] is None or len(typed[1]) <= self.threshold:
+            return typed
+        changed = {}
+        for channel, value in leaves.items():
+            new = self._offload_large(value, None, upload, 0)
+            if new is not value:
+                changed[channel] = new
+        if not changed:
+            return typed
+        return self.inner.dumps_typed({**obj, "channel_values": {**leaves, **changed}})
 
     def offload_value(self, obj, *, upload=True, whole=True):
         """`obj` with large values replaced by references (obj itself if none).
@@ -857,7 +875,8 @@ class OffloadSerializer:
 
 
 def _is_checkpoint(obj) -> bool:
-    return type(obj) is dict and "channel_values" in obj and "channel_versions" in obj and "id" in obj
+    # InMemorySaver serializes a checkpoint without its channel_values.
+    return type(obj) is dict and "id" in obj and "ts" in obj and "channel_versions" in obj and "versions_seen" in obj
 
 
 _default = None
@@ -935,18 +954,36 @@ class OffloadingSaver(DelegatingSaver):
 
     def _put(self, config, checkpoint, metadata, new_versions):
         checkpoint, new_versions = self._prepare_checkpoint(checkpoint, new_versions)
-        return super()._put(config, checkpoint, metadata, new_versions)
+        token = _SAVING.set(True)
+        try:
+            return super()._put(config, checkpoint, metadata, new_versions)
+        finally:
+            _SAVING.reset(token)
 
     def _put_writes(self, config, writes, task_id, task_path):
-        return super()._put_writes(config, self._prepare_writes(writes), task_id, task_path)
+        writes = self._prepare_writes(writes)
+        token = _SAVING.set(True)
+        try:
+            return super()._put_writes(config, writes, task_id, task_path)
+        finally:
+            _SAVING.reset(token)
 
     async def _aput(self, config, checkpoint, metadata, new_versions):
         checkpoint, new_versions = await asyncio.to_thread(self._prepare_checkpoint, checkpoint, new_versions)
-        return await super()._aput(config, checkpoint, metadata, new_versions)
+        # Set in this task only; asyncio.to_thread in the saver copies it.
+        token = _SAVING.set(True)
+        try:
+            return await super()._aput(config, checkpoint, metadata, new_versions)
+        finally:
+            _SAVING.reset(token)
 
     async def _aput_writes(self, config, writes, task_id, task_path):
         writes = await asyncio.to_thread(self._prepare_writes, writes)
-        return await super()._aput_writes(config, writes, task_id, task_path)
+        token = _SAVING.set(True)
+        try:
+            return await super()._aput_writes(config, writes, task_id, task_path)
+        finally:
+            _SAVING.reset(token)
 
     async def _deferring(self, awaitable):
         token = _DEFERRED.set([])

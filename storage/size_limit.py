@@ -229,13 +229,61 @@ def _saver_with_allowlist(saver, extra_allowlist):
     return clone
 
 
+# BaseCheckpointSaver's methods that a saver may leave unimplemented (the
+# base raises NotImplementedError, or walks get_tuple for the delta history).
+_OPTIONAL_METHODS = tuple(
+    prefix + name
+    for name in (
+        "get_tuple", "list", "put", "put_writes", "delete_thread", "delete_for_runs",
+        "copy_thread", "prune", "get_delta_channel_history",
+    )
+    for prefix in ("", "a")
+)
+_variants = {}
+_variants_lock = threading.Lock()
+
+
+def _wrapper_class(cls, saver):
+    """`cls`, or a subclass of it without the methods `saver`'s class lacks.
+
+    Callers (langgraph-checkpoint-conformance, and code that checks for
+    `prune` support the same way) decide what a saver can do by whether its
+    class overrides BaseCheckpointSaver's method; a wrapper that forwarded
+    `prune` to an InMemorySaver would claim a capability that then raises.
+    So the subclass puts BaseCheckpointSaver's own functions back for those.
+    """
+    base = cls.__dict__.get("_wraps_as", cls)
+    missing = tuple(
+        name for name in _OPTIONAL_METHODS if getattr(type(saver), name, None) is getattr(BaseCheckpointSaver, name)
+    )
+    if not missing:
+        return base
+    with _variants_lock:
+        variant = _variants.get((base, missing))
+        if variant is None:
+            attrs = {name: getattr(BaseCheckpointSaver, name) for name in missing}
+            attrs.update(__module__=base.__module__, __qualname__=base.__qualname__, __doc__=base.__doc__)
+            attrs["_wraps_as"] = base
+            variant = _variants[(base, missing)] = type(base.__name__, (base,), attrs)
+    return variant
+
+
 class DelegatingSaver(BaseCheckpointSaver):
     """A checkpointer that forwards everything to `saver`.
 
     Subclasses override the calls they need to inspect. Attributes the base
     class does not define (`setup`, `conn`, `lock`, ...) are the wrapped
     saver's, so code written for the wrapped saver keeps working.
+
+    An instance's class has exactly the wrapped saver's optional methods
+    (`prune`, `copy_thread`, `delete_for_runs`, the async forms, ...): see
+    `_wrapper_class`. copy.copy keeps the class (no `saver` argument then).
     """
+
+    def __new__(cls, saver=None, *args, **kwargs):
+        if isinstance(saver, BaseCheckpointSaver):
+            cls = _wrapper_class(cls, saver)
+        return super().__new__(cls)
 
     def __init__(self, saver):
         if not isinstance(saver, BaseCheckpointSaver):

@@ -38,13 +38,14 @@ ancestors' writes are live data. The mirror of the touched threads is
 refreshed after.
 """
 
+import heapq
 import itertools
 import json
 import os
 import posixpath
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -209,6 +210,17 @@ class _Scope:
                 if file_path_inside(real, self.roots[0]) == real:
                     keys.add(real)
         return tuple(keys)
+
+
+def store_labels() -> list[tuple[str, str]]:
+    """(family, label) of each store a sweep lists, named as its result's `stores` name them (see _scopes)."""
+    out = []
+    if settings.S3_BUCKET_NAME:
+        out.append(("s3", f"s3://{settings.S3_BUCKET_NAME}/{settings.S3_PREFIX or ''}"))
+    if settings.BLOB_ROOT:
+        real = os.path.realpath(posixpath.normpath(str(settings.BLOB_ROOT)))
+        out.append(("file", f"file://{real.rstrip('/')}/"))
+    return out
 
 
 def _scopes():
@@ -509,11 +521,17 @@ def db_orphans(source, cutoff, *, dry_run: bool) -> dict:
 # --- The sweep ------------------------------------------------------------------
 
 
+LARGEST = 10  # largest objects under the prefix kept in a sweep's result, for the storage page
+
+
 @dataclass
 class _StoreStats:
     store: str
     objects: int = 0
+    bytes: int = 0  # of the objects listed under the prefix
     referenced: int = 0
+    referenced_bytes: int = 0
+    largest: list = field(default_factory=list)  # heap of (size, uri) while listing; a sorted list after
     young: int = 0
     candidates: int = 0
     kept_by_recheck: int = 0
@@ -526,11 +544,12 @@ class _StoreStats:
 
 
 class _Sweep:
-    def __init__(self, grace, dry_run, sync, progress, requested_by, origin, batch_size=BATCH, page_size=LIST_PAGE):
+    def __init__(self, grace, dry_run, sync, progress, requested_by, origin, batch_size=BATCH, page_size=LIST_PAGE,
+                 now=None):
         if not 1 <= batch_size <= BATCH:
             raise ValueError(f"batch_size must be between 1 and {BATCH} (S3 deletes at most {BATCH} keys a request)")
         self.batch_size, self.page_size = batch_size, page_size
-        self.grace, self.dry_run, self.sync = grace, dry_run, sync
+        self.grace, self.dry_run, self.sync, self.now = grace, dry_run, sync, now
         self.progress, self.requested_by, self.origin = progress, requested_by, origin
         self.refusals = []  # why nothing may be deleted
         self.failures = []  # what went wrong (the run's error)
@@ -582,7 +601,10 @@ class _Sweep:
         # 1. Begin every listing, then sync: each successful sync starts after the listing began.
         self.listing_started = timezone.now()
         self.result["listing_started_at"] = self.listing_started.isoformat()
-        self.cutoff = self.listing_started - self.grace
+        # The grace counts back from the listing's start (or the `now` given:
+        # tests age objects a server stamps with its own clock this way).
+        # The check of each source's sync against the listing uses the real start.
+        self.cutoff = (self.now or self.listing_started) - self.grace
         listings = []
         for scope in scopes:
             stats = _StoreStats(scope.label)
@@ -616,6 +638,8 @@ class _Sweep:
             self.sweep_db(source)
 
         r = self.result
+        for stats in r["stores"]:
+            stats.largest = [{"uri": uri, "size": size} for size, uri in sorted(stats.largest, reverse=True)]
         r["stores"] = [vars(s) for s in r["stores"]]
         r["refused"] = list(self.refusals)
         r["seconds"] = round(time.monotonic() - started, 3)
@@ -641,6 +665,13 @@ class _Sweep:
                 self.result["warnings"].append(f"sync of {source.name} failed: {outcome['error']}")
 
     def check_source(self, source):
+        if not source.enabled:
+            # Its mirror is as old as its last sync: objects it wrote since would look orphaned.
+            self.refuse(
+                f"source {source.name} is disabled: its references are as of its last sync; enable it, "
+                "or remove it if it no longer writes into these stores"
+            )
+            return
         if source.references_unknown:
             self.refuse(
                 f"source {source.name} has {source.undecodable_values} value(s) it could not decode "
@@ -677,11 +708,18 @@ class _Sweep:
             if not scope.inside(obj.key):
                 continue  # never swept: outside the prefix or the blob root
             stats.objects += 1
+            size = obj.size or 0
+            stats.bytes += size
+            if len(stats.largest) < LARGEST:
+                heapq.heappush(stats.largest, (size, scope.uri(obj.key)))
+            elif size > stats.largest[0][0]:
+                heapq.heapreplace(stats.largest, (size, scope.uri(obj.key)))
             r["objects_scanned"] += 1
             if r["objects_scanned"] % 1000 == 0:
                 self.report()
             if obj.key in refs:
                 stats.referenced += 1
+                stats.referenced_bytes += size
                 seen.add(obj.key)
                 continue
             if obj.last_modified is None or obj.last_modified > self.cutoff:
@@ -776,7 +814,7 @@ class _Sweep:
 
 
 def sweep(*, grace=None, force=False, dry_run=False, requested_by=None, origin="command", progress=None, sync=True,
-          batch_size=BATCH, page_size=LIST_PAGE) -> dict:
+          batch_size=BATCH, page_size=LIST_PAGE, now=None) -> dict:
     """Sweep orphan objects and database rows; the sweep_orphans contract's keys and more.
 
     `grace` is a timedelta or DURATION text (default SWEEP_GRACE; under 1h
@@ -790,9 +828,11 @@ def sweep(*, grace=None, force=False, dry_run=False, requested_by=None, origin="
     a refusal in a real run, a store or source failure, objects not deleted).
     `batch_size` (at most 1000) candidates are re-checked and deleted
     together; `page_size` objects are asked for per S3 LIST request.
+    `now` fixes the clock the grace counts back from (default: when the
+    listing begins), as prune's `now` does.
     """
     grace = check_grace(grace, force)
-    return _Sweep(grace, dry_run, sync, progress, requested_by, origin, batch_size, page_size).run()
+    return _Sweep(grace, dry_run, sync, progress, requested_by, origin, batch_size, page_size, now).run()
 
 
 def contract_result(result) -> dict:
@@ -800,7 +840,8 @@ def contract_result(result) -> dict:
     return {k: result[k] for k in CONTRACT_KEYS}
 
 
-def run_sweep(*, grace=None, force=False, dry_run=False, requested_by=None, origin="command", run=None, sync=True):
+def run_sweep(*, grace=None, force=False, dry_run=False, requested_by=None, origin="command", run=None, sync=True,
+              now=None):
     """sweep() under a Run (kind `sweep`): audit log, progress, one sweep at a time.
 
     Returns the finished Run (`result` as sweep() returns it, `error` its
@@ -826,7 +867,7 @@ def run_sweep(*, grace=None, force=False, dry_run=False, requested_by=None, orig
 
     try:
         result = sweep(grace=grace, force=force, dry_run=dry_run, requested_by=requested_by, origin=origin,
-                       progress=progress, sync=sync)
+                       progress=progress, sync=sync, now=now)
     except Exception as e:
         finish_run(run, result={}, error=f"{type(e).__name__}: {e}")
         raise

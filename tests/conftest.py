@@ -81,3 +81,30 @@ def _fresh_cache():
 
     cache.clear()
     yield
+
+
+# Debian's Chromium (docs/architecture.md §6), with the flags this machine needs: no
+# sandbox (containers), no GPU, and none of the background traffic (QUIC,
+# component updates, sync) that would reach out of a test.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser(browser_data):
+    """Chromium through Playwright, one launch per test; missing Chromium fails, never skips.
+
+    After `browser_data`, which each browser test module defines (its rows,
+    users, sources): sync Playwright runs an event loop, and the ORM refuses
+    to run beside one.
+    """
+    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: apt-get install chromium"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()

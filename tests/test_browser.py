@@ -4,7 +4,6 @@ Chromium missing is a failure, never a skip: CI installs it (docs/architecture.m
 """
 
 import importlib
-import os
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -13,23 +12,13 @@ from django.contrib.auth.models import Group
 
 from tests.mirror_data import build_mirror, make_user, static_settings  # noqa: F401
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def browser(data):
-    # After `data`: sync Playwright runs an event loop, and the ORM refuses to run beside one.
-    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: apt-get install chromium"
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield instance
-        instance.close()
+def browser_data(data):
+    """What the shared `browser` fixture (tests/conftest.py) waits for."""
+    return data
 
 
 @pytest.fixture

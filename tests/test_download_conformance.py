@@ -5,7 +5,7 @@ checks both, so what a browser or curl would get is proven here.
 """
 
 import os
-import time
+from datetime import timedelta
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
@@ -59,15 +59,21 @@ def test_the_server_enforces_signatures(seaweed_s3, seaweed_bucket):
     assert fetch(f"{seaweed_s3.endpoint_url}/{seaweed_bucket}/uploads/a.txt")[0] == 403  # anonymous
 
 
-def test_expired_url_is_refused(seaweed_s3, seaweed_bucket, operator, settings):
+def test_expired_url_is_refused(seaweed_s3, seaweed_bucket, operator, settings, monkeypatch):
+    import botocore.auth
+
     put(seaweed_s3, seaweed_bucket, "uploads/e.txt", b"expiring")
     ref = reference(f"s3://{seaweed_bucket}/uploads/e.txt")
-    # X-Amz-Date has one-second resolution: a 2 s URL is good for at least 1 s.
-    settings.PRESIGN_EXPIRES = 2
+    settings.PRESIGN_EXPIRES = 300
     url = operator.get(f"/blobs/{ref.pk}/download")["Location"]
-    assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["2"]
-    assert fetch(url)[:3:2] == (200, b"expiring")
-    time.sleep(3.2)
+    assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["300"]
+    assert fetch(url)[:3:2] == (200, b"expiring")  # good for five minutes
+
+    # The same URL signed ten minutes ago (the signer's clock moved back, not a wait): expired at the server.
+    signed_at = botocore.auth.get_current_datetime
+    with monkeypatch.context() as m:
+        m.setattr(botocore.auth, "get_current_datetime", lambda: signed_at() - timedelta(minutes=10))
+        url = operator.get(f"/blobs/{ref.pk}/download")["Location"]
     status, _, body = fetch(url)
     assert status == 403
     assert b"expired" in body.lower()

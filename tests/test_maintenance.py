@@ -75,7 +75,7 @@ def test_anonymous_is_sent_to_login(client):
 
 def test_viewer_sees_history_and_runs_but_no_forms_and_cannot_post(viewer_client, sqlite_source_url):
     source = make_source(sqlite_source_url)
-    preview = finished_prune(source=source, dry_run=True, parameters={"older_than": "1s", "keep_last": 1, "tags": [],
+    preview = finished_prune(source=source, dry_run=True, parameters={"older_than": "1h", "keep_last": 1, "tags": [],
                              "threads": False, "now": timezone.now().isoformat()}, lock_key=lock_key("prune", source))
     policy = SavedPolicy.objects.create(name="nightly", kind="sweep", parameters={"grace": "24h", "force": False},
                                         interval=timedelta(hours=24))
@@ -116,13 +116,13 @@ def test_user_without_group_cannot_see_the_page(client):
 
 def test_prune_preview_then_confirm_removes_exactly_the_previewed_rows(backend, operator_client, operator):
     saver, url = backend
-    threads = old_scenarios(saver, age=2.1)
-    chat_graph(saver).invoke({"messages": ["just now"]}, config("fresh"))  # younger than the cut: untouched
+    threads = old_scenarios(saver)  # two hours old
+    chat_graph(saver).invoke({"messages": ["just now"]}, config("fresh"))  # an hour younger than the cut: untouched
     source = make_source(url)
     before = read_rows(url)
     states = latest_values(saver, threads + ["fresh"])
 
-    response = operator_client.post(reverse("maintenance-prune-preview"), prune_post(source, older_than="2s"))
+    response = operator_client.post(reverse("maintenance-prune-preview"), prune_post(source, older_than="1h"))
     assert response.status_code == 302
     preview = Run.objects.get(kind="prune", dry_run=True)
     assert response["Location"] == run_url(preview)
@@ -132,7 +132,7 @@ def test_prune_preview_then_confirm_removes_exactly_the_previewed_rows(backend, 
 
     # The page's preview is prune()'s dry run at the preview's clock.
     now = datetime.fromisoformat(preview.parameters["now"])
-    direct = prune(source, PrunePolicy.from_options("2s", 1), dry_run=True, now=now)
+    direct = prune(source, PrunePolicy.from_options("1h", 1), dry_run=True, now=now)
     for key in ("threads", "checkpoints", "writes", "blobs", "bytes", "skipped", "disk_bytes_before", "sample"):
         assert preview.result[key] == direct[key], key
     assert preview.result["checkpoints"] > 0
@@ -225,7 +225,7 @@ def test_tag_filters_and_whole_threads_reach_the_prune(sqlite_saver, sqlite_sour
 def test_an_old_preview_cannot_be_confirmed(operator_client, sqlite_source_url):
     source = make_source(sqlite_source_url)
     preview = finished_prune(source=source, dry_run=True, lock_key=lock_key("prune", source),
-                             parameters={"older_than": "1s", "keep_last": 1, "tags": [], "threads": False,
+                             parameters={"older_than": "1h", "keep_last": 1, "tags": [], "threads": False,
                                          "now": timezone.now().isoformat()},
                              finished_at=timezone.now() - timedelta(hours=2))
     response = operator_client.post(reverse("maintenance-run-confirm", args=[preview.pk]), follow=True)
@@ -239,7 +239,7 @@ def test_an_old_preview_cannot_be_confirmed(operator_client, sqlite_source_url):
 
 def test_progress_fragment_and_json_follow_the_run(viewer_client, sqlite_source_url):
     source = make_source(sqlite_source_url)
-    run = new_queued_run("prune", source=source, parameters={"older_than": "1s"}, dry_run=False)
+    run = new_queued_run("prune", source=source, parameters={"older_than": "1h"}, dry_run=False)
     url = reverse("maintenance-run-progress", args=[run.pk])
 
     fragment = viewer_client.get(url)
@@ -303,7 +303,7 @@ def test_a_run_with_a_stopped_heartbeat_is_failed_by_the_page_and_by_the_next_ta
 
 def test_a_queued_run_no_worker_took_is_failed_as_never_started(viewer_client, sqlite_source_url):
     source = make_source(sqlite_source_url)
-    run = new_queued_run("prune", source=source, parameters={"older_than": "1s"}, dry_run=True)
+    run = new_queued_run("prune", source=source, parameters={"older_than": "1h"}, dry_run=True)
     Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(hours=3))
     waiting = new_queued_run("sweep", parameters={"grace": "24h"}, dry_run=True)
     html = viewer_client.get(run_url(run)).content.decode()
@@ -328,7 +328,7 @@ def test_a_second_prune_of_a_source_is_refused_while_one_runs(operator_client, s
     assert Run.objects.filter(kind="prune").count() == 1
 
     # A queued run that reaches a worker while another holds the lock ends failed at once, saying which.
-    queued = new_queued_run("prune", source=source, parameters={"older_than": "1s", "keep_last": 1}, dry_run=False)
+    queued = new_queued_run("prune", source=source, parameters={"older_than": "1h", "keep_last": 1}, dry_run=False)
     assert run_queued(queued.pk)["state"] == "failed"
     queued.refresh_from_db()
     assert queued.error.startswith(f"not started: another prune of src is running (run #{holder.pk}")
@@ -374,7 +374,7 @@ def test_saved_policy_runs_when_due_and_can_be_disabled_and_deleted(operator_cli
     assert response.status_code == 302
     policy = SavedPolicy.objects.get()
     assert (policy.kind, policy.source, policy.interval, policy.created_by) == ("prune", source, timedelta(hours=1), operator)
-    assert policy.parameters == {"older_than": "1s", "keep_last": 1, "tags": [], "threads": False}
+    assert policy.parameters == {"older_than": "1h", "keep_last": 1, "tags": [], "threads": False}
     assert not Run.objects.filter(kind="prune").exists()  # saving runs nothing
 
     assert run_due_policies() == {"queued": [], "waiting": [], "failed": []}  # not due for an hour
@@ -389,7 +389,7 @@ def test_saved_policy_runs_when_due_and_can_be_disabled_and_deleted(operator_cli
     assert run_due_policies(now=later)["queued"] == []  # claimed once
 
     page = operator_client.get("/maintenance/").content.decode()
-    assert "hourly trim" in page and "older than 1s · keep last 1" in page and f'href="{run_url(run)}"' in page
+    assert "hourly trim" in page and "older than 1h · keep last 1" in page and f'href="{run_url(run)}"' in page
     assert "policy hourly trim" in page  # the history says which policy ran
 
     operator_client.post(reverse("maintenance-policy-toggle", args=[policy.pk]))
@@ -424,7 +424,7 @@ def test_bad_policy_input_is_refused(operator_client, sqlite_source_url):
 def test_a_policy_waits_while_its_previous_run_is_running(sqlite_source_url):
     source = make_source(sqlite_source_url)
     SavedPolicy.objects.create(name="p", kind="prune", source=source, interval=timedelta(hours=1),
-                               parameters={"older_than": "1s", "keep_last": 1, "tags": [], "threads": False})
+                               parameters={"older_than": "1h", "keep_last": 1, "tags": [], "threads": False})
     now = timezone.now()
     Run.objects.create(kind="prune", source=source, lock_key=lock_key("prune", source), state="running",
                        started_at=now, heartbeat_at=now)

@@ -6,7 +6,6 @@ page's previews are checked against the source itself.
 """
 
 import sqlite3
-import time
 from contextlib import closing
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ import psycopg
 from checkpoints.dburl import kind_of, parse_database_url
 from checkpoints.models import Source
 from checkpoints.sync import sync_source
+from tests.clock import OLD, written_ago
 from tests.graphs import run_scenarios
 from tests.mirror_data import make_user  # noqa: F401 - the maintenance tests' users
 
@@ -81,14 +81,13 @@ def make_source(url, name="src") -> Source:
     return source
 
 
-def old_scenarios(saver, age=1.1):
-    """run_scenarios, then wait until its checkpoints are `age` seconds old."""
-    threads = run_scenarios(saver)
-    time.sleep(age)
-    return threads
+def old_scenarios(saver, age=OLD):
+    """run_scenarios with checkpoint ids `age` (two hours) in the past: older than a 1h cut by an hour."""
+    with written_ago(age):
+        return run_scenarios(saver)
 
 
-def prune_post(source, older_than="1s", keep_last=1, tags="", threads=False):
+def prune_post(source, older_than="1h", keep_last=1, tags="", threads=False):
     data = {"prune-source": source.pk, "prune-older_than": older_than, "prune-keep_last": keep_last, "prune-tags": tags}
     if threads:
         data["prune-threads"] = "on"

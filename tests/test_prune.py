@@ -183,7 +183,7 @@ def test_checkpoints_written_during_a_prune_are_untouched(backend):
         # Half way through, let the writer commit a few more checkpoints, so
         # that the prune certainly runs on while they land.
         if done == total // 2:
-            target, deadline = len(written) + 3, time.monotonic() + 20
+            target, deadline = len(written) + 3, time.monotonic() + 300
             while len(written) < target and time.monotonic() < deadline:
                 time.sleep(0.005)
 

@@ -1,8 +1,10 @@
 """Orphan sweeps of objects: real graphs write references, moto's S3 server and the file store hold objects.
 
-"Old" objects: the sweeps run with force and a grace of GRACE, after sleeping
-past it; moto's LastModified is the upload time (whole seconds, so an object
-looks at most a second older than it is).
+"Old" objects without waiting: files get their age with os.utime; S3 objects
+cannot (the server stamps LastModified, in whole seconds), so the sweeps count
+their grace of an hour back from a clock two hours ahead (`now=later()`):
+everything uploaded before is an hour past the grace. Where young and old S3
+objects meet in one sweep, the cut is placed between the server's own stamps.
 """
 
 import io
@@ -25,14 +27,12 @@ from checkpoints.models import BlobReference, Run, Source
 from checkpoints.sync import sync_source
 from storage.stores import store_for
 from storage.sweep import CONTRACT_KEYS, SweepBusy, SweepRefused, run_sweep, sweep
+from tests.clock import HOUR, OLD
 from tests.graphs import chat_graph, config, file_graph
 
 pytestmark = pytest.mark.django_db
 
-GRACE = timedelta(seconds=1)
-# Long enough that an object uploaded just before a sweep still looks young
-# although moto rounds LastModified down to the second.
-YOUNG_GRACE = timedelta(seconds=2)
+GRACE = HOUR
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -96,13 +96,29 @@ def files_under(root) -> set:
     return {os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs}
 
 
-def wait_past_grace(grace=GRACE):
-    time.sleep(grace.total_seconds() + 0.1)
+def later():
+    """A clock two hours ahead: what exists now is an hour older than GRACE."""
+    return timezone.now() + OLD
+
+
+def stamp(client, bucket, key):
+    """The server's LastModified of an object."""
+    return client.head_object(Bucket=bucket, Key=key)["LastModified"]
+
+
+def put_stamped_after(client, bucket, key, moment):
+    """Upload `key` until the server stamps it later than `moment` (its stamps are whole seconds); its stamp."""
+    while True:
+        put(client, bucket, [key])
+        stamped = stamp(client, bucket, key)
+        if stamped > moment:
+            return stamped
+        time.sleep(0.1)
 
 
 def sweep_now(**kw):
     kw.setdefault("grace", GRACE)
-    kw.setdefault("force", True)
+    kw.setdefault("now", later())
     return sweep(**kw)
 
 
@@ -127,19 +143,20 @@ def test_referenced_young_and_outside_objects_stay_old_orphans_go(backend, moto_
     attach(saver, "t-file", f"file://{ref_file}")
     attach(saver, "t-gone", f"s3://{s3_bucket}/uploads/ref/never-uploaded.pdf")
     make_source(url)
-    wait_past_grace(YOUNG_GRACE)
 
     before = bucket_keys(c, s3_bucket)
-    put(c, s3_bucket, ["uploads/young/new.bin"])  # just uploaded, its checkpoint not written yet
+    oldest = max(stamp(c, s3_bucket, k) for k in before)
+    # Just uploaded, its checkpoint not written yet: stamped a second or more after the others.
+    young = put_stamped_after(c, s3_bucket, "uploads/young/new.bin", oldest)
     young_file = make_file(blob_root / "young.txt")
-    dry = sweep_now(dry_run=True, grace=YOUNG_GRACE)
+    # The clock of both runs: the cut (now - GRACE) falls half a second before the young stamp.
+    now = young + GRACE - timedelta(milliseconds=500)
+    dry = sweep_now(dry_run=True, now=now)
     assert bucket_keys(c, s3_bucket) == before | {"uploads/young/new.bin"}
     link = str(blob_root / "link-to-outside.txt")
     assert files_under(blob_root) == {str(ref_file), str(orphan_file), str(young_file), link}
 
-    put(c, s3_bucket, ["uploads/young/new.bin"])  # still young when the real run lists it
-    os.utime(young_file)
-    real = sweep_now(dry_run=False, grace=YOUNG_GRACE)
+    real = sweep_now(dry_run=False, now=now)
 
     expected = {f"s3://{s3_bucket}/{k}" for k in orphans} | {f"file://{orphan_file}"}
     assert {o["uri"] for o in dry["sample"]} == {o["uri"] for o in real["sample"]} == expected
@@ -165,7 +182,6 @@ def test_references_from_every_source_are_counted(pg_saver, pg_source_url, sqlit
     attach(sqlite_saver, "a", f"s3://{s3_bucket}/uploads/lite.bin")
     make_source(sqlite_source_url, "lite")
     make_source(pg_source_url, "big")
-    wait_past_grace()
 
     result = sweep_now()
     assert result["sources"] == ["big", "lite"]
@@ -188,16 +204,15 @@ def test_a_source_with_unknown_references_blocks_deletion(sqlite_source_url, mot
     attach(saver, "secret", f"s3://{s3_bucket}/uploads/secret.pdf")
     conn.close()
     make_source(sqlite_source_url)
-    wait_past_grace()
 
-    run = run_sweep(grace=GRACE, force=True)
+    run = run_sweep(grace=GRACE, now=later())
     assert run.state == "failed"
     assert "could not decode" in run.error and "references are unknown" in run.error
     assert run.result["deleted"] == 0 and run.result["orphans"] == 2  # the referenced one cannot be told apart
     assert bucket_keys(c, s3_bucket) == {"uploads/secret.pdf", "uploads/orphan.bin"}
     assert Source.objects.get().references_unknown
 
-    preview = run_sweep(grace=GRACE, force=True, dry_run=True)  # a dry run reports, and is no failure
+    preview = run_sweep(grace=GRACE, now=later(), dry_run=True)  # a dry run reports, and is no failure
     assert preview.state == "done" and preview.result["refused"] and preview.result["orphans"] == 2
 
 
@@ -207,11 +222,10 @@ def test_a_failed_sync_blocks_deletion(sqlite_saver, sqlite_source_url, moto_s3,
     attach(sqlite_saver, "t", f"s3://{s3_bucket}/uploads/ref.bin")
     source = make_source(sqlite_source_url)
     assert sync_source(source)["error"] is None
-    wait_past_grace()
     path = parse_database_url(sqlite_source_url)["NAME"]
     os.rename(path, tmp_path / "moved.sqlite")  # the source is gone: its sync fails
 
-    run = run_sweep(grace=GRACE, force=True)
+    run = run_sweep(grace=GRACE, now=later())
     assert run.state == "failed" and run.result["deleted"] == 0
     assert "before the listing began" in run.error and "no such SQLite file" in run.error
     assert bucket_keys(c, s3_bucket) == {"uploads/ref.bin", "uploads/orphan.bin"}
@@ -223,7 +237,6 @@ def test_a_sync_older_than_the_listing_blocks_deletion(sqlite_saver, sqlite_sour
     attach(sqlite_saver, "t", f"s3://{s3_bucket}/uploads/ref.bin")
     source = make_source(sqlite_source_url)
     assert sync_source(source)["error"] is None
-    wait_past_grace()
 
     result = sweep_now(sync=False)  # the mirror as it is: synced before this listing began
     assert result["deleted"] == 0 and result["orphans"] == 1
@@ -235,7 +248,6 @@ def test_a_sync_older_than_the_listing_blocks_deletion(sqlite_saver, sqlite_sour
 def test_no_registered_source_deletes_nothing(moto_s3, s3_bucket, blob_root, settings):
     settings.CHECKPOINT_DATABASE_URL = ""
     put(moto_s3.client(), s3_bucket, ["uploads/a.bin"])
-    wait_past_grace()
     result = sweep_now()
     assert result["sources"] == [] and result["orphans"] == 1 and result["deleted"] == 0
     assert "no source is registered" in result["error"]
@@ -253,7 +265,6 @@ def test_recheck_finds_references_written_after_the_sync(backend, moto_s3, s3_bu
     # Written before the sync, but the URI parser stops at the space: only the literal re-check sees it.
     mention(saver, "prose", f"see s3://{s3_bucket}/uploads/late/prose file.pdf for details")
     make_source(url)
-    wait_past_grace()
 
     def write_after_the_sync(done, total):
         if not written:
@@ -285,7 +296,6 @@ def test_encrypted_rows_written_after_the_sync_stop_deletion(sqlite_source_url, 
     saver = SqliteSaver(conn, serde=EncryptedSerializer.from_pycryptodome_aes(key=key.encode()))
     attach(saver, "before", f"s3://{s3_bucket}/uploads/other.pdf")
     make_source(sqlite_source_url)
-    wait_past_grace()
 
     def write_encrypted(done, total):
         if not written:
@@ -311,7 +321,6 @@ def test_recheck_runs_before_each_delete_batch(sqlite_saver, sqlite_source_url, 
     keys = [f"uploads/many/{i:03}.bin" for i in range(150)]
     put(c, s3_bucket, keys)
     make_source(sqlite_source_url)
-    wait_past_grace()
     store = store_for("s3")
     first_deleted = []
 
@@ -370,10 +379,9 @@ def test_s3_failing_between_delete_batches_loses_nothing(sqlite_saver, sqlite_so
     referenced = set(keys[::500])
     mention(sqlite_saver, "refs", " ".join(f"s3://{s3_bucket}/{k}" for k in sorted(referenced)))
     make_source(sqlite_source_url)
-    wait_past_grace()
     sent = fail_after(store_for("s3"), "DeleteObjects", ok=1)
 
-    run = run_sweep(grace=GRACE, force=True)
+    run = run_sweep(grace=GRACE, now=later())
     left = bucket_keys(c, s3_bucket)
     # 1000 candidates in the first request; the last one in the second, which failed; no third.
     assert sent == [1000, 1]
@@ -392,7 +400,6 @@ def test_s3_failing_mid_listing_loses_nothing(sqlite_saver, sqlite_source_url, m
     referenced = set(keys[::10])
     mention(sqlite_saver, "refs", " ".join(f"s3://{s3_bucket}/{k}" for k in sorted(referenced)))
     make_source(sqlite_source_url)
-    wait_past_grace()
     fail_after(store_for("s3"), "ListObjectsV2", ok=1)  # the second page never comes
 
     result = sweep_now(batch_size=50, page_size=100)
@@ -413,11 +420,11 @@ def test_per_key_delete_errors_are_recorded(sqlite_saver, sqlite_source_url, mot
                        "Resource": f"arn:aws:s3:::{s3_bucket}/uploads/locked/*"}],
     }))
     make_source(sqlite_source_url)
-    wait_past_grace()
 
     out = io.StringIO()
     with pytest.raises(CommandError, match=r"1 object\(s\) could not be deleted"):
-        call_command("sweep_orphans", "--grace", "1s", "--force", "--json", stdout=out)
+        # A grace of 0: everything the server stamped before the listing began is old.
+        call_command("sweep_orphans", "--grace", "0s", "--force", "--json", stdout=out)
     result = json.loads(out.getvalue())
     assert result["deleted"] == 1 and result["orphans"] == 2
     errors = [(e["key"], e["error"].split(":")[0]) for e in result["errors"]]
@@ -488,7 +495,6 @@ def test_recheck_failure_at_a_source_deletes_nothing(pg_saver, pg_source_url, mo
     c = moto_s3.client()
     put(c, s3_bucket, ["uploads/a.bin", "uploads/b.bin"])
     make_source(pg_source_url)
-    wait_past_grace()
     renamed = []
 
     def break_the_source(done, total):

@@ -2,8 +2,6 @@
 
 import json
 import sqlite3
-import time
-from datetime import timedelta
 
 import psycopg
 import pytest
@@ -14,13 +12,11 @@ from checkpoints.ids import uuid6_time
 from checkpoints.models import Thread
 from checkpoints.sync import sync_source
 from storage.sweep import sweep
+from tests.clock import HOUR, OLD, written_ago
 from tests.graphs import chat_graph, config, delta_graph, run_scenarios
 from tests.test_sweep import make_source
 
 pytestmark = pytest.mark.django_db
-
-GRACE = timedelta(seconds=1)
-
 
 @pytest.fixture(params=["postgres", "sqlite"])
 def backend(request):
@@ -100,17 +96,15 @@ def history(saver, thread_id):
 
 def test_sweep_removes_exactly_the_orphan_rows_and_every_thread_still_loads(backend):
     saver, url = backend
-    threads = run_scenarios(saver)
-    delta = delta_graph(saver)
-    for _ in range(3):
-        delta.invoke({"log": ["in"]}, config("delta"))
+    # Written two hours ago (by their ids): an hour older than the grace of
+    # the sweeps below, while what is written now is an hour younger.
+    with written_ago(OLD):
+        threads = run_scenarios(saver)
+        delta = delta_graph(saver)
+        for _ in range(3):
+            delta.invoke({"log": ["in"]}, config("delta"))
     source = make_source(url)
     assert sync_source(source)["error"] is None
-    # The grace of each sweep below reaches back to `middle`: what was written
-    # before it is old, what comes after is young, however long the test takes.
-    time.sleep(0.3)
-    middle = timezone.now()
-    time.sleep(0.3)
     chat = chat_graph(saver)
     for _ in range(2):
         chat.invoke({"messages": ["new"]}, config("young"))  # newer than the grace
@@ -121,7 +115,7 @@ def test_sweep_removes_exactly_the_orphan_rows_and_every_thread_still_loads(back
     delete_checkpoints(url, "t-interrupt", 2)
     delete_checkpoints(url, "delta", 2)  # a DeltaChannel thread: its writes stay
     delete_checkpoints(url, "young", 1)  # too recent: stays
-    orphan_blobs, orphan_writes = expected_orphans(url, middle)
+    orphan_blobs, orphan_writes = expected_orphans(url, timezone.now() - HOUR)
     if url.startswith("postgres"):
         assert {b[0] for b in orphan_blobs} >= {"t-chat0", "t-fork", "t-interrupt"}
     assert {w[0] for w in orphan_writes} >= {"t-chat0", "t-fork", "t-interrupt"}
@@ -131,12 +125,12 @@ def test_sweep_removes_exactly_the_orphan_rows_and_every_thread_still_loads(back
     remaining = sorted({t for t, _, _ in ckpts})
     loaded = {t: history(saver, t) for t in remaining}
 
-    dry = sweep(grace=timezone.now() - middle, force=True, dry_run=True)
+    dry = sweep(grace=HOUR, dry_run=True)
     assert dump(url) == (ckpts, blobs, writes)
     assert dry["db_orphans"] == len(orphan_blobs) + len(orphan_writes)
     assert dry["db_orphan_rows"] == {"src": {"blobs": len(orphan_blobs), "writes": len(orphan_writes)}}
 
-    real = sweep(grace=timezone.now() - middle, force=True)
+    real = sweep(grace=HOUR)
     assert real["db_orphans"] == dry["db_orphans"] and real["error"] is None
     after = dump(url)
     assert after == (ckpts, blobs - orphan_blobs, writes - orphan_writes)
@@ -159,7 +153,7 @@ def test_sweep_removes_exactly_the_orphan_rows_and_every_thread_still_loads(back
             t: blob_counts.get(t, 0) for t in remaining
         }
 
-    again = sweep(grace=timezone.now() - middle, force=True, dry_run=True)
+    again = sweep(grace=HOUR, dry_run=True)
     assert again["db_orphans"] == 0
 
 
@@ -173,11 +167,10 @@ def test_orphan_writes_newer_than_the_grace_stay(backend):
     _, blobs, writes = dump(url)
     assert writes
 
-    result = sweep(grace=timedelta(hours=1), dry_run=False)
+    result = sweep(grace=HOUR, dry_run=False)
     assert result["db_orphans"] == 0
     assert dump(url)[1:] == (blobs, writes)
 
-    time.sleep(GRACE.total_seconds() + 0.1)
-    result = sweep(grace=GRACE, force=True)
+    result = sweep(grace=HOUR, now=timezone.now() + OLD)  # two hours later: past the grace
     assert result["db_orphans"] == len(blobs) + len(writes)
     assert dump(url)[1:] == (set(), set())

@@ -16,6 +16,7 @@ from checkpoints.sources.capture import Capture, CaptureError, publication_sql
 from checkpoints.sync import sync_source
 from tests.graphs import chat_graph, config, run_scenarios
 from tests.pg_logical import logical_server_url, logical_url_for_database
+from tests.mirror_data import operator, operator_client  # noqa: F401
 from tests.truth import assert_mirror_matches
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -210,3 +211,98 @@ def test_capture_error_is_a_source_error():
     from checkpoints.sources import SourceError
 
     assert issubclass(CaptureError, SourceError)
+
+
+def test_a_quiet_source_still_moves_its_slot_so_it_holds_back_no_wal(saver, logical_url):
+    chat_graph(saver).invoke({"messages": ["a"]}, config("one"))
+    source = capturing_source(logical_url)
+    sync_source(source)
+    sync_source(source)
+
+    def confirmed():
+        with psycopg.connect(logical_url, autocommit=True) as conn:
+            return conn.execute("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots"
+                                " WHERE slot_name = %s", (slot_of(source),)).fetchone()[0]
+
+    before = confirmed()
+    with psycopg.connect(logical_url, autocommit=True) as conn:  # WAL of something else entirely
+        conn.execute("CREATE TABLE unrelated AS SELECT g FROM generate_series(1, 50000) g")
+    result = sync_source(source)
+    assert (result["added"], result["error"]) == (0, None)
+    assert confirmed() > before
+    assert_mirror_matches(source, logical_url)
+
+
+def test_a_scan_of_a_quiet_server_skips_the_scans_and_counts_yet_sees_the_next_write(saver, logical_url, monkeypatch):
+    """Scan mode: no transaction id handed out since the last sync proves nothing changed."""
+    from checkpoints.sources.postgres import PostgresReader
+
+    with psycopg.connect(logical_url, autocommit=True) as conn:  # nothing else may hand out ids meanwhile
+        for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
+            conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+    chat = chat_graph(saver)
+    chat.invoke({"messages": ["a"]}, config("one"))
+    source = Source.objects.create(name="scan", url=logical_url, kind="postgres")
+    sync_source(source)
+
+    def must_not_scan(*args, **kwargs):
+        raise AssertionError("scanned a quiet server")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PostgresReader, "totals", must_not_scan)
+        patch.setattr(PostgresReader, "changed_thread_ids", must_not_scan)
+        quiet = sync_source(source)
+    assert quiet["error"] is None
+
+    saver.delete_thread("one")  # a deletion alone: the counts would have been the only way to see it
+    chat.invoke({"messages": ["b"]}, config("two"))
+    result = sync_source(source)
+    assert result["error"] is None and result["removed"] > 0 and result["added"] > 0
+    assert_mirror_matches(source, logical_url)
+
+
+def test_the_slot_s_retained_wal_is_exported(saver, logical_url, admin_client):
+    chat_graph(saver).invoke({"messages": ["a"]}, config("one"))
+    source = capturing_source(logical_url)
+    sync_source(source)
+    chat_graph(saver).invoke({"messages": ["b"]}, config("one"))
+    sync_source(source)
+    source.refresh_from_db()
+    status = source.sync_state["slot_status"]
+    assert status["wal_status"] in ("reserved", "extended") and status["retained_bytes"] >= 0
+
+    text = admin_client.get("/metrics").content.decode()
+    assert f'checkpoint_console_capture_slot_retained_bytes{{source="cap"}} {status["retained_bytes"]}' in text
+    assert 'checkpoint_console_capture_slot_lost{source="cap"} 0' in text
+    assert "checkpoint_console_capture_wal_warn_bytes 1000000000" in text
+
+
+def test_the_sources_page_checks_what_logical_decoding_needs_before_saving(operator_client, pg_source_url, settings):
+    settings.CHECKPOINT_DATABASE_URL = ""
+    # The machine's server runs with wal_level=replica: refused, with what to change, nothing saved.
+    response = operator_client.post("/sources/new", {"name": "cap", "url": pg_source_url, "capture": "logical"})
+    assert response.status_code == 400
+    assert "wal_level" in response.content.decode()
+    assert not Source.objects.filter(name="cap").exists()
+    response = operator_client.post("/sources/new", {"name": "cap", "url": pg_source_url, "capture": "scan"})
+    assert response.status_code == 302 and Source.objects.get(name="cap").capture == "scan"
+
+
+def test_the_sources_page_enables_logical_decoding_and_shows_the_retained_wal(operator_client, logical_url, saver,
+                                                                              settings):
+    settings.CHECKPOINT_DATABASE_URL = ""
+    chat_graph(saver).invoke({"messages": ["a"]}, config("one"))
+    response = operator_client.post("/sources/new", {"name": "cap", "url": logical_url, "capture": "logical"})
+    assert response.status_code == 302
+    source = Source.objects.get(name="cap")
+    assert source.capture == "logical"
+    sync_source(source)
+    page = operator_client.get("/sources/").content.decode()
+    assert "logical decoding" in page and "of WAL retained" in page
+
+    # Back to the scan: the slot goes with it.
+    slot = slot_of(source)
+    response = operator_client.post(f"/sources/{source.pk}/edit", {"name": "cap", "url": logical_url, "capture": "scan"})
+    assert response.status_code == 302
+    with Capture(logical_url, slot) as capture:
+        assert not capture.status().exists

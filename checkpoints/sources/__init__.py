@@ -96,6 +96,25 @@ class ThreadRows:
     writes: list = field(default_factory=list)
 
 
+@dataclass
+class DeltaRows:
+    """The stored rows behind DeltaChannel values (checkpoints.delta), read by a per-kind reader.
+
+    `chains[ch]` lists the checkpoint ids of the walk from the start
+    checkpoint along its parents, newest first, ending at the one that stores
+    a value for `ch` (its seed) or at the first checkpoint of the thread.
+    `seeds[ch]` = (checkpoint_id, type, size, data); `writes` rows are
+    (checkpoint_id, task_id, task_path, idx, channel, type, size, data); data
+    is None when larger than the value limit. `problems[ch]` says why a
+    channel's history could not be read whole.
+    """
+
+    chains: dict = field(default_factory=dict)
+    seeds: dict = field(default_factory=dict)
+    writes: list = field(default_factory=list)
+    problems: dict = field(default_factory=dict)
+
+
 def open_reader(url: str, *, connect_timeout: int = 10):
     """A reader for the database at `url` (use it as a context manager)."""
     try:
@@ -111,4 +130,5 @@ def open_reader(url: str, *, connect_timeout: int = 10):
     return SqliteReader(url)
 
 
-__all__ = ["WHOLE_VALUE_LIMIT", "SCAN_WINDOW", "ScannedURIs", "SourceError", "first_line", "CheckpointRow", "BlobRow", "WriteRow", "ThreadRows", "open_reader", "redact"]
+__all__ = ["WHOLE_VALUE_LIMIT", "SCAN_WINDOW", "ScannedURIs", "SourceError", "first_line", "CheckpointRow", "BlobRow",
+           "WriteRow", "ThreadRows", "DeltaRows", "open_reader", "redact"]

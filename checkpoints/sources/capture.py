@@ -178,6 +178,9 @@ class Capture:
 
     def ensure(self) -> bool:
         """Create the publication and the slot where missing; True when the slot is new (scan once)."""
+        status = self.status()
+        if status.usable and self._publication_exists():
+            return False
         problems = self.requirements()
         if problems:
             raise CaptureError("change capture cannot run: " + " ".join(problems))
@@ -199,14 +202,23 @@ class Capture:
         return True
 
     def peek(self) -> Changes:
-        """The changes since the confirmed position, without consuming them."""
+        """The changes since the confirmed position, without consuming them.
+
+        A one-message transaction written first is a barrier: decoding is in
+        commit order, so once its commit comes out, everything committed before
+        it has, and its end is a position the sync may confirm even when no
+        LangGraph row changed. Without it a quiet source would never move its
+        slot, which would hold back ever more WAL written by everything else on
+        the server and make every peek decode it again.
+        """
         changes = Changes()
         decoder = _PgOutput(changes)
         query = (
             "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL,"
-            " 'proto_version', '1', 'publication_names', %s)"
+            " 'proto_version', '1', 'publication_names', %s, 'messages', 'true')"
         )
         try:
+            self.conn.execute("SELECT pg_logical_emit_message(true, %s, '')", (PUBLICATION,))
             with self.conn.cursor() as cursor:
                 for (data,) in cursor.stream(query, (self.slot, PUBLICATION)):
                     changes.decoded_bytes += len(data)
@@ -251,7 +263,7 @@ class _PgOutput:
             self._row(kind, data)
         elif kind == b"T":
             self.changes.truncated = True
-        # Type, Origin and Message carry nothing the sync needs.
+        # Type, Origin and Message (our barrier) carry nothing the sync needs.
 
     def _relation(self, data: bytes) -> None:
         (oid,) = struct.unpack_from(">I", data, 1)

@@ -128,6 +128,59 @@ class PostgresReader:
                 raise SourceError(f"{redact(self.url)}: table {table} lacks column(s) {', '.join(sorted(absent))}")
         return "standard"
 
+    def space(self) -> dict:
+        """What the three LangGraph tables hold on disk, and whether anything vacuums them.
+
+        Deleted rows (a prune) stay as dead rows until VACUUM, plain or
+        automatic, marks their space reusable; with autovacuum off (globally,
+        or per table by a reloption) or behind, the tables grow however much
+        is pruned. Autovacuum runs only with both `autovacuum` and
+        `track_counts` on. Read from the statistics views and the catalog: no
+        table is scanned.
+        """
+        rows = self._query(
+            """
+            SELECT t.name, s.n_live_tup, s.n_dead_tup, s.last_vacuum, s.last_autovacuum,
+                   pg_total_relation_size(c.oid), coalesce(c.reloptions, '{}')
+            FROM (VALUES (1, 'checkpoints'), (2, 'checkpoint_blobs'), (3, 'checkpoint_writes')) AS t(n, name)
+            JOIN pg_class c ON c.oid = to_regclass(t.name)
+            LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+            ORDER BY t.n
+            """
+        )
+        ((autovacuum, track_counts),) = self._query(
+            "SELECT current_setting('autovacuum') = 'on', current_setting('track_counts') = 'on'"
+        )
+        server_on = bool(autovacuum and track_counts)
+        tables = []
+        for name, live, dead, vacuumed, autovacuumed, size, options in rows:
+            tables.append({
+                "table": name, "live_rows": live or 0, "dead_rows": dead or 0,
+                "last_vacuum": vacuumed.isoformat() if vacuumed else None,
+                "last_autovacuum": autovacuumed.isoformat() if autovacuumed else None,
+                "autovacuum": server_on and _autovacuum_enabled(options), "bytes": size,
+            })
+        return {"kind": "postgres", "autovacuum": server_on, "tables": tables}
+
+    def unchanged_since(self, since: dict, now: dict) -> bool:
+        """True when no transaction can have written anything since the `since` snapshot: exact and free.
+
+        Every row written (or deleted) after a snapshot comes from a
+        transaction that was in progress then or got its id after it. When the
+        earlier snapshot had none in progress (xmin = xmax) and no id has been
+        handed out since (same xmax), no row changed, anywhere on the server:
+        the change scans and the row counts can be skipped. Any write on the
+        server, in any database, moves xmax, so this only helps a quiet server;
+        it never hides a change.
+
+        >>> r = PostgresReader("postgresql://x")
+        >>> r.unchanged_since({"xmin": 7, "xmax": 7}, {"xmin": 7, "xmax": 7})
+        True
+        >>> r.unchanged_since({"xmin": 6, "xmax": 7}, {"xmin": 7, "xmax": 7}), r.unchanged_since({"xmin": 7, "xmax": 7}, {"xmin": 8, "xmax": 8})
+        (False, False)
+        """
+        return bool(since) and since.get("xmin") == since.get("xmax") == now["xmax"] and now["xmin"] == now["xmax"]
+
     def cover_transactions(self, xids, attempts: int = 100) -> None:
         """Make sure this read's snapshot sees these transactions (32-bit ids), taking a new one if not.
 
@@ -267,6 +320,21 @@ class PostgresReader:
         return ScannedURIs(scan_windows(read, size, sources.SCAN_WINDOW))
 
 
+def _autovacuum_enabled(reloptions) -> bool:
+    """False when a table's reloptions turn autovacuum off (PostgreSQL's boolean spellings).
+
+    >>> _autovacuum_enabled([]), _autovacuum_enabled(["fillfactor=90", "autovacuum_enabled=off"])
+    (True, False)
+    >>> _autovacuum_enabled(["autovacuum_enabled=TRUE"]), _autovacuum_enabled(["autovacuum_enabled=0"])
+    (True, False)
+    """
+    for option in reloptions or ():
+        key, _, value = option.partition("=")
+        if key.strip().lower() == "autovacuum_enabled":
+            return value.strip().lower() not in ("false", "off", "no", "0", "f", "n", "of")
+    return True
+
+
 def _json_loads(data):
     """orjson, or the standard parser for numbers orjson refuses (beyond a double, which jsonb keeps)."""
     try:
@@ -298,3 +366,133 @@ def _written_since(fresh, now):
     lo, hi = fresh["lo"], now["xmax"] % _XID_WRAP
     where = "xmin::text::bigint >= %(lo)s" + ("" if hi >= lo else " OR xmin::text::bigint < %(hi)s")
     return where, {"lo": lo, "hi": hi}
+
+
+# --- DeltaChannel history (checkpoints.delta) ----------------------------------------
+
+# The walk of LangGraph's get_delta_channel_history, in SQL: from the start
+# checkpoint along parent_checkpoint_id, one primary-key lookup a step, with
+# the delta channels each checkpoint stores a value for: a blob row at the
+# version its channel_versions names (a _DeltaSnapshot, or a plain value from
+# before the channel became a DeltaChannel), or a non-null inline value. Read
+# through a server-side cursor, so the recursion stops as soon as we stop
+# fetching: every channel found its seed.
+_DELTA_WALK = """
+    WITH RECURSIVE chain(checkpoint_id, parent_checkpoint_id, checkpoint, depth) AS (
+        SELECT checkpoint_id, parent_checkpoint_id, checkpoint, 0 FROM checkpoints
+        WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s AND checkpoint_id = %(start)s
+      UNION ALL
+        SELECT c.checkpoint_id, c.parent_checkpoint_id, c.checkpoint, chain.depth + 1
+        FROM chain JOIN checkpoints c
+          ON c.thread_id = %(thread)s AND c.checkpoint_ns = %(ns)s AND c.checkpoint_id = chain.parent_checkpoint_id
+        WHERE chain.depth < %(max_depth)s
+    )
+    SELECT checkpoint_id, parent_checkpoint_id,
+           ARRAY(SELECT ch FROM unnest(%(channels)s::text[]) ch
+                 WHERE EXISTS (SELECT 1 FROM checkpoint_blobs b
+                               WHERE b.thread_id = %(thread)s AND b.checkpoint_ns = %(ns)s AND b.channel = ch
+                                 AND b.version = chain.checkpoint->'channel_versions'->>ch AND b.type <> 'empty')
+                    OR coalesce(jsonb_typeof(chain.checkpoint->'channel_values'->ch), 'null') <> 'null')
+    FROM chain
+"""
+_DELTA_SEED_BLOB = """
+    SELECT b.type, coalesce(octet_length(b.blob), 0), CASE WHEN octet_length(b.blob) <= %(limit)s THEN b.blob END
+    FROM checkpoints c JOIN checkpoint_blobs b
+      ON b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns AND b.channel = %(channel)s
+     AND b.version = c.checkpoint->'channel_versions'->>%(channel)s AND b.type <> 'empty'
+    WHERE c.thread_id = %(thread)s AND c.checkpoint_ns = %(ns)s AND c.checkpoint_id = %(id)s
+"""
+_DELTA_SEED_INLINE = """
+    SELECT octet_length((checkpoint->'channel_values'->%(channel)s)::text),
+           CASE WHEN octet_length((checkpoint->'channel_values'->%(channel)s)::text) <= %(limit)s
+                THEN (checkpoint->'channel_values'->%(channel)s)::text END
+    FROM checkpoints WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s AND checkpoint_id = %(id)s
+"""
+_DELTA_WRITE_BYTES = """
+    SELECT coalesce(sum(octet_length(blob)), 0) FROM checkpoint_writes
+    WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s AND channel = ANY(%(channels)s) AND checkpoint_id = ANY(%(ids)s)
+"""
+_DELTA_WRITES = """
+    SELECT checkpoint_id, task_id, {task_path}, idx, channel, type, coalesce(octet_length(blob), 0),
+           CASE WHEN octet_length(blob) <= %(limit)s THEN blob END
+    FROM checkpoint_writes
+    WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s AND channel = ANY(%(channels)s) AND checkpoint_id = ANY(%(ids)s)
+"""
+
+
+def read_delta_rows(conn, thread, ns, start, channels, *, limit, total_limit, max_depth=10_000):
+    """The DeltaRows of `channels` walking from checkpoint `start`, in the caller's transaction.
+
+    Values over `limit` bytes come back as sizes only; when the writes to
+    replay add up to more than `total_limit` bytes none are read and each
+    channel gets a problem instead.
+    """
+    from checkpoints.sources import DeltaRows
+
+    out = DeltaRows(chains={ch: [] for ch in channels})
+    params = {"thread": thread, "ns": ns, "start": start, "channels": list(channels), "max_depth": max_depth, "limit": limit}
+    open_, seen, seed_at = set(channels), set(), {}
+    with conn.cursor(name="delta_walk") as cur:
+        cur.execute(_DELTA_WALK, params)
+        while open_:
+            rows = cur.fetchmany(200)
+            if not rows:
+                break
+            for cid, _parent, stored in rows:
+                if cid in seen:  # a parent loop: stop where LangGraph's walk would
+                    open_.clear()
+                    break
+                seen.add(cid)
+                for ch in list(open_):
+                    out.chains[ch].append(cid)
+                    if ch in stored:
+                        seed_at[ch] = cid
+                        open_.discard(ch)
+                if not open_:
+                    break
+    if open_ and len(seen) > max_depth:
+        for ch in open_:
+            out.problems[ch] = f"more than {max_depth:,} checkpoints since the last snapshot: not replayed for display"
+    for ch, cid in seed_at.items():
+        row = conn.execute(_DELTA_SEED_BLOB, {**params, "channel": ch, "id": cid}).fetchone()
+        if row is None:
+            size, text = conn.execute(_DELTA_SEED_INLINE, {**params, "channel": ch, "id": cid}).fetchone()
+            row = ("inline json", size, text.encode() if text is not None else None)
+        out.seeds[ch] = (cid, *row)
+    ids = sorted({cid for chain in out.chains.values() for cid in chain})
+    wanted = [ch for ch in channels if ch not in out.problems]
+    if not ids or not wanted:
+        return out
+    (total,) = conn.execute(_DELTA_WRITE_BYTES, {**params, "channels": wanted, "ids": ids}).fetchone()
+    if total > total_limit:
+        for ch in wanted:
+            out.problems[ch] = f"the writes to replay hold {total:,} bytes, more than the {total_limit:,} read for display"
+        return out
+    task_path = "task_path" if _has_task_path(conn) else "''"
+    rows = conn.execute(_DELTA_WRITES.format(task_path=task_path), {**params, "channels": wanted, "ids": ids}).fetchall()
+    out.writes = [tuple(r) for r in rows]
+    return out
+
+
+def _has_task_path(conn) -> bool:
+    """Whether checkpoint_writes has task_path (added by migration 9): replay order sorts on it first."""
+    row = conn.execute(
+        "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('checkpoint_writes') AND attname = 'task_path'"
+        " AND NOT attisdropped"
+    ).fetchone()
+    return row is not None
+
+
+# A snapshot of the channel anywhere in the thread's namespace: its items show
+# whether list writes were appended as items or extended the list.
+_ANY_SNAPSHOT = """
+    SELECT type, coalesce(octet_length(blob), 0), blob FROM checkpoint_blobs
+    WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s AND channel = %(channel)s AND type <> 'empty'
+      AND octet_length(blob) <= %(limit)s
+    ORDER BY octet_length(blob) DESC LIMIT 1
+"""
+
+
+def read_any_snapshot(conn, thread, ns, channel, *, limit):
+    """(type, size, data) of the largest stored value of `channel` under `limit` bytes in the thread, or None."""
+    return conn.execute(_ANY_SNAPSHOT, {"thread": thread, "ns": ns, "channel": channel, "limit": limit}).fetchone()

@@ -99,6 +99,26 @@ class SqliteReader:
                 raise SourceError(f"{self.url}: table {table} lacks column(s) {', '.join(sorted(absent))}")
         return "standard"
 
+    def space(self) -> dict:
+        """The file's pages and its free pages: deleted rows leave free pages that only VACUUM returns.
+
+        `auto_vacuum` (none, full, incremental) is SQLite's own: with `full`
+        the file shrinks at each commit; it must be set before the first table.
+        """
+        ((page_size,),) = self._query("PRAGMA page_size")
+        ((page_count,),) = self._query("PRAGMA page_count")
+        ((free_pages,),) = self._query("PRAGMA freelist_count")
+        ((auto_vacuum,),) = self._query("PRAGMA auto_vacuum")
+        return {
+            "kind": "sqlite", "page_size": page_size, "page_count": page_count, "free_pages": free_pages,
+            "bytes": page_count * page_size, "free_bytes": free_pages * page_size,
+            "auto_vacuum": {0: "none", 1: "full", 2: "incremental"}.get(auto_vacuum, str(auto_vacuum)),
+        }
+
+    def unchanged_since(self, since: dict, now: dict) -> bool:
+        """SQLite offers no exact cheap signal of deletions: always look."""
+        return False
+
     def watermark(self) -> dict:
         mark = {}
         for table in ("checkpoints", "writes"):
@@ -225,3 +245,139 @@ def _json_or_none(data):
         return json.loads(data)
     except (ValueError, UnicodeDecodeError):
         return None
+
+
+# --- DeltaChannel history (checkpoints.delta) ----------------------------------------
+
+# LangGraph's own walk (langgraph.checkpoint.sqlite._delta.DELTA_STAGE1_SQL):
+# follow parent_checkpoint_id from the start, one primary-key lookup a step
+# (CROSS JOIN keeps the chain the outer loop), streamed so that it stops when
+# every channel found a stored value. SQLite keeps channel_values inside the
+# serialized checkpoint, so each visited row is unpacked to look at its keys.
+_DELTA_WALK = (
+    "WITH RECURSIVE ancestors(checkpoint_id, parent_checkpoint_id, type, checkpoint, depth) AS ("
+    " SELECT checkpoint_id, parent_checkpoint_id, type, checkpoint, 0 FROM checkpoints"
+    " WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?"
+    " UNION ALL"
+    " SELECT c.checkpoint_id, c.parent_checkpoint_id, c.type, c.checkpoint, a.depth + 1"
+    " FROM ancestors a CROSS JOIN checkpoints c ON c.checkpoint_id = a.parent_checkpoint_id"
+    " WHERE c.thread_id = ? AND c.checkpoint_ns = ? AND a.depth < ?"
+    ") SELECT checkpoint_id, type, coalesce(length(CAST(checkpoint AS BLOB)), 0),"
+    " CASE WHEN coalesce(length(CAST(checkpoint AS BLOB)), 0) <= ? THEN CAST(checkpoint AS BLOB) END FROM ancestors"
+)
+
+
+def read_delta_rows(conn, thread, ns, start, channels, *, limit, total_limit, aes_key=None, digest=False, max_depth=10_000):
+    """The DeltaRows of `channels` walking from checkpoint `start` (see the PostgreSQL reader).
+
+    A seed is the channel's entry in a checkpoint's channel_values, re-packed
+    on its own: (checkpoint_id, "msgpack", size, bytes); from an encrypted
+    checkpoint it comes decoded: (checkpoint_id, "decoded", None, value).
+    """
+    import ormsgpack
+
+    from checkpoints.decode import safe_loads
+    from checkpoints.sources import DeltaRows
+
+    out = DeltaRows(chains={ch: [] for ch in channels})
+    open_, seen = set(channels), set()
+    rows = conn.execute(_DELTA_WALK, (thread, ns, start, thread, ns, max_depth, total_limit))
+    try:
+        for cid, type_, size, data in rows:
+            if cid in seen:  # INSERT OR REPLACE can make a loop: stop where LangGraph's walk does
+                break
+            seen.add(cid)
+            for ch in open_:
+                out.chains[ch].append(cid)
+            if data is None:
+                for ch in open_:
+                    out.problems[ch] = f"checkpoint {cid} is {size:,} bytes, too large to read for display"
+                open_ = set()
+                break
+            values = _channel_values(type_, data, aes_key, digest, ormsgpack, safe_loads)
+            if values is None:
+                for ch in open_:
+                    out.problems[ch] = f"checkpoint {cid} could not be decoded (encrypted without the key, or corrupt)"
+                open_ = set()
+                break
+            for ch in [ch for ch in open_ if ch in values]:
+                value = values[ch]
+                if isinstance(value, tuple):  # decoded from an encrypted checkpoint
+                    out.seeds[ch] = (cid, "decoded", None, value[1])
+                else:
+                    packed = ormsgpack.packb(value, option=ormsgpack.OPT_NON_STR_KEYS)
+                    out.seeds[ch] = (cid, "msgpack", len(packed), packed)
+                open_.discard(ch)
+            if not open_:
+                break
+    finally:
+        rows.close()
+    if open_ and len(seen) > max_depth:
+        for ch in open_:
+            out.problems[ch] = f"more than {max_depth:,} checkpoints since the last snapshot: not replayed for display"
+    wanted = [ch for ch in channels if ch not in out.problems]
+    ids = sorted({cid for ch in wanted for cid in out.chains[ch]})
+    if not ids:
+        return out
+    has_path = any(r[1] == "task_path" for r in conn.execute("SELECT * FROM pragma_table_info('writes')"))
+    path = "task_path" if has_path else "''"
+    total, found = 0, []
+    for i in range(0, len(ids), 400):
+        chunk = ids[i : i + 400]
+        found += conn.execute(
+            f"SELECT checkpoint_id, task_id, {path}, idx, channel, type, coalesce(length(CAST(value AS BLOB)), 0),"
+            f" CASE WHEN coalesce(length(CAST(value AS BLOB)), 0) <= ? THEN CAST(value AS BLOB) END"
+            f" FROM writes WHERE thread_id = ? AND checkpoint_ns = ? AND channel IN ({', '.join('?' * len(wanted))})"
+            f" AND checkpoint_id IN ({', '.join('?' * len(chunk))})",
+            (limit, thread, ns, *wanted, *chunk),
+        ).fetchall()
+        total = sum(r[6] for r in found)
+        if total > total_limit:
+            for ch in wanted:
+                out.problems[ch] = f"the writes to replay hold more than the {total_limit:,} bytes read for display"
+            return out
+    out.writes = [tuple(r) for r in found]
+    return out
+
+
+def _channel_values(type_, data, aes_key, digest, ormsgpack, safe_loads):
+    """{channel: raw value} of a serialized checkpoint, None when it cannot be read.
+
+    Plain msgpack is unpacked keeping extension values as raw bytes (nothing
+    is built from them); an encrypted checkpoint is decrypted and decoded
+    safely, and each value is then handed back as ("decoded", value).
+    """
+    if type_ == "msgpack":
+        try:
+            whole = ormsgpack.unpackb(bytes(data), ext_hook=lambda code, payload: ormsgpack.Ext(code, payload),
+                                      option=ormsgpack.OPT_NON_STR_KEYS)
+        except (ValueError, TypeError):
+            return None
+    else:
+        whole = safe_loads(type_, data, limit=None, aes_key=aes_key, clip=False, digest=digest)
+        if not isinstance(whole, dict) or "channel_values" not in whole:
+            return None
+        values = whole.get("channel_values")
+        return {str(k): ("decoded", v) for k, v in values.items()} if isinstance(values, dict) else {}
+    values = whole.get("channel_values") if isinstance(whole, dict) else None
+    return {str(k): v for k, v in values.items()} if isinstance(values, dict) else {}
+
+
+def read_any_snapshot(conn, thread, ns, channel, *, limit, after, scan=200):
+    """(type, size, data) of the first stored value of `channel` in the next `scan` checkpoints after `after`, or None.
+
+    Its items show whether list writes were appended as items or extended the list.
+    """
+    import ormsgpack
+
+    rows = conn.execute(
+        "SELECT type, checkpoint FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id > ?"
+        " AND type = 'msgpack' AND coalesce(length(CAST(checkpoint AS BLOB)), 0) <= ? ORDER BY checkpoint_id LIMIT ?",
+        (thread, ns, after, limit, scan),
+    )
+    for _type, data in rows:
+        values = _channel_values("msgpack", data, None, False, ormsgpack, None)
+        if values and channel in values:
+            packed = ormsgpack.packb(values[channel], option=ormsgpack.OPT_NON_STR_KEYS)
+            return "msgpack", len(packed), packed
+    return None

@@ -7,3 +7,5 @@ VIEW_MODELS = [
     ("checkpoints", "dailyusage"), ("checkpoints", "run"), ("storage", "download"),
 ]
 OPERATOR_EXTRA = [("storage", "download_blob"), ("checkpoints", "run_maintenance")]
+# Granted by 0004_manage_sources (0002 predates the permission).
+OPERATOR_SOURCES = [("checkpoints", "manage_sources")]

@@ -5,6 +5,8 @@ of 10MB shows as "10.0 MB", not "9.5 MB"), with the exact byte count in the
 title; times show how long ago, with the ISO time in the title.
 """
 
+from datetime import UTC
+
 from django import template
 from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.utils.html import escape, format_html
@@ -45,6 +47,40 @@ def when(value):
         return mark_safe('<span class="muted">never</span>')
     iso = escape(value.isoformat())
     return mark_safe(f'<time datetime="{iso}" title="{iso}">{escape(naturaltime(value))}</time>')
+
+
+@register.filter
+def size_delta(value):
+    """A signed change of size: "+1.2 KB", "−2.0 KB" or "no change", the exact count in the title.
+
+    >>> size_delta(1234), size_delta(-2000), size_delta(0)
+    ('<span class="size" title="+1,234 bytes">+1.2 KB</span>', '<span class="size" title="−2,000 bytes">−2.0 KB</span>', 'no change')
+    """
+    n = int(value)
+    if n == 0:
+        return "no change"
+    sign = "+" if n > 0 else "−"
+    return mark_safe(f'<span class="size" title="{sign}{abs(n):,} bytes">{sign}{format_bytes(abs(n))}</span>')
+
+
+@register.filter
+def stamp(value):
+    """The absolute time (UTC, to the second) with how long ago beside it, for timelines.
+
+    >>> from datetime import datetime, UTC
+    >>> stamp(datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=UTC))[:95]
+    '<time datetime="2026-01-02T03:04:05.600000+00:00" title="2026-01-02T03:04:05.600000+00:00">2026'
+    >>> stamp(None)
+    '<span class="muted">never</span>'
+    """
+    if not value:
+        return mark_safe('<span class="muted">never</span>')
+    iso = escape(value.isoformat())
+    utc = value.astimezone(UTC)
+    return mark_safe(
+        f'<time datetime="{iso}" title="{iso}">{utc:%Y-%m-%d %H:%M:%S}</time>'
+        f' <span class="ago">{escape(naturaltime(value))}</span>'
+    )
 
 
 @register.filter
