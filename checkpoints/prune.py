@@ -51,7 +51,7 @@ from django.utils import timezone
 
 from checkpoints.dburl import parse_database_url, redact
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
-from checkpoints.models import Thread
+from checkpoints.models import PruneMark, Thread
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
 from checkpoints.sources import SourceError, first_line, open_reader
 from checkpoints.sync import refresh_threads
@@ -62,6 +62,7 @@ SKIP_REASONS = ("delta_channel", "pending_writes", "active")
 ATTEMPTS = 5  # per thread, on serialization failures, deadlocks and SQLite lock timeouts
 SAMPLE_THREADS = 50  # threads described in the preview's "what goes" sample
 SAMPLE_CHECKPOINTS = 5  # checkpoint keys shown per sampled thread
+MARK_AHEAD = 500  # threads marked (PruneMark) in one commit before any of them is pruned
 TASKS = "__pregel_tasks"
 # Metadata keys that mark a DeltaChannel thread (the second is LangGraph.js's).
 DELTA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
@@ -856,12 +857,15 @@ class _Sqlite:
 # --- The run ------------------------------------------------------------------
 
 
-def prune(source, policy: PrunePolicy, *, dry_run: bool, now=None, progress=None, on_selection=None) -> dict:
+def prune(source, policy: PrunePolicy, *, dry_run: bool, now=None, progress=None, on_selection=None, run=None) -> dict:
     """Prune one source by `policy`; return the contract's counts (plus a sample and details).
 
     `now` fixes the clock (the age and the active window count back from it);
     `progress(done, total)` is called as threads are done, `on_selection` with
-    every thread's Selection (skipped ones too) once it is committed. Raises SourceError
+    every thread's Selection (skipped ones too) once it is committed. A real
+    run marks the threads (PruneMark, for `run`) before it changes them at the
+    source, MARK_AHEAD at a time, so that a sync knows the deletions are ours
+    even if this process dies before the mirror follows. Raises SourceError
     when the source cannot be read. Threads that fail even after retries are
     listed in `errors` and left as they were.
     """
@@ -900,7 +904,8 @@ def prune(source, policy: PrunePolicy, *, dry_run: bool, now=None, progress=None
                 return thread_id, None, attempts[0] - 1, f"{type(e).__name__}: {e}"
             return thread_id, selection, attempts[0] - 1, None
 
-        for done, (thread_id, selection, retries, error) in enumerate(_each(backend, main, candidates, work), 1):
+        ids = candidates if dry_run else _marked_ahead(source, run, candidates)
+        for done, (thread_id, selection, retries, error) in enumerate(_each(backend, main, ids, total, work), 1):
             result["retries"] += retries
             if error is not None:
                 result["errors"].append({"thread_id": thread_key(thread_id), "error": error})
@@ -917,6 +922,19 @@ def prune(source, policy: PrunePolicy, *, dry_run: bool, now=None, progress=None
         backend.release(main)
     result["seconds"] = round(time.monotonic() - started, 3)
     return result
+
+
+def _marked_ahead(source, run, thread_ids):
+    """The thread ids, each marked (PruneMark) in the console's database before it is handed out.
+
+    One commit per MARK_AHEAD threads, taken before any of them is pruned:
+    a mark may precede its thread's delete by a few seconds, never follow it.
+    Marking a thread that then loses nothing costs a sync one re-read.
+    """
+    for i in range(0, len(thread_ids), MARK_AHEAD):
+        chunk = thread_ids[i : i + MARK_AHEAD]
+        PruneMark.objects.bulk_create([PruneMark(source=source, run=run, thread_id=thread_key(t)) for t in chunk])
+        yield from chunk
 
 
 def _vacuum(backend, main) -> dict:
@@ -936,9 +954,9 @@ def _vacuum(backend, main) -> dict:
     return {"before": before, "after": after, "seconds": round(time.monotonic() - started, 3)}
 
 
-def _each(backend, main, candidates, work):
-    """work(conn, thread_id) for every candidate, in order, on `backend.workers` connections."""
-    if backend.workers <= 1 or len(candidates) < 2:
+def _each(backend, main, candidates, count, work):
+    """work(conn, thread_id) for every candidate (`count` of them), in order, on `backend.workers` connections."""
+    if backend.workers <= 1 or count < 2:
         for thread_id in candidates:
             yield work(main, thread_id)
         return
@@ -1047,7 +1065,7 @@ def run_prune(source, policy, *, dry_run, requested_by=None, origin="command", n
             heartbeat(run, done=done, total=total)
 
     try:
-        result = prune(source, policy, dry_run=dry_run, now=now, progress=progress)
+        result = prune(source, policy, dry_run=dry_run, now=now, progress=progress, run=run)
     except SourceError as e:
         return finish_run(run, result={}, error=str(e))
     except Exception as e:

@@ -122,17 +122,21 @@ def stream(request, token: str):
 
 @login_required
 def bucket(request):
-    """Read-only facts about the configured bucket, and what to fix."""
+    """The blob stores: what the last sweep and reference check found under each, and the bucket's settings."""
+    from storage.overview import store_facts
+
     if not request.user.has_perm(READ_PERM):
         return _refuse(request, "This page needs the viewer or operator role.", 403, title="Not allowed")
     ctx = {
         "bucket": settings.S3_BUCKET_NAME,
         "prefix": settings.S3_PREFIX,
-        "endpoint": settings.S3_ENDPOINT_URL or f"AWS S3 ({settings.AWS_REGION})",
+        # Named only when a bucket is set: with none, there is no endpoint to speak of.
+        "endpoint": (settings.S3_ENDPOINT_URL or f"AWS S3 ({settings.AWS_REGION})") if settings.S3_BUCKET_NAME else "",
         "blob_root": settings.BLOB_ROOT,
         "blob_root_exists": os.path.isdir(settings.BLOB_ROOT),
         "error": "",
         "config": None,
+        "stores": {facts["family"]: facts for facts in store_facts()},
     }
     if not settings.S3_BUCKET_NAME:
         ctx["error"] = "No S3 bucket is configured: set S3_BUCKET_NAME (and S3_ENDPOINT_URL for MinIO or SeaweedFS)."
