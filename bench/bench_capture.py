@@ -60,8 +60,9 @@ def start_server(data_dir):
         warnings.simplefilter("ignore")
         import pgserver
         from pgserver._commands import pg_ctl
-    os.makedirs(data_dir, exist_ok=True)
-    os.chmod(data_dir, 0o777)
+    if not os.path.exists(os.path.join(data_dir, "PG_VERSION")):  # a new cluster; pgserver then tightens it
+        os.makedirs(data_dir, exist_ok=True)
+        os.chmod(data_dir, 0o777)
     server = pgserver.get_server(data_dir, cleanup_mode=None)
     server.psql("ALTER SYSTEM SET wal_level = 'logical';")
     server.psql("ALTER SYSTEM SET shared_buffers = '512MB';")

@@ -2,7 +2,7 @@
 
 from django.contrib import admin, messages
 
-from checkpoints.models import BlobReference, Checkpoint, DailyUsage, Run, Source, Thread
+from checkpoints.models import BlobReference, Checkpoint, DailyUsage, PruneMark, Run, Source, Thread
 from checkpoints.sync import sync_source
 
 
@@ -98,3 +98,11 @@ class DailyUsageAdmin(ReadOnlyAdmin):
 class RunAdmin(ReadOnlyAdmin):
     list_display = ["id", "kind", "source", "state", mode, "requested_by", "origin", "created_at", "finished_at"]
     list_filter = ["kind", "state", "source"]
+
+
+@admin.register(PruneMark)
+class PruneMarkAdmin(ReadOnlyAdmin):
+    list_display = ["thread_id", "source", "run", "created_at"]
+    list_filter = ["source"]
+    search_fields = ["thread_id"]
+    raw_id_fields = ["run"]

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 import ormsgpack
 
 from checkpoints.units import format_bytes
-from checkpoints.uris import find_uris
+from checkpoints.uris import find_uris, find_uris_in_bytes
 
 DEFAULT_LIMIT = 2_000_000  # serialized bytes decoded for display; larger values show their size
 MAX_DEPTH = 50  # nesting shown; deeper containers become {"__deep__": ...}
@@ -106,45 +106,91 @@ def references_in(type_, data, *, limit=None, aes_key=None) -> tuple[set[str], b
     >>> import ormsgpack
     >>> references_in("msgpack", ormsgpack.packb({"doc": ["s3://b/u/a.pdf", 1], 5: "x"}, option=ormsgpack.OPT_NON_STR_KEYS))
     ({'s3://b/u/a.pdf'}, True)
-    >>> references_in("msgpack", b"\\x92\\x01"), references_in("pickle", b"x"), references_in("bytes", b"s3://b/k")
-    ((set(), False), (set(), False), (set(), True))
+    >>> references_in("msgpack", b"\\x92\\x01"), references_in("pickle", b"x"), references_in("bytes", b"s3://b/k ...")
+    ((set(), False), (set(), False), ({'s3://b/k'}, True))
+    >>> references_in("msgpack", ormsgpack.packb({"file": b"\\x00s3://b/in-bytes.bin\\x00"}))
+    ({'s3://b/in-bytes.bin'}, True)
     >>> references_in("msgpack+aes", b"x" * 40), references_in("json", b'["file:///x/y"]', limit=4)
     ((set(), False), (set(), False))
     """
+    value, whole = _load_for_scan(type_, data, limit, aes_key)
+    if value is _RAW:
+        return whole, True
+    if not whole:
+        return set(), False
+    return _strings_references(value, 0)
+
+
+def checkpoint_references(type_, data, *, limit=None, aes_key=None) -> tuple[dict, bool]:
+    """{channel: URIs} of a whole serialized checkpoint (SQLite's), and whether it was read whole.
+
+    As references_in, per channel of its `channel_values`.
+
+    >>> import ormsgpack
+    >>> checkpoint_references("msgpack", ormsgpack.packb({"channel_values": {"a": "s3://b/x", "p": b"file:///f ", "n": 1}}))
+    ({'a': {'s3://b/x'}, 'p': {'file:///f'}}, True)
+    >>> checkpoint_references("msgpack", b"\\xc1")
+    ({}, False)
+    """
+    value, whole = _load_for_scan(type_, data, limit, aes_key)
+    if value is _RAW or not whole:
+        return {}, whole is not False
+    values = value.get("channel_values") if isinstance(value, dict) else None
+    found = {}
+    for channel, item in (values.items() if isinstance(values, dict) else ()):
+        uris, whole = _strings_references(item, 2)
+        if not whole:
+            return {}, False
+        if uris:
+            found[str(channel)] = uris
+    return found, True
+
+
+_RAW = object()  # _load_for_scan: a raw bytes value, already scanned
+
+
+def _load_for_scan(type_, data, limit, aes_key):
+    """(decoded value, True), (_RAW, URIs) for raw bytes, or (None, True/False) for nothing/unknown."""
     if data is None or type_ in ("null", "empty"):
-        return set(), True
+        return None, True
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        return set(), False
+        return None, False
     data = bytes(data)
     if limit is not None and len(data) > limit:
-        return set(), False
+        return None, False
     if is_encrypted(type_):
         inner_type, cipher = type_.split("+", 1)
         if aes_key is None or cipher != "aes":
-            return set(), False
+            return None, False
         data, error = _aes_eax_decrypt(aes_key, data)
         if error:
-            return set(), False
+            return None, False
         type_ = inner_type
         if type_ in ("null", "empty"):
-            return set(), True
+            return None, True
     if type_ in ("bytes", "bytearray"):
-        return set(), True
+        return _RAW, set(find_uris_in_bytes(data))
     if type_ not in ("msgpack", "json"):
-        return set(), False
+        return None, False
     try:
-        value = _Unpacker().unpack(data) if type_ == "msgpack" else json.loads(data)
+        return (_Unpacker().unpack(data) if type_ == "msgpack" else json.loads(data)), True
     except Exception:  # noqa: BLE001 - untrusted data: unreadable means unknown references
-        return set(), False
+        return None, False
+
+
+def _strings_references(value, depth):
+    """(URIs in every string and bytes value inside `value`, False when too deep to read whole)."""
     found = set()
-    stack = [(value, 0)]
+    stack = [(value, depth)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
             if "://" in item:
                 found.update(find_uris(item))
+        elif isinstance(item, bytes):  # a bytes value inside the state
+            found.update(find_uris_in_bytes(item))
         elif isinstance(item, (dict, list, tuple)):
             if depth >= MAX_SCAN_DEPTH:  # as safe_loads(clip=False): too deep to read whole
                 return set(), False

@@ -21,7 +21,7 @@ shapes it can do exactly, on the safely decoded values:
 
 Storage does not name the reducer: the shape is read from the writes and the
 seed. Writes that fit neither (or a seed that contradicts the guess: list
-writes over a seed of plain items is a reducer that extends, not
+writes over a seed holding no list at all is a reducer that extends, not
 `operator.add`) are left as they are, and the page says so.
 """
 
@@ -129,6 +129,8 @@ def reconstruct(history: History) -> Result:
     [['b']]
     >>> reconstruct(History("log", None, None, [DeltaWrite("c2", "t", "", 0, ["b"], 1)], evidence={"__delta_snapshot__": ["a"]})).shape
     ''
+    >>> reconstruct(History("log", "c1", {"__delta_snapshot__": [["a"], "b"]}, [DeltaWrite("c2", "t", "", 0, ["c"], 1)])).value
+    [['a'], 'b', ['c']]
     >>> reconstruct(History("log", "c1", {"__delta_snapshot__": ["a"]}, [DeltaWrite("c2", "t", "", 0, ["b"], 1)])).shape
     ''
     """
@@ -157,8 +159,9 @@ def reconstruct(history: History) -> Result:
         # operator.add keeps each list write as one item; a reducer that extends
         # the list looks the same in the writes. The stored items tell them apart.
         stored = base if base else unwrap(history.evidence) if history.evidence is not None else []
-        if isinstance(stored, list) and stored and not all(isinstance(item, list) for item in stored):
-            return Result(note="the writes are lists but the stored items are not: a reducer that extends the list, "
+        # Only an extending reducer leaves no list among the stored items.
+        if isinstance(stored, list) and stored and not any(isinstance(item, list) for item in stored):
+            return Result(note="the writes are lists but no stored item is: a reducer that extends the list, "
                                "which the console does not replay")
         if not stored:
             return Result(base + values, "append", "assumed operator.add: no snapshot of this channel shows whether "

@@ -276,6 +276,11 @@ class Run(models.Model):
     started_at = models.DateTimeField(null=True, blank=True, help_text="When it began running.")
     finished_at = models.DateTimeField(null=True, blank=True, help_text="When it ended.")
     heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life of a running run.")
+    worker_host = models.CharField(max_length=255, blank=True, help_text="Host name of the process that runs it.")
+    worker_pid = models.IntegerField(null=True, blank=True, help_text="Process id of the process that runs it.")
+    worker_pid_ns = models.CharField(
+        max_length=64, blank=True, help_text="Pid namespace of that process: its pid is only checked from the same one.",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -293,3 +298,32 @@ class Run(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+class PruneMark(models.Model):
+    """A thread that a prune changes at its source, recorded before the change commits there.
+
+    The sync reads them: an interrupted prune's deletions are then expected
+    (they do not trip the guard against a wrong URL, and its threads are
+    re-read), and a sync leaves the threads of a running prune to that
+    prune's own refresh of the mirror. A sync that mirrored a thread after
+    its prune had ended deletes the mark (docs/architecture.md, "Runs that
+    die, and prunes beside syncs").
+    """
+
+    # No constraints (see Tag): a mark must never fail the prune that writes it.
+    source = models.ForeignKey(
+        Source, on_delete=models.CASCADE, related_name="+", db_constraint=False, help_text="Source pruned.",
+    )
+    thread_id = models.TextField(help_text="LangGraph thread_id, as the mirror stores it.")
+    run = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False,
+        help_text="The prune; empty when run without one (or its record was deleted).",
+    )
+    created_at = models.DateTimeField(auto_now_add=True, help_text="When the prune marked the thread.")
+
+    class Meta:
+        indexes = [models.Index(fields=["source", "thread_id"], name="prunemark_thread_idx")]
+
+    def __str__(self):
+        return f"{self.source_id}/{self.thread_id} (run {self.run_id})"

@@ -51,9 +51,9 @@ from django.utils import timezone
 
 from checkpoints.dburl import parse_database_url, redact
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
-from checkpoints.models import Thread
+from checkpoints.models import PruneMark, Thread
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
-from checkpoints.sources import SourceError, open_reader
+from checkpoints.sources import SourceError, first_line, open_reader
 from checkpoints.sync import refresh_threads
 from checkpoints.tags import MAX_VALUE, split_tag, tag_value
 from checkpoints.units import parse_duration
@@ -62,6 +62,7 @@ SKIP_REASONS = ("delta_channel", "pending_writes", "active")
 ATTEMPTS = 5  # per thread, on serialization failures, deadlocks and SQLite lock timeouts
 SAMPLE_THREADS = 50  # threads described in the preview's "what goes" sample
 SAMPLE_CHECKPOINTS = 5  # checkpoint keys shown per sampled thread
+MARK_AHEAD = 500  # threads marked (PruneMark) in one commit before any of them is pruned
 TASKS = "__pregel_tasks"
 # Metadata keys that mark a DeltaChannel thread (the second is LangGraph.js's).
 DELTA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
@@ -97,7 +98,7 @@ class PrunePolicy:
     >>> PrunePolicy(timedelta(days=30), keep_last=2, tags=(("tenant", "acme"),)).as_parameters()
     {'older_than': '30d', 'keep_last': 2, 'tags': ['tenant=acme'], 'threads': False}
     >>> PrunePolicy.from_parameters(PrunePolicy.from_options("90m", 3, ["a=b=c"], True).as_parameters())
-    PrunePolicy(older_than=datetime.timedelta(seconds=5400), keep_last=3, tags=(('a', 'b=c'),), whole_threads=True)
+    PrunePolicy(older_than=datetime.timedelta(seconds=5400), keep_last=3, tags=(('a', 'b=c'),), whole_threads=True, vacuum=False)
     >>> PrunePolicy.from_options("30d", keep_last=0)
     Traceback (most recent call last):
     ...
@@ -112,6 +113,8 @@ class PrunePolicy:
     keep_last: int = 1
     tags: tuple = ()
     whole_threads: bool = False
+    # A plain VACUUM of the pruned tables after a real run (never VACUUM FULL).
+    vacuum: bool = False
 
     def __post_init__(self):
         if self.older_than < timedelta(0):
@@ -120,27 +123,38 @@ class PrunePolicy:
             raise ValueError("--keep-last must be at least 1 (0 is only allowed with --threads)")
 
     @classmethod
-    def from_options(cls, older_than, keep_last=1, tags=(), whole_threads=False):
+    def from_options(cls, older_than, keep_last=1, tags=(), whole_threads=False, vacuum=False):
         """From the strings a user typed: `30d`, `tenant=acme`."""
         age = older_than if isinstance(older_than, timedelta) else parse_duration(older_than)
         pairs = tuple(split_tag(t, "=") for t in tags)
-        return cls(age, int(keep_last), pairs, bool(whole_threads))
+        return cls(age, int(keep_last), pairs, bool(whole_threads), bool(vacuum))
 
     @classmethod
     def from_parameters(cls, parameters):
         """The inverse of `as_parameters` (saved policies, run history)."""
         return cls.from_options(
             parameters["older_than"], parameters.get("keep_last", 1),
-            parameters.get("tags", ()), parameters.get("threads", False),
+            parameters.get("tags", ()), parameters.get("threads", False), parameters.get("vacuum", False),
         )
 
     def as_parameters(self) -> dict:
-        return {
+        """The policy as a Run's or a saved policy's parameters.
+
+        `vacuum` appears only when asked for, so the parameters of runs and
+        policies saved before it existed read the same.
+
+        >>> PrunePolicy(timedelta(hours=1), vacuum=True).as_parameters()["vacuum"]
+        True
+        """
+        parameters = {
             "older_than": _duration_text(self.older_than),
             "keep_last": self.keep_last,
             "tags": [f"{k}={v}" for k, v in self.tags],
             "threads": self.whole_threads,
         }
+        if self.vacuum:
+            parameters["vacuum"] = True
+        return parameters
 
 
 def _duration_text(age: timedelta) -> str:
@@ -525,6 +539,13 @@ PG_DISK_SQL = """
 SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0)::bigint
 FROM unnest(ARRAY['checkpoints', 'checkpoint_blobs', 'checkpoint_writes']) AS t
 """
+PG_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
+PG_SPACE_SQL = """
+SELECT t, coalesce(s.n_dead_tup, 0), pg_total_relation_size(to_regclass(t))
+FROM unnest(ARRAY['checkpoints', 'checkpoint_blobs', 'checkpoint_writes']) WITH ORDINALITY AS u(t, n)
+LEFT JOIN pg_stat_user_tables s ON s.relid = to_regclass(t)
+ORDER BY n
+"""
 
 
 class _Postgres:
@@ -574,6 +595,43 @@ class _Postgres:
     @staticmethod
     def disk_bytes(conn) -> int:
         return conn.execute(PG_DISK_SQL).fetchone()[0]
+
+    @staticmethod
+    def flush_stats(conn):
+        # The deletes' row counts reach pg_stat_user_tables when a session
+        # goes idle (at most once a second) or ends, after we moved on: sent
+        # now (PostgreSQL 15+, before this statement's reply), so that a
+        # VACUUM next finds the dead rows counted, and a late report does not
+        # count them again after it.
+        import psycopg
+
+        if conn.closed or conn.broken or conn.info.server_version < 150000:
+            return
+        try:
+            conn.execute("SELECT pg_stat_force_next_flush()")
+        except psycopg.Error:
+            pass  # a connection left in a failed transaction: its figures go when it closes
+
+    @classmethod
+    def release(cls, conn):
+        try:
+            cls.flush_stats(conn)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def space(conn) -> dict:
+        """Dead rows per table and the tables' bytes: what a VACUUM changes."""
+        rows = conn.execute(PG_SPACE_SQL).fetchall()
+        return {"dead_rows": {t: dead for t, dead, _ in rows}, "bytes": sum(size for _, _, size in rows)}
+
+    @staticmethod
+    def vacuum(conn):
+        # Plain VACUUM: marks dead rows' space reusable and updates the
+        # visibility map, under a lock that lets agents keep reading and
+        # writing. Never FULL, which rewrites the tables under an exclusive
+        # lock. It cannot run in a transaction: this connection autocommits.
+        conn.execute(f"VACUUM {', '.join(PG_TABLES)}")
 
     @staticmethod
     def candidates(conn, floor, only=None):
@@ -706,6 +764,27 @@ class _Sqlite:
         return pages * size
 
     @staticmethod
+    def flush_stats(conn):
+        pass  # SQLite counts free pages in the file itself
+
+    @staticmethod
+    def release(conn):
+        conn.close()
+
+    @classmethod
+    def space(cls, conn) -> dict:
+        """Free pages and the file's bytes: what a VACUUM changes."""
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        return {"free_pages": free, "bytes": cls.disk_bytes(conn)}
+
+    @staticmethod
+    def vacuum(conn):
+        # SQLite's VACUUM rebuilds the whole file without its free pages (it
+        # cannot do one table); it waits up to the connection's timeout for
+        # other connections' transactions to end.
+        conn.execute("VACUUM")
+
+    @staticmethod
     def candidates(conn, floor, only=None):
         rows = conn.execute("SELECT DISTINCT thread_id FROM checkpoints WHERE checkpoint_id < ?", (floor,))
         found = {r[0] for r in rows}
@@ -778,12 +857,15 @@ class _Sqlite:
 # --- The run ------------------------------------------------------------------
 
 
-def prune(source, policy: PrunePolicy, *, dry_run: bool, now=None, progress=None, on_selection=None) -> dict:
+def prune(source, policy: PrunePolicy, *, dry_run: bool, now=None, progress=None, on_selection=None, run=None) -> dict:
     """Prune one source by `policy`; return the contract's counts (plus a sample and details).
 
     `now` fixes the clock (the age and the active window count back from it);
     `progress(done, total)` is called as threads are done, `on_selection` with
-    every thread's Selection (skipped ones too) once it is committed. Raises SourceError
+    every thread's Selection (skipped ones too) once it is committed. A real
+    run marks the threads (PruneMark, for `run`) before it changes them at the
+    source, MARK_AHEAD at a time, so that a sync knows the deletions are ours
+    even if this process dies before the mirror follows. Raises SourceError
     when the source cannot be read. Threads that fail even after retries are
     listed in `errors` and left as they were.
     """
@@ -822,7 +904,8 @@ def prune(source, policy: PrunePolicy, *, dry_run: bool, now=None, progress=None
                 return thread_id, None, attempts[0] - 1, f"{type(e).__name__}: {e}"
             return thread_id, selection, attempts[0] - 1, None
 
-        for done, (thread_id, selection, retries, error) in enumerate(_each(backend, main, candidates, work), 1):
+        ids = candidates if dry_run else _marked_ahead(source, run, candidates)
+        for done, (thread_id, selection, retries, error) in enumerate(_each(backend, main, ids, total, work), 1):
             result["retries"] += retries
             if error is not None:
                 result["errors"].append({"thread_id": thread_key(thread_id), "error": error})
@@ -832,16 +915,48 @@ def prune(source, policy: PrunePolicy, *, dry_run: bool, now=None, progress=None
                     on_selection(selection)
             if progress:
                 progress(done, total)
+        if policy.vacuum and not dry_run:
+            result["vacuum"] = _vacuum(backend, main)
         result["disk_bytes_after"] = backend.disk_bytes(main)
     finally:
-        main.close()
+        backend.release(main)
     result["seconds"] = round(time.monotonic() - started, 3)
     return result
 
 
-def _each(backend, main, candidates, work):
-    """work(conn, thread_id) for every candidate, in order, on `backend.workers` connections."""
-    if backend.workers <= 1 or len(candidates) < 2:
+def _marked_ahead(source, run, thread_ids):
+    """The thread ids, each marked (PruneMark) in the console's database before it is handed out.
+
+    One commit per MARK_AHEAD threads, taken before any of them is pruned:
+    a mark may precede its thread's delete by a few seconds, never follow it.
+    Marking a thread that then loses nothing costs a sync one re-read.
+    """
+    for i in range(0, len(thread_ids), MARK_AHEAD):
+        chunk = thread_ids[i : i + MARK_AHEAD]
+        PruneMark.objects.bulk_create([PruneMark(source=source, run=run, thread_id=thread_key(t)) for t in chunk])
+        yield from chunk
+
+
+def _vacuum(backend, main) -> dict:
+    """VACUUM the pruned tables; {"before", "after", "seconds"} (dead rows or free pages, bytes), or {"error"}.
+
+    A VACUUM that fails (a lock it waited for too long, say) leaves the
+    prune done: the error is reported with the run.
+    """
+    started = time.monotonic()
+    try:
+        backend.flush_stats(main)  # this connection's own deletes
+        before = backend.space(main)
+        backend.vacuum(main)
+        after = backend.space(main)
+    except Exception as e:  # noqa: BLE001 - reported, the prune itself is done
+        return {"error": f"{type(e).__name__}: {first_line(e)}", "seconds": round(time.monotonic() - started, 3)}
+    return {"before": before, "after": after, "seconds": round(time.monotonic() - started, 3)}
+
+
+def _each(backend, main, candidates, count, work):
+    """work(conn, thread_id) for every candidate (`count` of them), in order, on `backend.workers` connections."""
+    if backend.workers <= 1 or count < 2:
         for thread_id in candidates:
             yield work(main, thread_id)
         return
@@ -871,7 +986,7 @@ def _each(backend, main, candidates, work):
             future.cancel()
         pool.shutdown(wait=True)
         for conn in opened:
-            conn.close()
+            backend.release(conn)
 
 
 def _with_retries(backend, conn, thread_id, policy, cut, active_after, dry_run, attempts):
@@ -950,7 +1065,7 @@ def run_prune(source, policy, *, dry_run, requested_by=None, origin="command", n
             heartbeat(run, done=done, total=total)
 
     try:
-        result = prune(source, policy, dry_run=dry_run, now=now, progress=progress)
+        result = prune(source, policy, dry_run=dry_run, now=now, progress=progress, run=run)
     except SourceError as e:
         return finish_run(run, result={}, error=str(e))
     except Exception as e:
@@ -960,6 +1075,8 @@ def run_prune(source, policy, *, dry_run, requested_by=None, origin="command", n
     if result["errors"]:
         names = ", ".join(repr(e["thread_id"]) for e in result["errors"][:10])
         errors.append(f"{len(result['errors'])} thread(s) failed (see the result): {names}")
+    if (result.get("vacuum") or {}).get("error"):
+        errors.append(f"the prune is done but VACUUM failed: {result['vacuum']['error']}")
     touched = result.pop("thread_ids")
     if not dry_run and touched:
         try:

@@ -20,7 +20,7 @@ from django.db.models import Count, Sum
 from django.utils import timezone
 
 from checkpoints.models import BlobReference, DailyUsage, ReferenceUse, Run, Source, Thread
-from checkpoints.runs import RunBusy, fail_stale_runs, finish_run, heartbeat, lock_key, start_run
+from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
 
 BATCH_THREADS = 2000
 SYNC_WAIT = 600  # seconds a removal waits for a running sync of the source
@@ -151,7 +151,7 @@ def _wait_for_sync(source, wait):
     key = lock_key("sync", source)
     deadline = time.monotonic() + wait
     while Run.objects.filter(lock_key=key, state="running").exists():
-        fail_stale_runs(key)
+        fail_dead_runs(key)
         if time.monotonic() >= deadline:
             raise RunBusy(f"a sync of {source.name} is still running after {wait} s; try again when it has finished")
         time.sleep(0.5)

@@ -32,9 +32,9 @@ from django.utils import timezone
 from checkpoints import decode, usage
 from checkpoints.dburl import kind_of
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
-from checkpoints.models import BlobReference, Checkpoint, DailyUsage, ReferenceUse, Run, Source, Tag, Thread
-from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
-from checkpoints.sources import SourceError, first_line, open_reader
+from checkpoints.models import BlobReference, Checkpoint, DailyUsage, PruneMark, ReferenceUse, Run, Source, Tag, Thread
+from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
+from checkpoints.sources import ScannedURIs, SourceError, first_line, open_reader
 from checkpoints.sources.capture import Capture, new_slot_name
 from checkpoints.tags import extract_tags
 from checkpoints.uris import classify
@@ -164,7 +164,7 @@ def sync_source(source, *, full=False, requested_by=None, origin="command", wait
             except DatabaseError:
                 # The console's database itself failed (the usual way here): nothing
                 # can be recorded, and a second, chained traceback would only bury
-                # the first. fail_stale_runs() closes the run once it is reachable.
+                # the first. fail_dead_runs() closes the run once it is reachable.
                 log.warning("could not record the failed sync of %s", source, exc_info=True)
             raise
         return _record(source, run, started_at, stats, started, error, touched, totals,
@@ -190,7 +190,7 @@ def commits_without_flush_wait():
     incremental sync. Each commit is still atomic and at once visible to
     other sessions; only a crash of the database server may lose the last
     fraction of a second of them, which the next sync repeats (the watermark
-    goes back with the rows it covered) and fail_stale_runs() closes.
+    goes back with the rows it covered) and fail_dead_runs() closes.
     """
     if connection.vendor != "postgresql":
         yield
@@ -273,8 +273,14 @@ class _Unchanged(dict):
 
 def _sync(source, full, stats, run, touched):
     aes_key = settings.LANGGRAPH_AES_KEY.encode() if settings.LANGGRAPH_AES_KEY else None
+    # Marks of prunes that ended (or died) before this sync reads the source:
+    # their threads are re-read, then the marks go. Read before the source's
+    # snapshot, so that every deletion they stand for is in it.
+    fail_dead_runs(lock_key("prune", source))
+    settled = _settled_marks(source)
     changes = _peek_changes(source)
-    if changes is not None and not full and not changes.threads and not (source.sync_state or {}).get("retry"):
+    if (changes is not None and not full and not changes.threads and not settled
+            and not (source.sync_state or {}).get("retry")):
         # The slot says no LangGraph row changed: no reader, no counting, no
         # mirror work; the cost of a quiet source stays flat at any size.
         with Capture(source.url, source.sync_state["slot"]) as capture:
@@ -304,7 +310,13 @@ def _sync(source, full, stats, run, touched):
         else:
             totals = reader.totals()
             removing = mirrored - totals["checkpoints"]
-        if not full and mirrored and removing > mirrored / 2:
+        # Checkpoints of threads our own prunes marked may be gone: the guard
+        # is against a wrong URL, so it weighs the rest of the mirror only.
+        # Read after the source's snapshot: a prune marks before it deletes.
+        marked = Thread.objects.filter(
+            source=source, thread_id__in=PruneMark.objects.filter(source=source).values("thread_id"),
+        ).aggregate(n=Sum("checkpoints"))["n"] or 0
+        if not full and mirrored - marked and removing - marked > (mirrored - marked) / 2:
             raise SyncRefused(
                 f"the source now holds {mirrored - removing} checkpoints where the mirror has {mirrored}: "
                 "a sync would remove more than half of the mirror. If that is right (a big prune, a new "
@@ -323,7 +335,10 @@ def _sync(source, full, stats, run, touched):
             changed = set(reader.thread_ids()) | {
                 source_thread_id(t) for t in Thread.objects.filter(source=source).values_list("thread_id", flat=True)
             }
+        else:
+            changed = set(changed) | {source_thread_id(t) for _, t in settled}
         context = _Context(source, since, now, aes_key, stats, touched)
+        context.settled_marks = {pk for pk, _ in settled}
         # Threads the previous sync could not mirror: read whole, since their
         # older rows were never seen (their references would be missed).
         retry = {_unhex(t) for t in state.get("retry", [])} - set(changed) if since is not None else set()
@@ -331,6 +346,7 @@ def _sync(source, full, stats, run, touched):
         _process(reader, context, sorted(changed), run)
         if retry:
             whole = _Context(source, None, now, aes_key, stats, touched)
+            whole.settled_marks, whole.deferred = context.settled_marks, context.deferred
             _process(reader, whole, sorted(retry), run)
             context.failed.update(whole.failed)
             context.undecodable += whole.undecodable
@@ -348,7 +364,7 @@ def _sync(source, full, stats, run, touched):
                                  Thread.objects.filter(source=source).values_list("thread_id", field)}
                 suspects |= {t for t in source_counts.keys() | mirror_counts.keys()
                              if source_counts.get(t, 0) != mirror_counts.get(t, 0)}
-        suspects -= set(changed) | context.failed.keys()
+        suspects -= set(changed) | context.failed.keys() | context.deferred
         if suspects:
             _process(reader, context, sorted(suspects), run)
             mirror_totals = usage.thread_totals(source)
@@ -370,9 +386,33 @@ def _sync(source, full, stats, run, touched):
         # makes the next sync see the same changes again.
         with Capture(source.url, source.sync_state["slot"]) as capture:
             capture.confirm(changes.end_lsn)
+    _delete_marks([pk for pk, t in settled if source_thread_id(t) not in context.failed])
     if context.failed:
         raise SyncIncomplete.of(context.failed)
     return mirror_totals
+
+
+def _settled_marks(source):
+    """(pk, thread_id) of the source's prune marks whose prune is no longer running."""
+    return list(PruneMark.objects.filter(source=source).exclude(run__state="running").values_list("pk", "thread_id"))
+
+
+def _pruned_meanwhile(context, ids):
+    """Threads (source ids) that a prune marked and that had not ended when this sync began reading.
+
+    This sync may have read them before that prune deleted their rows: its
+    copy must not overwrite the prune's refresh of the mirror (nor bring a
+    deleted thread back). They are left as they are: the prune refreshes
+    them when it is done, and the next sync, which finds the mark settled,
+    re-reads them (also when the prune died first). See docs/architecture.md.
+    """
+    marks = PruneMark.objects.filter(source=context.source, thread_id__in=[thread_key(i) for i in ids])
+    return {source_thread_id(t) for pk, t in marks.values_list("pk", "thread_id") if pk not in context.settled_marks}
+
+
+def _delete_marks(pks, chunk=10_000):
+    for i in range(0, len(pks), chunk):
+        PruneMark.objects.filter(pk__in=pks[i : i + chunk])._raw_delete(PruneMark.objects.db)
 
 
 def _space(reader) -> dict:
@@ -446,6 +486,10 @@ class _Context:
         self.touched = touched if touched is not None else set()  # pks of the threads rewritten
         self.undecodable = 0
         self.failed = {}  # thread_id -> why it could not be mirrored
+        # A sync's: pks of the prune marks that were settled when it began
+        # reading (see _pruned_meanwhile); None for a prune's own refresh.
+        self.settled_marks = None
+        self.deferred = set()  # threads left to a prune's refresh or the next sync
         # Source JSON text goes to a PostgreSQL mirror as it is; elsewhere Django stores parsed values.
         self.json_passthrough = connection.vendor == "postgresql"
         self.store_settings = {
@@ -626,13 +670,17 @@ def _compute_thread(context, rows, known):
         values = None
         if isinstance(c.inline_values, dict):
             values = c.inline_values
+        elif isinstance(c.value_data, ScannedURIs):  # too large to decode: scanned raw, channel unknown
+            if c.value_data:
+                refs.append((c.checkpoint_ns, c.checkpoint_id, "value:*", set(c.value_data)))
         elif c.value_data is not None:
-            loaded = decode.safe_loads(c.value_type, c.value_data, limit=REFERENCE_DECODE_LIMIT,
-                                       aes_key=context.aes_key, clip=False)
-            if decode.is_undecodable(loaded):
+            # Strings and bytes values alike, per channel, without the display copy.
+            by_channel, whole = decode.checkpoint_references(c.value_type, c.value_data, limit=REFERENCE_DECODE_LIMIT,
+                                                             aes_key=context.aes_key)
+            if not whole:
                 context.undecodable += 1
-            elif isinstance(loaded, dict) and isinstance(loaded.get("channel_values"), dict):
-                values = loaded["channel_values"]
+            refs.extend((c.checkpoint_ns, c.checkpoint_id, f"value:{channel}", uris)
+                        for channel, uris in by_channel.items())
         elif not c.fresh and c.inline_values is None and c.channel_versions is None:
             for key, uris in known.items():
                 if key[0] == "value" and key[1] == c.checkpoint_ns and key[2] == c.checkpoint_id:
@@ -724,6 +772,8 @@ def _write_location(w):
 
 
 def _uris_in(context, type_, data):
+    if isinstance(data, ScannedURIs):  # a large value the reader scanned in windows
+        return set(data)
     uris, whole = decode.references_in(type_, data, limit=REFERENCE_DECODE_LIMIT, aes_key=context.aes_key)
     if not whole:
         context.undecodable += 1
@@ -763,6 +813,14 @@ def _apply_batch(context, thread_rows):
         # Keyed by the source's id; the mirror holds thread_key() of it (NUL escaped).
         existing = {source_thread_id(t.thread_id): t for t in Thread.objects.select_for_update().filter(
             source=source, thread_id__in=[thread_key(i) for i in ids]).order_by("pk")}  # one lock order for all: no deadlock
+        if context.settled_marks is not None:
+            # Checked under the lock: a prune's refresh of these threads has
+            # either committed already (its mark is seen) or waits for ours.
+            deferred = _pruned_meanwhile(context, ids)
+            if deferred:
+                context.deferred |= deferred
+                thread_rows = [rows for rows in thread_rows if rows.thread_id not in deferred]
+                existing = {tid: t for tid, t in existing.items() if tid not in deferred}
         known = _known_references(existing) if context.since is not None and existing else {}
         computed = {rows.thread_id: _compute_thread(context, rows, known.get(rows.thread_id, {})) for rows in thread_rows}
 

@@ -7,7 +7,7 @@ only schedules them.
 from django.conf import settings
 
 from checkpoints.run_history import trim_runs
-from checkpoints.runs import fail_stale_runs
+from checkpoints.runs import fail_dead_runs
 from checkpoints.sync import sync_sources
 
 SYNC_SCHEDULE = "sync checkpoints"
@@ -16,7 +16,7 @@ TRIM_SCHEDULE = "trim run history"
 
 def sync_all():
     """The scheduled sync: skip a source whose previous sync still runs."""
-    fail_stale_runs()
+    fail_dead_runs()
     return sync_sources(origin="schedule", wait=0)
 
 

@@ -12,6 +12,14 @@ class DashboardConfig(AppConfig):
         post_migrate.connect(_schedules_after_migrate, sender=self)
         post_migrate.connect(_groups_after_migrate, sender=self)
 
+        from django_q.signals import post_spawn, pre_execute
+
+        from dashboard.cluster import on_worker_signal
+
+        # Workers record their cluster's heartbeat (dashboard/cluster.py says why not Stat).
+        post_spawn.connect(on_worker_signal, dispatch_uid="console-cluster-heartbeat-spawn")
+        pre_execute.connect(on_worker_signal, dispatch_uid="console-cluster-heartbeat-task")
+
 
 def _schedules_after_migrate(sender, using="default", **kwargs):
     from checkpoints.tasks import schedules_table_exists

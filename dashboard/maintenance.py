@@ -34,9 +34,10 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from checkpoints.models import Run, Source
-from checkpoints.runs import STALE_AFTER, fail_stale_runs
+from checkpoints.runs import fail_dead_runs
 from dashboard import run_summary
 from dashboard.access import viewer_required
+from dashboard.cluster import cluster_health
 from dashboard.maintenance_forms import PolicyForm, PruneForm, SweepForm
 from dashboard.models import SavedPolicy
 from dashboard.space import sources_space
@@ -118,6 +119,7 @@ def _render_index(request, *, prune_form=None, sweep_form=None, policy_forms=Non
         "audit_keep_days": settings.AUDIT_KEEP_DAYS,
         "active": active,
         "waiting": any(r.state == "queued" and (now - r.created_at).total_seconds() > WAITING_HINT_AFTER for r in active),
+        "cluster": cluster_health(now),
         "rows": [_history_row(r) for r in page.object_list],
         "page": page,
         "page_links": _page_links(page, params),
@@ -143,6 +145,8 @@ def _hidden_fields(kind, source_id, params):
                   ("prune-keep_last", params.get("keep_last", 1)), ("prune-tags", "\n".join(params.get("tags", ())))]
         if params.get("threads"):
             hidden.append(("prune-threads", "on"))
+        if params.get("vacuum"):
+            hidden.append(("prune-vacuum", "on"))
         return hidden
     hidden = [("sweep-grace", params.get("grace", ""))]
     if params.get("force"):
@@ -210,10 +214,9 @@ def _busy_message(holder):
 def _get_run(pk):
     run = get_object_or_404(Run.objects.select_related("source", "requested_by"), pk=pk)
     now = timezone.now()
-    # A run that stopped sending heartbeats or never reached a worker is
-    # failed here, so nobody watches a progress bar that will never move.
-    if run.state == "running" and run.heartbeat_at and now - run.heartbeat_at > STALE_AFTER:
-        fail_stale_runs(run.lock_key)
+    # A run whose worker died or that never reached a worker is failed
+    # here, so nobody watches a progress bar that will never move.
+    if run.state == "running" and fail_dead_runs(run.lock_key, now=now):
         run.refresh_from_db()
     elif run.state == "queued" and now - run.created_at > lost_after():
         fail_lost_runs(now)
@@ -235,6 +238,7 @@ def run_detail(request, pk):
     ctx = {
         "run": run,
         "result": result,
+        "vacuum_rows": run_summary.vacuum_rows(result.get("vacuum")),
         "parameters": run_summary.describe_parameters(run.kind, run.parameters),
         "finished": run.state in ("done", "failed"),
         "waiting": run.state == "queued" and (timezone.now() - run.created_at).total_seconds() > WAITING_HINT_AFTER,

@@ -49,6 +49,12 @@ class PruneForm(forms.Form):
         required=False, label="Whole threads",
         help_text="Delete threads idle for longer than the age entirely.",
     )
+    vacuum = forms.BooleanField(
+        required=False, label="VACUUM after",
+        help_text="A plain VACUUM of the pruned tables after the run (never VACUUM FULL): their space is reused "
+                  "at once instead of when autovacuum comes by; agents keep reading and writing meanwhile. SQLite "
+                  "rewrites the whole file.",
+    )
 
     def clean_tags(self):
         text = self.cleaned_data.get("tags") or ""
@@ -74,6 +80,7 @@ class PruneForm(forms.Form):
         try:
             data["policy"] = PrunePolicy.from_options(
                 data["older_than"], data["keep_last"], split_tag_lines(data.get("tags") or ""), data["threads"],
+                data.get("vacuum", False),
             )
         except ValueError as e:
             raise forms.ValidationError(str(e).replace("--keep-last", "Keep last").replace("--threads", "whole threads")

@@ -13,6 +13,7 @@ from django.views.decorators.http import require_GET
 from checkpoints.models import BlobReference, Run
 from dashboard import usage
 from dashboard.access import api_auth
+from dashboard.cluster import ALIVE_WINDOW, cluster_health
 from dashboard.space import sources_space
 
 PREFIX = "checkpoint_console_"
@@ -111,6 +112,22 @@ def metrics(request):
     for row in runs:
         counts[(row["kind"], row["state"])] = row["n"]
     out.gauge("runs", "Sync, prune and sweep runs queued or running.", [({"kind": k, "state": s}, n) for (k, s), n in counts.items()])
+    cluster = cluster_health(now)
+    out.gauge(
+        "cluster_up", f"1 if a task cluster sent a heartbeat in the last {int(ALIVE_WINDOW.total_seconds())} seconds.",
+        [({}, cluster["alive"])],
+    )
+    out.gauge("cluster_workers", "Workers of the clusters that are alive.", [({}, cluster["workers"])])
+    out.gauge(
+        "cluster_last_heartbeat_timestamp_seconds", "Last heartbeat of any task cluster (Unix time).",
+        [({}, cluster["last_beat"].timestamp() if cluster["last_beat"] else None)],
+    )
+    out.gauge("queued_tasks", "Tasks waiting at the broker for a worker (left out when the broker cannot be asked).",
+              [({}, cluster["queued_tasks"])])
+    out.gauge(
+        "oldest_queued_seconds", "Age of the oldest task or run waiting for a worker; 0 when none waits.",
+        [({}, cluster["oldest_queued_age"] or 0.0)],
+    )
     out.gauge("checkpoint_size_limit_bytes", "CHECKPOINT_SIZE_LIMIT.", [({}, settings.CHECKPOINT_SIZE_LIMIT)])
     out.gauge("storage_quota_bytes", "STORAGE_QUOTA, when set.", [({}, settings.STORAGE_QUOTA)])
     return HttpResponse(out.text(), content_type="text/plain; version=0.0.4; charset=utf-8")

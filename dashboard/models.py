@@ -61,3 +61,24 @@ class SavedPolicy(models.Model):
 
     def __str__(self):
         return self.name
+
+
+class ClusterHeartbeat(models.Model):
+    """The last sign of life of one django-q2 cluster, written by its own workers.
+
+    django-q2 keeps its cluster statistics (`Stat`) in Django's cache when
+    the broker is the ORM, and the default cache is per process: the web
+    server never sees them. So the workers record their cluster here, in the
+    console's database, which every broker setup shares (dashboard.cluster).
+    """
+
+    cluster = models.CharField(max_length=200, unique=True, help_text="host:pid of the cluster's sentinel process.")
+    host = models.CharField(max_length=200, help_text="Machine the cluster runs on.")
+    pid = models.IntegerField(help_text="Process id of the cluster's sentinel (the workers' parent).")
+    workers = models.IntegerField(help_text="Workers the cluster runs (its Q_WORKERS).")
+    broker = models.CharField(max_length=100, blank=True, help_text="The broker it takes tasks from.")
+    started_at = models.DateTimeField(help_text="First heartbeat of this cluster.")
+    beat_at = models.DateTimeField(db_index=True, help_text="Last heartbeat: a worker started or took a task.")
+
+    def __str__(self):
+        return self.cluster

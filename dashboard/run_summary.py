@@ -22,6 +22,8 @@ def describe_parameters(kind: str, parameters: dict) -> str:
 
     >>> describe_parameters("prune", {"older_than": "30d", "keep_last": 2, "tags": ["tenant=acme"], "threads": True})
     'older than 30d · keep last 2 · tenant=acme · whole threads'
+    >>> describe_parameters("prune", {"older_than": "30d", "keep_last": 1, "vacuum": True})
+    'older than 30d · keep last 1 · VACUUM after'
     >>> describe_parameters("prune", {"older_than": "1h", "keep_last": 1, "tags": [], "threads": False, "policy": "nightly"})
     'older than 1h · keep last 1 · policy nightly'
     >>> describe_parameters("sweep", {"grace": "24h", "force": False}), describe_parameters("sync", {"full": True})
@@ -37,6 +39,8 @@ def describe_parameters(kind: str, parameters: dict) -> str:
         parts.extend(parameters.get("tags") or ())
         if parameters.get("threads"):
             parts.append("whole threads")
+        if parameters.get("vacuum"):
+            parts.append("VACUUM after")
     elif kind == "sweep":
         parts.append(f"grace {parameters.get('grace', '?')}")
         if parameters.get("force"):
@@ -117,6 +121,22 @@ def skipped_by_reason(skipped: list) -> list:
     for entry in skipped or ():
         tally[entry.get("reason", "?")] = tally.get(entry.get("reason", "?"), 0) + 1
     return sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def vacuum_rows(vacuum) -> list:
+    """(what, before, after) of a prune's VACUUM: dead rows per table (PostgreSQL) or free pages (SQLite).
+
+    >>> vacuum_rows({"before": {"dead_rows": {"checkpoints": 9}, "bytes": 1}, "after": {"dead_rows": {"checkpoints": 0}, "bytes": 1}})
+    [('checkpoints', 9, 0)]
+    >>> vacuum_rows({"before": {"free_pages": 40, "bytes": 1}, "after": {"free_pages": 0, "bytes": 1}}), vacuum_rows(None)
+    ([('free pages', 40, 0)], [])
+    """
+    if not vacuum or vacuum.get("error"):
+        return []
+    before, after = vacuum["before"], vacuum["after"]
+    if "dead_rows" in before:
+        return [(table, n, after["dead_rows"].get(table)) for table, n in before["dead_rows"].items()]
+    return [("free pages", before["free_pages"], after["free_pages"])]
 
 
 def removal_rows(result: dict) -> list:

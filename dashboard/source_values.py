@@ -19,6 +19,7 @@ from checkpoints.dburl import parse_database_url, redact
 from checkpoints.decode import decode_json_text, plain, safe_loads, summarize
 from checkpoints.ids import source_thread_id
 from checkpoints.sources import DeltaRows, first_line
+from checkpoints.sources.sqlite import byte_length
 from dashboard.value_diff import diff_values
 
 CONNECT_TIMEOUT = 5
@@ -355,15 +356,16 @@ def _write(task, idx, channel, type_, size, data, limit, aes_key, digest=False):
 
 # --- SQLite ------------------------------------------------------------------------
 
-_SQLITE_CHECKPOINTS = """
-    SELECT checkpoint_id, type, coalesce(length(CAST(checkpoint AS BLOB)), 0),
-           CASE WHEN coalesce(length(CAST(checkpoint AS BLOB)), 0) <= ? THEN CAST(checkpoint AS BLOB) END,
+# Sizes by byte_length(): a value above the limit is never loaded, not even for its size.
+_SQLITE_CHECKPOINTS = f"""
+    SELECT checkpoint_id, type, {byte_length('checkpoint')},
+           CASE WHEN {byte_length('checkpoint')} <= ? THEN CAST(checkpoint AS BLOB) END,
            CAST(metadata AS TEXT)
     FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id IN (?, ?)
 """
-_SQLITE_WRITES = """
-    SELECT task_id, idx, channel, type, coalesce(length(CAST(value AS BLOB)), 0),
-           CASE WHEN coalesce(length(CAST(value AS BLOB)), 0) <= ? THEN CAST(value AS BLOB) END
+_SQLITE_WRITES = f"""
+    SELECT task_id, idx, channel, type, {byte_length('value')},
+           CASE WHEN {byte_length('value')} <= ? THEN CAST(value AS BLOB) END
     FROM writes WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?
     ORDER BY task_id, idx
 """

@@ -28,6 +28,7 @@ from checkpoints.removal import COUNTS, RemovalRefused, check_removable, release
 from checkpoints.sources import SourceError, first_line, open_reader
 from dashboard import usage
 from dashboard.access import viewer_required
+from dashboard.space import source_space
 from dashboard.tasks import QueueError, busy_run, enqueue, new_queued_run
 
 SOURCES_PERM = "checkpoints.manage_sources"
@@ -68,9 +69,16 @@ class SourceForm(forms.Form):
         "opened read-only to check it before saving.",
     )
 
+    capture = forms.ChoiceField(
+        label="Change capture", choices=Source.CAPTURE_CHOICES, initial="scan", required=False,
+        help_text="PostgreSQL only. Scan: look for rows written since the last sync (no setup; its cost grows "
+        "with the database). Logical decoding: read a replication slot, whose cost follows the changes; needs "
+        "wal_level=logical, the REPLICATION attribute and a publication (checked before saving; see README).",
+    )
+
     def __init__(self, *args, source=None, **kwargs):
         self.source = source
-        initial = {"name": source.name, "url": source.url} if source is not None else None
+        initial = {"name": source.name, "url": source.url, "capture": source.capture} if source is not None else None
         super().__init__(*args, initial=initial, **kwargs)
         self.checked = None
         if source is not None and env_owned(source):
@@ -93,6 +101,32 @@ class SourceForm(forms.Form):
         self.checked = check_url(url)
         return url
 
+    def clean_capture(self):
+        return self.cleaned_data.get("capture") or "scan"
+
+    def clean(self):
+        cleaned = super().clean()
+        url, capture = cleaned.get("url"), cleaned.get("capture")
+        changed = self.source is None or capture != self.source.capture or url != self.source.url
+        if url and capture == "logical" and changed:
+            problems = check_capture(url)
+            if problems:
+                self.add_error("capture", forms.ValidationError(" ".join(problems)))
+        return cleaned
+
+
+def check_capture(url) -> list:
+    """What keeps logical decoding from running on the database at `url`, one sentence each."""
+    from checkpoints.sources.capture import Capture
+
+    try:
+        if kind_of(url) != "postgres":
+            return ["Logical decoding is for PostgreSQL sources."]
+        with Capture(url, "", connect_timeout=CHECK_TIMEOUT) as capture:
+            return capture.requirements()
+    except (ValueError, SourceError) as e:
+        return [first_line(e)]
+
 
 def env_owned(source) -> bool:
     """Whether CHECKPOINT_DATABASE_URL sets this source now (edits would be overwritten by the next job)."""
@@ -107,7 +141,12 @@ def index(request):
         s = row["source"]
         row["lag"] = (now - s.last_success_started_at).total_seconds() if s.last_success_started_at else None
         row["env_owned"] = env_owned(s)
-    ctx = {"rows": rows, "env_set": bool(settings.CHECKPOINT_DATABASE_URL)}
+        row["space"] = source_space(s)
+        slot = (s.sync_state or {}).get("slot_status") if s.capture == "logical" else None
+        row["slot"] = slot
+        row["slot_warn"] = bool(slot) and (slot.get("wal_status") == "lost"
+                                           or (slot.get("retained_bytes") or 0) > settings.CAPTURE_WAL_WARN)
+    ctx = {"rows": rows, "env_set": bool(settings.CHECKPOINT_DATABASE_URL), "wal_warn": settings.CAPTURE_WAL_WARN}
     return render(request, "sources/index.html", ctx)
 
 
@@ -117,7 +156,7 @@ def new(request):
     if request.method == "POST" and form.is_valid():
         kind, layout = form.checked
         source = Source.objects.create(name=form.cleaned_data["name"], url=form.cleaned_data["url"], kind=kind,
-                                       layout=layout)
+                                       layout=layout, capture=form.cleaned_data["capture"])
         messages.success(request, f"Added the source {source.name} ({source.get_kind_display()}): "
                                   "the next scheduled sync mirrors it.")
         return redirect("sources")
@@ -129,7 +168,11 @@ def edit(request, pk):
     source = get_object_or_404(Source, pk=pk)
     form = SourceForm(request.POST or None, source=source)
     if request.method == "POST" and form.is_valid():
-        fields = {"name": form.cleaned_data["name"]}
+        fields = {"name": form.cleaned_data["name"], "capture": form.cleaned_data["capture"]}
+        if source.capture == "logical" and fields["capture"] == "scan":
+            slot_note = release_slot(source)  # no longer read: it would only retain WAL
+            if slot_note:
+                messages.info(request, slot_note)
         if form.checked is not None:  # another URL: another database, whose watermark and errors are not these
             slot_note = release_slot(source)  # on the old database
             if slot_note:

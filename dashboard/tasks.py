@@ -13,10 +13,12 @@ What can go wrong, and what the Run says then:
   and a worker waiting for it is a worker lost to every other task. The page
   refuses to queue a second run while one is queued or running, so this only
   happens on a race or with the schedule;
-- the worker dies mid-run (restart, OOM, django-q2's timeout kills it): the
-  Run's heartbeat stops and `fail_stale_runs()` marks it failed after
-  STALE_AFTER. The reapers run at the start of every task here, every minute
-  with the sync schedule, and on every maintenance page view. With the ORM
+- the worker dies mid-run (restart, OOM, django-q2's timeout kills it):
+  `fail_dead_runs()` marks the Run failed ("worker died") as soon as its
+  process is gone from this host, or once its heartbeat (beaten by a side
+  thread of the worker, see checkpoints/runs.py) is older than DEAD_AFTER.
+  The reapers run at the start of every task here, every minute with the
+  sync schedule, before the page queues a run and on every maintenance page view. With the ORM
   broker django-q2 delivers the task again after `retry` seconds; it finds the
   Run no longer queued and does nothing, so an interrupted prune never resumes
   on its own: run it again (a prune or sweep picks up where the data is);
@@ -24,25 +26,23 @@ What can go wrong, and what the Run says then:
   Run stays queued; once it is older than the cluster's timeout + retry,
   `fail_lost_runs()` marks it failed ("the task never started").
 
-A heartbeat thread keeps `heartbeat_at` fresh while a run executes, so a slow
-step (one huge thread, a long listing page) is never mistaken for a dead
-worker; only a dead process stops it.
+The heartbeat thread that start_run() starts keeps `heartbeat_at` fresh while
+a run executes, so a slow step (one huge thread, a long listing page) is never
+mistaken for a dead worker; only a dead process stops it.
 """
 
 import logging
-import threading
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from checkpoints.models import Run
 from checkpoints.prune import PruneBusy, PrunePolicy, run_prune
 from checkpoints.removal import RemovalRefused, remove_source
-from checkpoints.runs import RunBusy, fail_stale_runs, finish_run, lock_key
+from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, lock_key
 from dashboard.models import SavedPolicy
 from storage.sweep import SweepBusy, SweepRefused, run_sweep
 
@@ -50,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 TASK = "dashboard.tasks.run_queued"
 POLICY_SCHEDULE = "run due maintenance policies"
-HEARTBEAT_EVERY = 30  # seconds; STALE_AFTER (10 min) is many beats
 
 
 class QueueError(Exception):
@@ -84,7 +83,7 @@ def fail_lost_runs(now=None) -> int:
 
 def reap_runs() -> int:
     """Fail running runs whose worker died and queued runs no worker will take."""
-    return fail_stale_runs() + fail_lost_runs()
+    return fail_dead_runs() + fail_lost_runs()
 
 
 def _minutes(td):
@@ -132,7 +131,8 @@ def queue_run(kind, *, source=None, parameters, dry_run, requested_by=None, orig
 
 
 def busy_run(kind, source=None):
-    """The queued or running run holding (kind, source), if any."""
+    """The queued or running run holding (kind, source), if any (a run whose worker died holds nothing)."""
+    fail_dead_runs(lock_key(kind, source))
     return Run.objects.filter(lock_key=lock_key(kind, source), state__in=["queued", "running"]).order_by("created_at").first()
 
 
@@ -154,15 +154,14 @@ def run_queued(run_pk):
         # already failed by a reaper: never start it twice.
         return {"run": run_pk, "state": run.state, "note": "not queued, not started again"}
     try:
-        with _heartbeats(run.pk):
-            if run.kind == "prune":
-                run = _prune(run)
-            elif run.kind == "sweep":
-                run = _sweep(run)
-            elif run.kind == "remove":
-                run = _remove(run)
-            else:
-                run = finish_run(run, result={}, error=f"the queue does not run {run.kind} runs")
+        if run.kind == "prune":
+            run = _prune(run)
+        elif run.kind == "sweep":
+            run = _sweep(run)
+        elif run.kind == "remove":
+            run = _remove(run)
+        else:
+            run = finish_run(run, result={}, error=f"the queue does not run {run.kind} runs")
     except Exception as e:  # noqa: BLE001 - recorded on the Run by run_prune/run_sweep (or here)
         logger.exception("maintenance run %s failed", run_pk)
         run.refresh_from_db()
@@ -238,29 +237,6 @@ def _parse_time(text):
         return None
     moment = datetime.fromisoformat(text)
     return moment if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
-
-
-@contextmanager
-def _heartbeats(run_pk, every=HEARTBEAT_EVERY):
-    """Keep the run's heartbeat fresh from a side thread while the body runs."""
-    stop = threading.Event()
-
-    def beat():
-        try:
-            while not stop.wait(every):
-                Run.objects.filter(pk=run_pk, state="running").update(heartbeat_at=timezone.now())
-        except Exception:  # noqa: BLE001 - a missed beat is retried at the next one; never kill the run
-            logger.exception("heartbeat of run %s failed", run_pk)
-        finally:
-            connection.close()  # this thread's own connection
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{run_pk}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 # --- Saved policies ------------------------------------------------------------

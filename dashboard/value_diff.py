@@ -189,6 +189,8 @@ def _text(value, width=TEXT_WIDTH) -> str:
     ("'hi'", '3', 'null', '[1, 2]', '{"a": 1}')
     >>> _text("x" * 200, width=10)
     "'xxxxxxxx…"
+    >>> _text({"__bytes__": 5, "preview": "00"})
+    'bytes 5 B'
     """
     if isinstance(value, str):
         text = repr(value)
@@ -196,6 +198,8 @@ def _text(value, width=TEXT_WIDTH) -> str:
         message = as_message(value)
         if message is not None:
             return _item_text(value)
+        if isinstance(value, dict) and _is_marker(value):
+            return summarize(value)  # bytes, an object, an undecodable value: its one-line description
         text = json.dumps(value, ensure_ascii=False)
         if len(text) > width:
             return summarize(value)

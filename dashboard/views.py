@@ -22,8 +22,10 @@ from checkpoints.models import BlobReference, Checkpoint, Source, Tag, Thread
 from checkpoints.tags import redact_metadata, split_tag
 from dashboard import browse, charts, usage
 from dashboard.access import DOWNLOAD_PERM, viewer_required
+from dashboard.cluster import cluster_health
 from dashboard.forecast import forecast
 from dashboard.links import thread_path, thread_pattern
+from dashboard.state_json import is_internal
 
 THREADS_PER_PAGE = 50
 TIMELINE_PER_PAGE = 100
@@ -100,6 +102,7 @@ def overview(request):
         "enabled": sum(1 for r in rows if r["source"].enabled),
     }
     ctx = {
+        "cluster": cluster_health(),
         "rows": rows,
         "total": total,
         "sync": sync,
@@ -388,6 +391,7 @@ def checkpoint(request, pk):
         error = str(e)
     if values:
         _link_delta_sources(values, same_ns)
+    diff = values.diff() if values else None
 
     ctx = {
         "cp": cp,
@@ -399,7 +403,9 @@ def checkpoint(request, pk):
         "metadata": json.dumps(plain(metadata), indent=2, ensure_ascii=False, sort_keys=True),
         "metadata_bytes": len(json.dumps(cp.metadata, ensure_ascii=False).encode()),
         "values": values,
-        "diff": values.diff() if values else None,
+        "diff": diff if diff is None else [c for c in diff if not is_internal(c.channel)],
+        # LangGraph's own channels (__start__, branch:to:*) change at every step: named, not detailed.
+        "internal_changes": [c.channel for c in diff or [] if is_internal(c.channel)],
         "error": error,
         "logical_delta": cp.logical_bytes - parent.logical_bytes if parent else None,
         "references": cp.reference_uses.select_related("reference").order_by("location"),

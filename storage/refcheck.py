@@ -3,8 +3,8 @@
 `check_references()` is a plain function: the `check_references` command, the
 task schedule and the after-sync hook (storage.apps) all call it. It never
 raises for a store problem: a store that is down leaves its references
-unchecked with the reason in `check_error`, and the reason comes back in
-`error` for the run to record. Pages read only these columns, so they render
+unchecked with the reason in `check_error` (those known to be missing stay
+missing), and the reason comes back in `error` for the run to record. Pages read only these columns, so they render
 whatever the store's state.
 """
 
@@ -150,8 +150,13 @@ def _check_one(ref, down) -> str:
 
 
 def _unchecked(ref, message) -> str:
-    # The last known size and time stay for reference; `exists` says we cannot tell now.
-    ref.exists = None
+    # The last known size and time stay for reference; `exists` says we cannot
+    # tell now. An object known to be missing stays missing: a store that does
+    # not answer is no news that it came back, and turning it "unchecked"
+    # would hide a dangling reference (the dangling count fell during outages).
+    # A present one does become unchecked: its presence is what we cannot vouch for.
+    if ref.exists is not False:
+        ref.exists = None
     ref.check_error = message
     return "unchecked"
 

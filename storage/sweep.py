@@ -38,13 +38,14 @@ ancestors' writes are live data. The mirror of the touched threads is
 refreshed after.
 """
 
+import heapq
 import itertools
 import json
 import os
 import posixpath
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -209,6 +210,17 @@ class _Scope:
                 if file_path_inside(real, self.roots[0]) == real:
                     keys.add(real)
         return tuple(keys)
+
+
+def store_labels() -> list[tuple[str, str]]:
+    """(family, label) of each store a sweep lists, named as its result's `stores` name them (see _scopes)."""
+    out = []
+    if settings.S3_BUCKET_NAME:
+        out.append(("s3", f"s3://{settings.S3_BUCKET_NAME}/{settings.S3_PREFIX or ''}"))
+    if settings.BLOB_ROOT:
+        real = os.path.realpath(posixpath.normpath(str(settings.BLOB_ROOT)))
+        out.append(("file", f"file://{real.rstrip('/')}/"))
+    return out
 
 
 def _scopes():
@@ -509,11 +521,17 @@ def db_orphans(source, cutoff, *, dry_run: bool) -> dict:
 # --- The sweep ------------------------------------------------------------------
 
 
+LARGEST = 10  # largest objects under the prefix kept in a sweep's result, for the storage page
+
+
 @dataclass
 class _StoreStats:
     store: str
     objects: int = 0
+    bytes: int = 0  # of the objects listed under the prefix
     referenced: int = 0
+    referenced_bytes: int = 0
+    largest: list = field(default_factory=list)  # heap of (size, uri) while listing; a sorted list after
     young: int = 0
     candidates: int = 0
     kept_by_recheck: int = 0
@@ -620,6 +638,8 @@ class _Sweep:
             self.sweep_db(source)
 
         r = self.result
+        for stats in r["stores"]:
+            stats.largest = [{"uri": uri, "size": size} for size, uri in sorted(stats.largest, reverse=True)]
         r["stores"] = [vars(s) for s in r["stores"]]
         r["refused"] = list(self.refusals)
         r["seconds"] = round(time.monotonic() - started, 3)
@@ -688,11 +708,18 @@ class _Sweep:
             if not scope.inside(obj.key):
                 continue  # never swept: outside the prefix or the blob root
             stats.objects += 1
+            size = obj.size or 0
+            stats.bytes += size
+            if len(stats.largest) < LARGEST:
+                heapq.heappush(stats.largest, (size, scope.uri(obj.key)))
+            elif size > stats.largest[0][0]:
+                heapq.heapreplace(stats.largest, (size, scope.uri(obj.key)))
             r["objects_scanned"] += 1
             if r["objects_scanned"] % 1000 == 0:
                 self.report()
             if obj.key in refs:
                 stats.referenced += 1
+                stats.referenced_bytes += size
                 seen.add(obj.key)
                 continue
             if obj.last_modified is None or obj.last_modified > self.cutoff:

@@ -4,7 +4,7 @@ import os
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core import signing
-from django.http import FileResponse, HttpResponseRedirect
+from django.http import FileResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
@@ -29,8 +29,16 @@ def _private(response):
     return response
 
 
-def _refuse(request, message, status, title="Download refused"):
+def _refuse(request, message, status, title="Download refused", **extra):
+    if _wants_json(request):
+        return _private(JsonResponse({"error": message, **extra}, status=status))
     return _private(render(request, "storage/refused.html", {"message": message, "title": title}, status=status))
+
+
+def _wants_json(request):
+    """A script (Accept: application/json) gets the refusal as JSON, like the API's other errors."""
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/html" not in accept
 
 
 @require_GET
@@ -40,6 +48,17 @@ def download(request, pk: int):
     if not request.user.has_perm(DOWNLOAD_PERM):
         return _refuse(request, "Downloading files needs the operator role.", 403)
     ref = get_object_or_404(BlobReference, pk=pk)
+    if ref.exists is False:
+        # A link to a missing object would only fail at the storage server,
+        # after a download had been recorded: say so here instead.
+        when = ref.checked_at.strftime("%Y-%m-%d %H:%M UTC") if ref.checked_at else "the last check"
+        return _refuse(
+            request,
+            f"File missing: {ref.uri} was not in its store when last checked ({when}). "
+            "No download link is issued for it; the reference is listed as dangling.",
+            404, title="File missing", uri=ref.uri, state="missing",
+            checked_at=ref.checked_at.isoformat() if ref.checked_at else None,
+        )
     # Signed only when both the mirror and the current settings place it in a
     # configured store: a URI the mirror calls foreign is never signed.
     try:
@@ -103,17 +122,21 @@ def stream(request, token: str):
 
 @login_required
 def bucket(request):
-    """Read-only facts about the configured bucket, and what to fix."""
+    """The blob stores: what the last sweep and reference check found under each, and the bucket's settings."""
+    from storage.overview import store_facts
+
     if not request.user.has_perm(READ_PERM):
         return _refuse(request, "This page needs the viewer or operator role.", 403, title="Not allowed")
     ctx = {
         "bucket": settings.S3_BUCKET_NAME,
         "prefix": settings.S3_PREFIX,
-        "endpoint": settings.S3_ENDPOINT_URL or f"AWS S3 ({settings.AWS_REGION})",
+        # Named only when a bucket is set: with none, there is no endpoint to speak of.
+        "endpoint": (settings.S3_ENDPOINT_URL or f"AWS S3 ({settings.AWS_REGION})") if settings.S3_BUCKET_NAME else "",
         "blob_root": settings.BLOB_ROOT,
         "blob_root_exists": os.path.isdir(settings.BLOB_ROOT),
         "error": "",
         "config": None,
+        "stores": {facts["family"]: facts for facts in store_facts()},
     }
     if not settings.S3_BUCKET_NAME:
         ctx["error"] = "No S3 bucket is configured: set S3_BUCKET_NAME (and S3_ENDPOINT_URL for MinIO or SeaweedFS)."

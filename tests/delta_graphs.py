@@ -90,3 +90,28 @@ def run_delta_scenarios(saver, prefix="d"):
     asking.invoke({"messages": [HumanMessage(content="again", id="go-2")]}, cfg)  # left waiting
     out.append((asking, f"{prefix}-ask"))
     return out
+
+
+def _inner(state):
+    n = len(state.get("items", []))
+    return {"items": f"inner {n}", "messages": [AIMessage(content=f"inner {n}", id=f"in-{n}")]}
+
+
+def delta_subgraph(saver):
+    """(outer graph, inner graph) where the inner one keeps its own history (namespace "sub").
+
+    The outer graph passes its whole state in, so the subgraph's `items`
+    receives lists as writes: `operator.add` keeps them as items, and the
+    stored value mixes lists and strings.
+    """
+    inner = StateGraph(DeltaState)
+    inner.add_node("a", _inner)
+    inner.add_node("b", _inner)
+    inner.add_edge(START, "a")
+    inner.add_edge("a", "b")
+    inner.add_edge("b", END)
+    outer = StateGraph(DeltaState)
+    outer.add_node("sub", inner.compile(checkpointer=True))
+    outer.add_edge(START, "sub")
+    outer.add_edge("sub", END)
+    return outer.compile(checkpointer=saver), inner.compile(checkpointer=saver)

@@ -71,6 +71,8 @@ def urls(plan):
         "checkpoint": reverse("checkpoint", args=[cp.pk]),
         "maintenance": "/maintenance/",
         "storage": reverse("storage-bucket"),
+        "sources": "/sources/",
+        "admin": "/admin/checkpoints/source/",
     }
 
 

@@ -362,3 +362,28 @@ def test_download_log_in_the_admin_is_read_only(s3_bucket, operator_client, admi
     assert admin_client.get("/admin/storage/download/add/").status_code == 403
     assert admin_client.post(f"/admin/storage/download/{d.pk}/delete/", {"post": "yes"}).status_code == 403
     assert Download.objects.filter(pk=d.pk).exists()
+
+
+def test_no_link_is_signed_for_an_object_known_to_be_missing(moto_s3, s3_bucket, operator_client):
+    from storage.refcheck import check_references
+
+    moto_s3.client().put_object(Bucket=s3_bucket, Key="uploads/here.txt", Body=b"here")
+    here = reference(f"s3://{s3_bucket}/uploads/here.txt")
+    gone = reference(f"s3://{s3_bucket}/uploads/gone.txt")
+    check_references()
+    gone.refresh_from_db()
+    assert gone.state == "missing"
+
+    page = operator_client.get(f"/blobs/{gone.pk}/download")
+    assert page.status_code == 404 and "Location" not in page
+    text = page.content.decode()
+    assert "<h1>File missing</h1>" in text and gone.uri in text and "X-Amz-Signature" not in text
+    assert page["Cache-Control"] == "no-store"
+
+    as_json = operator_client.get(f"/blobs/{gone.pk}/download", HTTP_ACCEPT="application/json")
+    assert as_json.status_code == 404
+    body = as_json.json()
+    assert body["error"].startswith("File missing") and body["state"] == "missing" and body["uri"] == gone.uri
+    assert not Download.objects.filter(reference=gone).exists()
+
+    assert operator_client.get(f"/blobs/{here.pk}/download").status_code == 302

@@ -181,6 +181,9 @@ def test_checkpoint_page_decodes_values_from_postgres(viewer_client, pg_saver, p
     assert changes["counter"].kind == "added" and changes["label"].kind == "added"
     assert changes["messages"].after_size == blobs["messages"]
     assert "step 1: xx" in html and "appended" in html
+    # LangGraph's own channels are named apart, not detailed
+    assert response.context["internal_changes"] and not any(c.startswith("branch:") for c in changes)
+    assert all(c.startswith(("__", "branch:to:")) for c in response.context["internal_changes"])
 
 
 def test_checkpoint_page_diff_labels_a_removed_channel(viewer_client, sqlite_saver, sqlite_source_url):

@@ -216,3 +216,30 @@ def test_admin_is_branded_and_healthy_booleans_read_as_words(admin_client, mirro
         assert cells and not any("icon-no" in c for c in cells), (url, cells)
     sources = admin_client.get("/admin/checkpoints/source/").content.decode()
     assert sources.count('<td class="field-references">known</td>') == Source.objects.filter(references_unknown=False).count()
+
+
+# --- the checkpoint page -------------------------------------------------------------
+
+
+def test_checkpoint_page_sets_new_bytes_apart_from_the_change_against_the_parent(viewer_client, pg_saver, pg_source_url):
+    from django.urls import reverse
+
+    from checkpoints.models import Checkpoint
+    from dashboard.templatetags.console import size_delta
+
+    run_scenarios(pg_saver, prefix="p")
+    synced_source(pg_source_url, "pg")
+    from django.db.models import F
+
+    # One that shares blob rows with its parent.
+    cp = Checkpoint.objects.filter(thread__source__name="pg", checkpoint_ns="", new_bytes__lt=F("logical_bytes"))\
+        .exclude(parent_checkpoint_id="").order_by("checkpoint_id").first()
+    parent = Checkpoint.objects.get(thread=cp.thread, checkpoint_ns="", checkpoint_id=cp.parent_checkpoint_id)
+    html = viewer_client.get(reverse("checkpoint", args=[cp.pk])).content.decode()
+    logical_card = html[html.index('<span class="label">Logical</span>'):html.index('<span class="label">New bytes</span>')]
+    new_card = html[html.index('<span class="label">New bytes</span>'):html.index('<span class="label">Pending writes</span>')]
+    # The change against the parent is a change of logical bytes, and it says so in that card;
+    # the new bytes say what they are, with no "vs parent" figure beside them to contradict.
+    assert f"{size_delta(cp.logical_bytes - parent.logical_bytes)} against the parent's logical bytes" in logical_card
+    assert "vs parent" not in html and "parent does not name" in new_card
+    assert f"{cp.created_at:%Y-%m-%d %H:%M:%S} UTC" in html

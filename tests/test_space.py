@@ -17,7 +17,7 @@ from checkpoints.models import Source
 from checkpoints.sync import sync_source
 from tests.graphs import chat_graph, config, run_scenarios
 from tests.mirror_data import viewer, viewer_client  # noqa: F401
-from tests.test_maintenance_support import make_source
+from tests.test_maintenance_support import make_source, make_user
 from tests.test_metrics import parse
 
 pytestmark = pytest.mark.django_db
@@ -129,6 +129,12 @@ def test_sqlite_pages_and_free_pages(sqlite_saver, sqlite_source_url, viewer_cli
     value = metrics(viewer_client)
     assert value("source_free_pages", source="src") == space["free_pages"]
     assert value("source_pages", source="src") == space["page_count"]
+
+    # The sources page (operators) says it too, and links to the details.
+    viewer_client.force_login(make_user("otto", "operator"))
+    html = viewer_client.get("/sources/").content.decode()
+    assert f"{space['free_pages']:,} of {space['page_count']:,} pages free" in html
+    assert '/maintenance/#space" title="' in html and "1 warning</a>" in html
 
 
 def test_a_source_whose_figures_cannot_be_read_still_syncs(pg_saver, pg_source_url, monkeypatch, viewer_client):

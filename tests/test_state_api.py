@@ -11,7 +11,7 @@ from html import unescape
 
 import pytest
 from django.urls import reverse
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, HumanMessage
 
 from checkpoints.models import Checkpoint, Thread
 from tests.delta_graphs import run_delta_scenarios
@@ -204,3 +204,25 @@ def test_writes_that_fit_no_shape_are_shown_as_they_are(viewer_client, sqlite_sa
         elif "log" in data["reconstructed"]:
             assert log == snapshot.values["log"]
     assert raw > 0
+
+
+@pytest.mark.parametrize("backend", ["pg", "lite"])
+def test_subgraph_namespace_with_delta_channels(viewer_client, backend, request):
+    from tests.delta_graphs import delta_subgraph
+
+    saver = request.getfixturevalue("pg_saver" if backend == "pg" else "sqlite_saver")
+    url = request.getfixturevalue("pg_source_url" if backend == "pg" else "sqlite_source_url")
+    outer, inner = delta_subgraph(saver)
+    cfg = {"configurable": {"thread_id": "nested"}}
+    for i in range(3):
+        outer.invoke({"messages": [HumanMessage(content=f"q{i}", id=f"q{i}")], "items": f"x{i}"}, cfg)
+    synced_source(url, backend)
+    checked = 0
+    for ns in {c.checkpoint_ns for c in Checkpoint.objects.filter(thread__thread_id="nested")}:
+        graph = inner if ns else outer
+        for snapshot in graph.get_state_history({"configurable": {"thread_id": "nested", "checkpoint_ns": ns}}):
+            cid = snapshot.config["configurable"]["checkpoint_id"]
+            data = state(viewer_client, backend, "nested", checkpoint_ns=ns, checkpoint_id=cid).json()
+            assert data["values"] == as_json(snapshot.values), (ns, cid)
+            checked += 1
+    assert checked > 12

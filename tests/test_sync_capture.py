@@ -16,6 +16,7 @@ from checkpoints.sources.capture import Capture, CaptureError, publication_sql
 from checkpoints.sync import sync_source
 from tests.graphs import chat_graph, config, run_scenarios
 from tests.pg_logical import logical_server_url, logical_url_for_database
+from tests.mirror_data import operator, operator_client  # noqa: F401
 from tests.truth import assert_mirror_matches
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -274,3 +275,34 @@ def test_the_slot_s_retained_wal_is_exported(saver, logical_url, admin_client):
     assert f'checkpoint_console_capture_slot_retained_bytes{{source="cap"}} {status["retained_bytes"]}' in text
     assert 'checkpoint_console_capture_slot_lost{source="cap"} 0' in text
     assert "checkpoint_console_capture_wal_warn_bytes 1000000000" in text
+
+
+def test_the_sources_page_checks_what_logical_decoding_needs_before_saving(operator_client, pg_source_url, settings):
+    settings.CHECKPOINT_DATABASE_URL = ""
+    # The machine's server runs with wal_level=replica: refused, with what to change, nothing saved.
+    response = operator_client.post("/sources/new", {"name": "cap", "url": pg_source_url, "capture": "logical"})
+    assert response.status_code == 400
+    assert "wal_level" in response.content.decode()
+    assert not Source.objects.filter(name="cap").exists()
+    response = operator_client.post("/sources/new", {"name": "cap", "url": pg_source_url, "capture": "scan"})
+    assert response.status_code == 302 and Source.objects.get(name="cap").capture == "scan"
+
+
+def test_the_sources_page_enables_logical_decoding_and_shows_the_retained_wal(operator_client, logical_url, saver,
+                                                                              settings):
+    settings.CHECKPOINT_DATABASE_URL = ""
+    chat_graph(saver).invoke({"messages": ["a"]}, config("one"))
+    response = operator_client.post("/sources/new", {"name": "cap", "url": logical_url, "capture": "logical"})
+    assert response.status_code == 302
+    source = Source.objects.get(name="cap")
+    assert source.capture == "logical"
+    sync_source(source)
+    page = operator_client.get("/sources/").content.decode()
+    assert "logical decoding" in page and "of WAL retained" in page
+
+    # Back to the scan: the slot goes with it.
+    slot = slot_of(source)
+    response = operator_client.post(f"/sources/{source.pk}/edit", {"name": "cap", "url": logical_url, "capture": "scan"})
+    assert response.status_code == 302
+    with Capture(logical_url, slot) as capture:
+        assert not capture.status().exists

@@ -13,6 +13,19 @@ from typing import NamedTuple
 from checkpoints.dburl import kind_of, redact
 
 
+# Values larger than this are never fetched whole: the reader gets their size,
+# then scans them for references in windows of SCAN_WINDOW bytes read from the
+# database (checkpoints.uris.scan_windows), so a sync's memory stays flat
+# whatever the values' sizes. Encrypted values are the exception (ciphertext
+# is decrypted whole, up to the sync's REFERENCE_DECODE_LIMIT).
+WHOLE_VALUE_LIMIT = 1_000_000
+SCAN_WINDOW = 4 * 1024 * 1024
+
+
+class ScannedURIs(frozenset):
+    """A row's `data` when the reader scanned the value in windows: the URIs found in it."""
+
+
 class SourceError(Exception):
     """A source that cannot be read: down, not LangGraph, or an unsupported layout."""
 
@@ -42,7 +55,7 @@ class CheckpointRow(NamedTuple):
     # or SQLite's whole serialized checkpoint (type, bytes); None otherwise.
     inline_values: object = None
     value_type: str | None = None
-    value_data: bytes | None = None
+    value_data: bytes | None = None  # or ScannedURIs, for a value too large to fetch whole
     fresh: bool = True
     # PostgreSQL: `metadata` is its JSON text, and SQL read these two from it
     # (the step when a JSON number, the source when a string).
@@ -58,7 +71,7 @@ class BlobRow(NamedTuple):
     version: str
     type: str | None
     size: int
-    data: bytes | None = None  # fetched only when it may hold a URI or is encrypted
+    data: bytes | None = None  # fetched only when it may hold a URI or is encrypted; ScannedURIs when large
     fresh: bool = True
 
 
@@ -71,7 +84,7 @@ class WriteRow(NamedTuple):
     channel: str
     type: str | None
     size: int
-    data: bytes | None = None
+    data: bytes | None = None  # as BlobRow.data
     fresh: bool = True
 
 
@@ -117,4 +130,5 @@ def open_reader(url: str, *, connect_timeout: int = 10):
     return SqliteReader(url)
 
 
-__all__ = ["SourceError", "first_line", "CheckpointRow", "BlobRow", "WriteRow", "ThreadRows", "DeltaRows", "open_reader", "redact"]
+__all__ = ["WHOLE_VALUE_LIMIT", "SCAN_WINDOW", "ScannedURIs", "SourceError", "first_line", "CheckpointRow", "BlobRow",
+           "WriteRow", "ThreadRows", "DeltaRows", "open_reader", "redact"]

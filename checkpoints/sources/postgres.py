@@ -18,21 +18,33 @@ import psycopg
 from psycopg.types.json import set_json_loads
 
 from checkpoints.dburl import redact
-from checkpoints.sources import BlobRow, CheckpointRow, SourceError, ThreadRows, WriteRow, first_line
+from checkpoints import sources
+from checkpoints.sources import BlobRow, CheckpointRow, ScannedURIs, SourceError, ThreadRows, WriteRow, first_line
+from checkpoints.uris import scan_windows
 
 _XID_WRAP = 2**32
 # Only fetch a value's bytes when they may contain a URI of a blob store, or
 # when they are encrypted (we cannot search ciphertext). The nested CASE
-# scans each value once for "://" and only then for the three schemes.
+# scans each value once for "://" and only then for the three schemes. A
+# value above WHOLE_VALUE_LIMIT comes as an empty bytea instead (no value
+# that large is empty): the reader then scans it in windows.
 _FETCH_IF_MAY_HOLD_URI = (
     "CASE WHEN NOT {fresh} THEN NULL"
     " WHEN type LIKE '%%+%%' THEN {col}"
     " WHEN position('\\x3a2f2f'::bytea in {col}) = 0 THEN NULL"  # ://
     " WHEN position('\\x73333a2f2f'::bytea in {col}) > 0"  # s3://
     "   OR position('\\x6d696e696f3a2f2f'::bytea in {col}) > 0"  # minio://
-    "   OR position('\\x66696c653a2f2f'::bytea in {col}) > 0 THEN {col}"  # file://
+    "   OR position('\\x66696c653a2f2f'::bytea in {col}) > 0"  # file://
+    "   THEN CASE WHEN octet_length({col}) > %(whole)s THEN ''::bytea ELSE {col} END"
     " END"
 )
+# One window of a large value, by its primary key (substring is 1-based).
+_WINDOW_SQL = {
+    "blob": "SELECT substring(blob from %s for %s) FROM checkpoint_blobs"
+            " WHERE thread_id = %s AND checkpoint_ns = %s AND channel = %s AND version = %s",
+    "write": "SELECT substring(blob from %s for %s) FROM checkpoint_writes"
+             " WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = %s AND task_id = %s AND idx = %s",
+}
 # age() counts back from one transaction id that stays fixed for our whole
 # transaction, so "at or after the previous snapshot's xmin" is a comparison
 # of two ages: integer arithmetic, no text conversion per row.
@@ -252,7 +264,7 @@ class PostgresReader:
     def read_threads(self, thread_ids, since=None, now=None) -> list:
         """Every row of these threads; values fetched only where useful."""
         ids = list(thread_ids)
-        params = {**self._fresh_params(since, now), "ids": ids}
+        params = {**self._fresh_params(since, now), "ids": ids, "whole": sources.WHOLE_VALUE_LIMIT}
         threads = {t: ThreadRows(t) for t in ids}
         for r in self._query(
             f"""
@@ -280,6 +292,8 @@ class PostgresReader:
             params,
             BlobRow,
         ):
+            if r[6] == b"" and r[5]:  # larger than WHOLE_VALUE_LIMIT: scanned in windows
+                r = r._replace(data=self._scan("blob", r[5], r[:4]))
             threads[r[0]].blobs.append(r)
         for r in self._query(
             f"""
@@ -291,8 +305,19 @@ class PostgresReader:
             params,
             WriteRow,
         ):
+            if r[8] == b"" and r[7]:  # larger than WHOLE_VALUE_LIMIT: scanned in windows
+                r = r._replace(data=self._scan("write", r[7], r[:5]))
             threads[r[0]].writes.append(r)
         return list(threads.values())
+
+    def _scan(self, kind, size, key):
+        """The URIs in one large value, read in windows of SCAN_WINDOW bytes within this snapshot."""
+
+        def read(offset, length):
+            rows = self._query(_WINDOW_SQL[kind], (offset + 1, length, *key))
+            return bytes(rows[0][0]) if rows and rows[0][0] is not None else b""
+
+        return ScannedURIs(scan_windows(read, size, sources.SCAN_WINDOW))
 
 
 def _autovacuum_enabled(reloptions) -> bool:

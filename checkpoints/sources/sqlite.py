@@ -13,14 +13,34 @@ import sqlite3
 from pathlib import Path
 
 from checkpoints.dburl import parse_database_url
-from checkpoints.sources import CheckpointRow, SourceError, ThreadRows, WriteRow
+from checkpoints import sources
+from checkpoints.sources import CheckpointRow, ScannedURIs, SourceError, ThreadRows, WriteRow
+from checkpoints.uris import scan_windows
 
 # Fetch a value only when it may name a blob URI, or is encrypted (ciphertext
-# cannot be searched); "://" is looked for first so most values are scanned once.
-_MAY_HOLD_URI = (
-    "(type LIKE '%+%' OR (instr({col}, X'3a2f2f') > 0 AND (instr({col}, X'73333a2f2f') > 0"
-    " OR instr({col}, X'6d696e696f3a2f2f') > 0 OR instr({col}, X'66696c653a2f2f') > 0)))"
+# cannot be searched); "://" is looked for first so most values are scanned
+# once. A value above WHOLE_VALUE_LIMIT comes as an empty blob instead (no
+# value that large is empty), and the reader scans it in windows through the
+# incremental blob API: SQLite runs in this process, and instr() or substr()
+# on it would load the whole value into this process's memory.
+_FETCH = (
+    "CASE WHEN rowid <= ? THEN NULL"
+    " WHEN type LIKE '%+%' THEN CAST({col} AS BLOB)"
+    " WHEN {size} > ? THEN X''"
+    " WHEN instr({col}, X'3a2f2f') > 0 AND (instr({col}, X'73333a2f2f') > 0"
+    " OR instr({col}, X'6d696e696f3a2f2f') > 0 OR instr({col}, X'66696c653a2f2f') > 0) THEN CAST({col} AS BLOB)"
+    " END"
 )
+
+
+def byte_length(col: str) -> str:
+    """SQL for the contract's `coalesce(length(CAST(col AS BLOB)), 0)`, without loading a blob.
+
+    The same number, but length() of a blob column reads only the row's
+    header, while the CAST made SQLite load the whole value into this
+    process's memory first (a 200 MB value: 200 MB more, just for its size).
+    """
+    return f"CASE typeof({col}) WHEN 'blob' THEN length({col}) ELSE coalesce(length(CAST({col} AS BLOB)), 0) END"
 
 
 class SqliteReader:
@@ -158,34 +178,54 @@ class SqliteReader:
 
     def _read_rows(self, threads, ids, floors):
         marks = ", ".join("?" * len(ids))
+        whole = sources.WHOLE_VALUE_LIMIT
         for r in self._query(
             f"""
             SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
-                   coalesce(length(CAST(checkpoint AS BLOB)), 0) + coalesce(length(CAST(metadata AS BLOB)), 0),
+                   {byte_length('checkpoint')} + {byte_length('metadata')},
                    CAST(metadata AS BLOB), type,
-                   CASE WHEN rowid > ? AND {_MAY_HOLD_URI.format(col='checkpoint')} THEN CAST(checkpoint AS BLOB) END,
-                   rowid > ?
+                   {_FETCH.format(col='checkpoint', size=byte_length('checkpoint'))},
+                   rowid > ?, rowid
             FROM checkpoints WHERE thread_id IN ({marks})
             """,
-            (floors["checkpoints"], floors["checkpoints"], *ids),
+            (floors["checkpoints"], whole, floors["checkpoints"], *ids),
         ):
+            data = r[7]
+            if data == b"" and r[4] > whole:  # larger than WHOLE_VALUE_LIMIT: scanned in windows
+                data = self._scan("checkpoints", "checkpoint", r[9])
             threads[r[0]].checkpoints.append(
                 CheckpointRow(
                     r[0], r[1], r[2], r[3], r[4], _json_or_none(r[5]), None, None,
-                    value_type=r[6], value_data=r[7], fresh=bool(r[8]),
+                    value_type=r[6], value_data=data, fresh=bool(r[8]),
                 )
             )
         for r in self._query(
             f"""
             SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type,
-                   coalesce(length(CAST(value AS BLOB)), 0),
-                   CASE WHEN rowid > ? AND {_MAY_HOLD_URI.format(col='value')} THEN CAST(value AS BLOB) END,
-                   rowid > ?
+                   {byte_length('value')},
+                   {_FETCH.format(col='value', size=byte_length('value'))},
+                   rowid > ?, rowid
             FROM writes WHERE thread_id IN ({marks})
             """,
-            (floors["writes"], floors["writes"], *ids),
+            (floors["writes"], whole, floors["writes"], *ids),
         ):
-            threads[r[0]].writes.append(WriteRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9])))
+            data = r[8]
+            if data == b"" and r[7] > whole:  # larger than WHOLE_VALUE_LIMIT: scanned in windows
+                data = self._scan("writes", "value", r[10])
+            threads[r[0]].writes.append(WriteRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], data, bool(r[9])))
+
+    def _scan(self, table, column, rowid):
+        """The URIs in one large value, read in windows of SCAN_WINDOW bytes within this read transaction."""
+        try:
+            with self.conn.blobopen(table, column, rowid, readonly=True) as blob:
+
+                def read(offset, length):
+                    blob.seek(offset)
+                    return blob.read(length)
+
+                return ScannedURIs(scan_windows(read, len(blob), sources.SCAN_WINDOW))
+        except sqlite3.Error as e:
+            raise SourceError(f"reading {self.url} failed: {e}") from None
 
 
 def _key_digest(key) -> str:

@@ -50,6 +50,20 @@ def when(value):
 
 
 @register.filter
+def size_delta(value):
+    """A signed change of size: "+1.2 KB", "−2.0 KB" or "no change", the exact count in the title.
+
+    >>> size_delta(1234), size_delta(-2000), size_delta(0)
+    ('<span class="size" title="+1,234 bytes">+1.2 KB</span>', '<span class="size" title="−2,000 bytes">−2.0 KB</span>', 'no change')
+    """
+    n = int(value)
+    if n == 0:
+        return "no change"
+    sign = "+" if n > 0 else "−"
+    return mark_safe(f'<span class="size" title="{sign}{abs(n):,} bytes">{sign}{format_bytes(abs(n))}</span>')
+
+
+@register.filter
 def stamp(value):
     """The absolute time (UTC, to the second) with how long ago beside it, for timelines.
 

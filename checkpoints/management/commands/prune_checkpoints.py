@@ -27,13 +27,16 @@ class Command(BaseCommand):
         parser.add_argument("--source", metavar="NAME", help="Only this source (default: all).")
         parser.add_argument("--threads", action="store_true",
                             help="Also delete whole threads idle for longer than the age.")
+        parser.add_argument("--vacuum", action="store_true",
+                            help="After a real run, a plain VACUUM of the pruned tables (never VACUUM FULL); "
+                                 "the result reports dead rows or free pages and bytes before and after.")
         parser.add_argument("--dry-run", action="store_true", help="Count what would go; change nothing.")
         parser.add_argument("--json", action="store_true", help="Print one JSON object.")
 
     def handle(self, *args, **options):
         try:
             policy = PrunePolicy.from_options(
-                options["older_than"], options["keep_last"], options["tag"], options["threads"]
+                options["older_than"], options["keep_last"], options["tag"], options["threads"], options["vacuum"]
             )
         except ValueError as e:
             raise CommandError(str(e)) from None
@@ -50,6 +53,8 @@ class Command(BaseCommand):
 
         total = {k: 0 for k in CONTRACT_KEYS}
         total.update(dry_run=options["dry_run"], skipped=[])
+        if policy.vacuum and not options["dry_run"]:
+            total["vacuum"] = {}  # per source: what VACUUM changed
         errors = []
         for source in sources:
             try:
@@ -65,6 +70,8 @@ class Command(BaseCommand):
             for key in ("threads", "checkpoints", "writes", "blobs", "bytes", "disk_bytes_before", "disk_bytes_after"):
                 total[key] += part[key]
             total["skipped"] += part["skipped"]
+            if "vacuum" in run.result:
+                total["vacuum"][source.name] = run.result["vacuum"]
             if not options["json"]:
                 self._summary(source, run.result)
 
@@ -85,7 +92,18 @@ class Command(BaseCommand):
             self.stdout.write(f"  skipped {s['thread_id']!r}: {s['reason']}")
         if len(r["skipped"]) > 20:
             self.stdout.write(f"  ... and {len(r['skipped']) - 20} more skipped threads")
+        vacuum = r.get("vacuum")
         self.stdout.write(
             f"  on disk: {format_bytes(r['disk_bytes_before'])} before, {format_bytes(r['disk_bytes_after'])} after"
-            " (the database gives space back only after VACUUM)"
+            + (" VACUUM" if vacuum and not vacuum.get("error") else " (the database gives space back only after VACUUM)")
         )
+        if vacuum and vacuum.get("error"):
+            self.stdout.write(f"  VACUUM failed: {vacuum['error']}")
+        elif vacuum:
+            before, after = vacuum["before"], vacuum["after"]
+            if "dead_rows" in before:
+                change = ", ".join(f"{t} {n} -> {after['dead_rows'].get(t)}" for t, n in before["dead_rows"].items())
+                self.stdout.write(f"  VACUUM in {vacuum['seconds']}s: dead rows {change}")
+            else:
+                self.stdout.write(f"  VACUUM in {vacuum['seconds']}s: free pages {before['free_pages']} -> {after['free_pages']}")
+            self.stdout.write(f"  tables: {format_bytes(before['bytes'])} before VACUUM, {format_bytes(after['bytes'])} after")
