@@ -316,6 +316,10 @@ class S3Saver(BaseCheckpointSaver[str]):
         self.sse_kms_key_id = sse_kms_key_id
         self.max_workers = max_workers
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3saver")
+        # list() loads whole checkpoints in parallel and each load fetches its
+        # payload and writes in parallel: the outer level gets its own pool, or
+        # loads waiting on a full pool for their fetches would deadlock.
+        self._load_pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3saver-load")
         self._delta_marked: set[str] = set()
         self._metrics = None
         if metrics:
@@ -343,6 +347,7 @@ class S3Saver(BaseCheckpointSaver[str]):
         return f"{type(self).__name__}(bucket={self.bucket!r}, prefix={self.prefix!r})"
 
     def close(self):
+        self._load_pool.shutdown(wait=True)
         self._pool.shutdown(wait=True)
 
     def __enter__(self):
@@ -716,7 +721,7 @@ class S3Saver(BaseCheckpointSaver[str]):
         batch = []
 
         def flush(batch):
-            loaded = self._parallel(lambda c: self._load(c[0], c[1], c[2], c[3]), batch)
+            loaded = list(self._load_pool.map(lambda c: self._load(c[0], c[1], c[2], c[3]), batch))
             out = []
             for tup in loaded:
                 if filter and not all(tup.metadata.get(k) == v for k, v in filter.items()):

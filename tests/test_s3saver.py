@@ -251,7 +251,7 @@ def test_requests_do_not_grow_with_history(moto_s3, bucket):
     wire.count()
     before = listed[4].config
     listed = list(saver.list({"configurable": {"thread_id": "long", "checkpoint_ns": ""}}, before=before, limit=3))
-    assert [t.metadata["step"] for t in listed] == [396, 395, 394]
+    assert [t.metadata["step"] for t in listed] == [395, 394, 393]  # listed[4] is step 396
     assert wire.by_kind() == {"list": 1, "other": 3}
 
 
