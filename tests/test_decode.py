@@ -891,7 +891,11 @@ def test_the_sync_reference_scan_agrees_with_the_full_decoder_on_arbitrary_bytes
 @given(value=st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | _URI_TEXT | st.text() | st.binary(),
     lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(_URI_TEXT | st.text(max_size=5) | st.integers(0, 9), children, max_size=5),
+    # Text keys or integer keys, never both in one map: the decoder shows keys as
+    # text, so {0: x, "0": y} keeps one of them on the page, while the sync's scan
+    # (rightly) records a reference under either.
+    | st.dictionaries(_URI_TEXT | st.text(max_size=5), children, max_size=5)
+    | st.dictionaries(st.integers(0, 9), children, max_size=5),
     max_leaves=30,
 ))
 def test_the_sync_reference_scan_agrees_with_the_full_decoder_on_any_msgpack_value(value):
