@@ -36,6 +36,27 @@ def _shown(raw):
         return raw
 
 
+def redis_with_timeouts(url, connect=2, read=10):
+    """`url` with socket timeouts unless it names its own.
+
+    redis-py waits forever by default, so a broker that accepts and never
+    answers would hang every page that asks for the queue size. The read
+    timeout stays above django-q's 1 s BLPOP wait.
+
+    >>> redis_with_timeouts("redis://h:6379/0")
+    'redis://h:6379/0?socket_connect_timeout=2&socket_timeout=10'
+    >>> redis_with_timeouts("redis://h/0?socket_timeout=30")
+    'redis://h/0?socket_timeout=30&socket_connect_timeout=2'
+    """
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    query.setdefault("socket_connect_timeout", str(connect))
+    query.setdefault("socket_timeout", str(read))
+    return parts._replace(query=urlencode(query)).geturl()
+
+
 def env_str(name, default=""):
     return _env(name, default, str.strip)
 
@@ -299,7 +320,7 @@ Q_CLUSTER = {
     "label": "Tasks",
 }
 if Q_BROKER.startswith(("redis://", "rediss://")):
-    Q_CLUSTER["redis"] = Q_BROKER
+    Q_CLUSTER["redis"] = redis_with_timeouts(Q_BROKER)
 elif Q_BROKER in ("", "orm"):
     Q_CLUSTER["orm"] = "default"
 else:

@@ -185,3 +185,40 @@ def test_a_real_cluster_beats_and_a_killed_one_is_down_with_its_queue(broker, re
         assert health["oldest_queued"] is not None and health["oldest_queued_age"] < 60
     health = cluster_health(now + ALIVE_WINDOW + timedelta(minutes=1))  # the heartbeat ages on a fixed clock
     assert not health["alive"] and health["down_with_work"] and health["queued_tasks"] == 1
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP server that accepts connections and never answers."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    server.close()
+
+
+def test_a_broker_that_never_answers_is_reported_not_waited_for(silent_server, monkeypatch, t0):
+    from django_q.conf import Conf
+
+    from dashboard.settings import redis_with_timeouts
+
+    # Without timeouts redis-py would wait forever here and hang the page.
+    monkeypatch.setattr(Conf, "REDIS", redis_with_timeouts(silent_server, connect=1, read=1))
+    monkeypatch.setattr(Conf, "ORM", None)
+    queued, error, oldest = __import__("dashboard.cluster", fromlist=["queue_state"]).queue_state(t0)
+    assert (queued, oldest) == (None, None)
+    assert "Timeout" in error
+
+
+def test_the_redis_broker_url_gets_timeouts(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "dashboard.settings", "Q_BROKER": "redis://127.0.0.1:6379/3",
+           "CONSOLE_VAR_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", "from django.conf import settings; print(settings.Q_CLUSTER['redis'])"],
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "redis://127.0.0.1:6379/3?socket_connect_timeout=2&socket_timeout=10"
