@@ -12,7 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from checkpoints import units
 from checkpoints.dburl import parse_database_url, redact
-from storage.s3client import S3Settings
+from checkpoints.s3client import S3Settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("CONSOLE_VAR_DIR", BASE_DIR / "var"))
@@ -339,7 +339,7 @@ PRUNE_ACTIVE_WINDOW = env_duration("PRUNE_ACTIVE_WINDOW", units.parse_duration("
 SWEEP_GRACE = env_duration("SWEEP_GRACE", units.parse_duration("24h"))
 
 # --- Blob stores -----------------------------------------------------------------
-# One reader for the console and the agent library (storage/s3client.py).
+# One reader for the console and the agent library (checkpoints/s3client.py).
 try:
     _S3 = S3Settings.from_env()
 except ValueError as e:
