@@ -70,7 +70,8 @@ def test_no_view_task_or_template_compares_a_job_kind_of_its_own():
     assert not KIND_CHECK.search('{"sweep": run}')
     python = ["dashboard/maintenance.py", "dashboard/maintenance_forms.py", "dashboard/run_summary.py",
               "dashboard/tasks.py", "dashboard/planner.py", "dashboard/api.py", "dashboard/metrics.py",
-              "dashboard/sources.py", "storage/overview.py", "checkpoints/run_history.py", "checkpoints/removal.py"]
+              "dashboard/sources.py", "storage/overview.py", "storage/sweep.py", "storage/refcheck.py",
+              "checkpoints/run_history.py", "checkpoints/removal.py", "checkpoints/sync.py", "checkpoints/prune.py"]
     for name in python:
         code = "\n".join(line for line in (ROOT / name).read_text().splitlines()
                          if not line.lstrip().startswith(("#", ">>>", "...")))
