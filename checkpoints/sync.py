@@ -31,6 +31,7 @@ from checkpoints import decode, usage
 from checkpoints.bulk import JsonText, delete_pairs, insert_rows, json_value, reserve_ids, update_rows
 from checkpoints.dburl import kind_of
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
+from checkpoints.jobs import PRUNE, SYNC
 from checkpoints.models import BlobReference, Checkpoint, DailyUsage, PruneMark, ReferenceUse, Run, Source, Tag, Thread
 from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
 from checkpoints.sources import ScannedURIs, SourceError, first_line, open_reader
@@ -136,7 +137,7 @@ def sync_source(source, *, full=False, requested_by=None, origin="command", wait
     if not _still_enabled(source):
         return _empty_result(source.name, disabled_error(source))
     try:
-        run = start_run("sync", source, parameters={"full": full}, requested_by=requested_by, origin=origin, wait=wait)
+        run = start_run(SYNC, source, parameters={"full": full}, requested_by=requested_by, origin=origin, wait=wait)
     except RunBusy as e:
         return _empty_result(source.name, f"skipped: {e}")
     # Read again now that the run holds the lock: a removal disables the
@@ -275,7 +276,7 @@ def _sync(source, full, stats, run, touched):
     # Marks of prunes that ended (or died) before this sync reads the source:
     # their threads are re-read, then the marks go. Read before the source's
     # snapshot, so that every deletion they stand for is in it.
-    fail_dead_runs(lock_key("prune", source))
+    fail_dead_runs(lock_key(PRUNE, source))
     settled = _settled_marks(source)
     changes = _peek_changes(source)
     if (changes is not None and not full and not changes.threads and not settled
@@ -286,7 +287,7 @@ def _sync(source, full, stats, run, touched):
             capture.confirm(changes.end_lsn)
         if not DailyUsage.objects.filter(source=source, day=timezone.now().date()).exists():
             usage.capture(source)
-        previous = (Run.objects.filter(kind="sync", source=source, state="done").exclude(pk=run.pk)
+        previous = (Run.objects.filter(kind=SYNC, source=source, state="done").exclude(pk=run.pk)
                     .order_by("-pk").values_list("result", flat=True).first())
         if previous and "threads" in previous:
             return _Unchanged(threads=previous["threads"], checkpoints=previous["checkpoints"])
