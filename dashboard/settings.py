@@ -57,6 +57,60 @@ def redis_with_timeouts(url, connect=2, read=10):
     return parts._replace(query=urlencode(query)).geturl()
 
 
+# The cache's socket timeouts (seconds): a cache server that is down or hangs
+# must cost a page a fraction of a second, once (dashboard.cachebackend).
+CACHE_CONNECT_TIMEOUT = 0.5
+CACHE_READ_TIMEOUT = 1.0
+
+
+def cache_config(url):
+    """The CACHES["default"] entry for a CACHE_URL; the local-memory cache when empty.
+
+    `valkey://` is Valkey's name for the Redis protocol (`valkeys://` with TLS).
+
+    >>> cache_config("")["BACKEND"]
+    'django.core.cache.backends.locmem.LocMemCache'
+    >>> c = cache_config("valkey://cache.internal:6380/2")
+    >>> c["BACKEND"], c["LOCATION"], c["OPTIONS"]["socket_timeout"]
+    ('dashboard.cachebackend.ResilientRedisCache', 'redis://cache.internal:6380/2', 1.0)
+    >>> cache_config("memcached://x:11211")
+    Traceback (most recent call last):
+    ...
+    ValueError: use redis://, rediss://, valkey:// or valkeys://, or leave it unset for the local-memory cache
+    >>> cache_config("redis://h:port/0")
+    Traceback (most recent call last):
+    ...
+    ValueError: the port is not a number
+    """
+    from urllib.parse import urlsplit
+
+    url = url.strip()
+    if not url:
+        # Per process: a page's second view in the same web process is served from it.
+        return {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "checkpoint-console",
+                "OPTIONS": {"MAX_ENTRIES": 500}}
+    schemes = {"redis": "redis", "rediss": "rediss", "valkey": "redis", "valkeys": "rediss"}
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in schemes:
+        raise ValueError("use redis://, rediss://, valkey:// or valkeys://, or leave it unset for the local-memory cache")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError("the port is not a number") from None
+    if not parts.hostname:
+        raise ValueError("no host")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"the database {db!r} is not a number")
+    return {
+        # RedisCache that serves a miss instead of an error when the server is down or slow.
+        "BACKEND": "dashboard.cachebackend.ResilientRedisCache",
+        "LOCATION": parts._replace(scheme=schemes[parts.scheme.lower()]).geturl(),
+        # Timeouts named in the URL's query (socket_timeout=...) take precedence in redis-py.
+        "OPTIONS": {"socket_connect_timeout": CACHE_CONNECT_TIMEOUT, "socket_timeout": CACHE_READ_TIMEOUT},
+    }
+
+
 def env_str(name, default=""):
     return _env(name, default, str.strip)
 
@@ -304,6 +358,16 @@ S3_CONNECT_TIMEOUT = _S3.connect_timeout
 S3_READ_TIMEOUT = _S3.read_timeout
 S3_MAX_ATTEMPTS = _S3.max_attempts
 OFFLOAD_THRESHOLD = env_size("OFFLOAD_THRESHOLD", 1_000_000)
+
+# --- Cache -------------------------------------------------------------------------
+# Decoded checkpoint values and previews of offloaded/external objects
+# (dashboard.snapshot_cache); also the tag browser's counts.
+CACHE_URL = _env("CACHE_URL", "", lambda raw: (cache_config(raw), raw.strip())[1])
+CACHES = {"default": cache_config(CACHE_URL)}
+SNAPSHOT_CACHE_TTL = env_duration("SNAPSHOT_CACHE_TTL", units.parse_duration("1h"))
+# Bytes of an object's content read for an inline preview (storage.previews); "show more" reads
+# storage.previews.MORE_FACTOR times as much. Never more than that is held in memory.
+PREVIEW_LIMIT = env_size("PREVIEW_LIMIT", 100_000)
 
 # --- Task queue --------------------------------------------------------------
 Q_BROKER = env_str("Q_BROKER", "")

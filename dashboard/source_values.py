@@ -122,6 +122,46 @@ def read_values(source, checkpoint, *, limit, aes_key=None, digest=False) -> Che
     return _read_sqlite(source.url, key, parent, limit, aes_key, digest)
 
 
+def read_writes(source, checkpoint, *, limit, aes_key=None, digest=False) -> list:
+    """The pending writes of a mirrored checkpoint, read now (they arrive after it); ReadError if it is gone.
+
+    What dashboard.snapshot_cache adds to the values it kept: a checkpoint
+    never changes, its writes may.
+    """
+    thread, ns, cid = source_thread_id(checkpoint.thread.thread_id), checkpoint.checkpoint_ns, checkpoint.checkpoint_id
+    gone = "this checkpoint is no longer in the source (pruned or deleted since the last sync)"
+    if source.kind == "postgres":
+        import psycopg
+
+        params = {"thread": thread, "ns": ns, "id": cid, "limit": limit}
+        try:
+            with psycopg.connect(source.url, connect_timeout=CONNECT_TIMEOUT, autocommit=False) as conn:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
+                if conn.execute(_PG_EXISTS, params).fetchone() is None:
+                    raise ReadError(gone)
+                rows = conn.execute(_PG_WRITES, params).fetchall()
+                conn.rollback()
+        except psycopg.Error as e:
+            raise ReadError(f"cannot read {redact(source.url)}: {first_line(e)}") from None
+    else:
+        path = Path(parse_database_url(source.url)["NAME"])
+        if not path.is_file():
+            raise ReadError(f"{source.url}: no such SQLite file")
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+            try:
+                conn.execute("BEGIN")
+                if conn.execute(_SQLITE_EXISTS, (thread, ns, cid)).fetchone() is None:
+                    raise ReadError(gone)
+                rows = conn.execute(_SQLITE_WRITES, (limit, thread, ns, cid)).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            raise ReadError(f"cannot read {source.url}: {e}") from None
+    return [_write(task, idx, channel, t, s, d, limit, aes_key, digest) for task, idx, channel, t, s, d in rows]
+
+
 def _object(value):
     return value if isinstance(value, dict) else {}
 
@@ -269,6 +309,9 @@ _BLOBS = """
       ON b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns AND b.channel = v.key AND b.version = v.value
     WHERE c.thread_id = %(thread)s AND c.checkpoint_ns = %(ns)s AND c.checkpoint_id = ANY(%(ids)s)
 """
+_PG_EXISTS = """
+    SELECT 1 FROM checkpoints WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s AND checkpoint_id = %(id)s
+"""
 _PG_WRITES = """
     SELECT task_id, idx, channel, type, coalesce(octet_length(blob), 0),
            CASE WHEN octet_length(blob) <= %(limit)s THEN blob END
@@ -363,6 +406,7 @@ _SQLITE_CHECKPOINTS = f"""
            CAST(metadata AS TEXT)
     FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id IN (?, ?)
 """
+_SQLITE_EXISTS = "SELECT 1 FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?"
 _SQLITE_WRITES = f"""
     SELECT task_id, idx, channel, type, {byte_length('value')},
            CASE WHEN {byte_length('value')} <= ? THEN CAST(value AS BLOB) END

@@ -359,7 +359,8 @@ def _link_delta_sources(values, same_ns):
 
 @viewer_required
 def checkpoint(request, pk):
-    from dashboard.source_values import ReadError, read_values
+    from dashboard.snapshot_cache import read_values_cached
+    from dashboard.source_values import ReadError
 
     cp = get_object_or_404(Checkpoint.objects.select_related("thread", "thread__source"), pk=pk)
     t = cp.thread
@@ -384,7 +385,7 @@ def checkpoint(request, pk):
 
     error, values = "", None
     try:
-        values = read_values(
+        values = read_values_cached(
             t.source, cp, limit=settings.DISPLAY_DECODE_LIMIT, aes_key=settings.LANGGRAPH_AES_KEY or None
         )
     except ReadError as e:

@@ -57,6 +57,7 @@ from django.utils import timezone
 
 from checkpoints.dburl import parse_database_url, redact
 from checkpoints.ids import uuid6_floor
+from checkpoints.jobs import SWEEP
 from checkpoints.models import BlobReference, ReferenceUse, Source
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
 from checkpoints.sources import SourceError, first_line, open_reader
@@ -852,7 +853,7 @@ def run_sweep(*, grace=None, force=False, dry_run=False, requested_by=None, orig
     grace = check_grace(grace, force)
     try:
         run = start_run(
-            "sweep", None, parameters={"grace": duration_text(grace), "force": bool(force)},
+            SWEEP, None, parameters={"grace": duration_text(grace), "force": bool(force)},
             requested_by=requested_by, origin=origin, dry_run=dry_run, run=run,
         )
     except RunBusy as e:
