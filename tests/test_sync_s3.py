@@ -14,6 +14,7 @@ from checkpoints.sources.s3 import reader as s3_reader
 from checkpoints.sync import sync_source
 from storage.s3saver import S3Saver
 from tests.graphs import chat_graph, config, run_scenarios
+from tests.mirror_data import static_settings, viewer, viewer_client  # noqa: F401
 from tests.truth import assert_mirror_matches
 
 pytestmark = pytest.mark.django_db
@@ -177,3 +178,37 @@ def _objects(saver, rel):
     for page in saver.client.get_paginator("list_objects_v2").paginate(Bucket=saver.bucket, Prefix=PREFIX + rel):
         out.extend(page.get("Contents", []))
     return out
+
+
+def test_pages_api_and_state_api_read_the_s3_store(store, viewer_client):
+    from tests.test_state_api import check_plain_graphs, state
+
+    saver, url = store
+    run_scenarios(saver)
+    source = make_source(url, name="s3")
+    assert sync_source(source)["error"] is None
+
+    # /api/state/ gives get_state's values for every checkpoint of the shared scenarios.
+    check_plain_graphs(viewer_client, "s3", saver)
+    waiting = state(viewer_client, "s3", "t-waiting").json()
+    assert any(w["channel"] == "__interrupt__" for w in waiting["pending_writes"])
+    assert viewer_client.get("/api/threads/", {"tag": "tenant:acme"}).json()["count"] >= 1
+    summary = {s["name"]: s for s in viewer_client.get("/api/summary/").json()["sources"]}
+    assert summary["s3"]["checkpoints"] == Checkpoint.objects.filter(source=source).count()
+    for path in ("/", "/threads/", "/threads/s3/t-chat0/", "/maintenance/", "/metrics"):
+        assert viewer_client.get(path).status_code == 200, path
+    page = viewer_client.get(f"/checkpoints/{Checkpoint.objects.filter(source=source, thread__thread_id='t-file').latest('checkpoint_id').pk}/")
+    assert page.status_code == 200 and "report.pdf" in page.content.decode()
+
+
+def test_checkpoint_page_names_a_missing_payload(store, viewer_client):
+    saver, url = store
+    run_scenarios(saver)
+    source = make_source(url, name="s3")
+    assert sync_source(source)["error"] is None
+    latest = Checkpoint.objects.filter(source=source, thread__thread_id="t-chat0", checkpoint_ns="").latest("checkpoint_id")
+    payload = saver.payload_key("t-chat0", "", latest.checkpoint_id)
+    saver.client.delete_object(Bucket=saver.bucket, Key=payload)
+
+    page = viewer_client.get(f"/checkpoints/{latest.pk}/").content.decode()
+    assert f"{PREFIX}threads/t-chat0/_/" in page and "is missing" in page
