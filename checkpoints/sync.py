@@ -34,7 +34,7 @@ from checkpoints.ids import source_thread_id, thread_key, uuid6_time
 from checkpoints.jobs import PRUNE, SYNC
 from checkpoints.models import BlobReference, Checkpoint, DailyUsage, PruneMark, ReferenceUse, Run, Source, Tag, Thread
 from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
-from checkpoints.sources import ScannedURIs, SourceError, first_line, open_reader
+from checkpoints.sources import ScannedURIs, SourceError, TypedValues, first_line, open_reader
 from checkpoints.sources.capture import Capture, new_slot_name
 from checkpoints.tags import extract_tags
 from checkpoints.uris import classify
@@ -308,6 +308,10 @@ def _sync(source, full, stats, run, touched):
         if changes is not None:
             # Deletions arrive as deletions: no counting of the source's tables.
             totals, removing = None, changes.deleted_checkpoints
+        elif since is not None and getattr(reader, "changes_include_deletions", False):
+            # The store's own change index names deleted checkpoints and threads (S3): the
+            # threads it names are re-read whole, nothing needs counting.
+            totals, removing = None, 0
         elif quiet:
             totals, removing = None, 0
         else:
@@ -383,6 +387,9 @@ def _sync(source, full, stats, run, touched):
         source.layout = layout
         source.sync_state = {"watermark": now, **{k: state[k] for k in ("slot", "slot_status") if k in state},
                              "space": _space(reader)}
+        if getattr(reader, "problem_count", 0):
+            # What this sync could not read (S3: payloads missing or corrupt, foreign objects): the sources page shows it.
+            source.sync_state["problems"] = {"count": reader.problem_count, "first": reader.problems}
         if context.failed:  # in hex: an id may hold a NUL, which jsonb cannot
             source.sync_state["retry"] = sorted(t.encode("utf-8", "surrogatepass").hex() for t in context.failed)
         source.references_unknown = context.undecodable > 0 if since is None else (
@@ -613,6 +620,8 @@ def _compute_thread(context, rows, known):
         records.append(record)
         refs.extend(found)
         refs.extend(_value_references(context, c, known))
+        if (c.checkpoint_ns, c.checkpoint_id) in rows.problems:  # partly unreadable: its references are unknown
+            context.undecodable += 1
     thread = _thread_fields(records, rows) if records else None
     return thread, records, refs
 
@@ -714,7 +723,12 @@ def _value_references(context, c, known):
     """References in the checkpoint row itself: PostgreSQL's inline primitives, or SQLite's whole serialized checkpoint."""
     refs = []
     values = None
-    if isinstance(c.inline_values, dict):
+    if isinstance(c.inline_values, TypedValues):  # S3: every value as serialized, per channel
+        for channel, (type_, data) in c.inline_values.items():
+            uris = _uris_in(context, type_, data)
+            if uris:
+                refs.append((c.checkpoint_ns, c.checkpoint_id, f"value:{channel}", uris))
+    elif isinstance(c.inline_values, dict):
         values = c.inline_values
     elif isinstance(c.value_data, ScannedURIs):  # too large to decode: scanned raw, channel unknown
         if c.value_data:
