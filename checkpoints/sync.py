@@ -300,8 +300,11 @@ def _sync(source, full, stats, run, touched):
         now = reader.watermark()
         state = source.sync_state or {}
         since = None if full else state.get("watermark")
-        mirrored = Thread.objects.filter(source=source).aggregate(n=Sum("checkpoints"))["n"] or 0
         quiet = changes is None and since is not None and reader.unchanged_since(since, now)
+        # The mirror's checkpoint count is a scan of the source's threads in
+        # the mirror, which grows with the source: read only when the guard
+        # below can fire (something is being removed) or the scan needs it.
+        mirrored = None
         if changes is not None:
             # Deletions arrive as deletions: no counting of the source's tables.
             totals, removing = None, changes.deleted_checkpoints
@@ -313,14 +316,18 @@ def _sync(source, full, stats, run, touched):
             totals, removing = None, 0
         else:
             totals = reader.totals()
+            mirrored = _mirrored_checkpoints(source)
             removing = mirrored - totals["checkpoints"]
-        # Checkpoints of threads our own prunes marked may be gone: the guard
-        # is against a wrong URL, so it weighs the rest of the mirror only.
-        # Read after the source's snapshot: a prune marks before it deletes.
-        marked = Thread.objects.filter(
-            source=source, thread_id__in=PruneMark.objects.filter(source=source).values("thread_id"),
-        ).aggregate(n=Sum("checkpoints"))["n"] or 0
-        if not full and mirrored - marked and removing - marked > (mirrored - marked) / 2:
+        if removing > 0 and not full:
+            if mirrored is None:
+                mirrored = _mirrored_checkpoints(source)
+            # Checkpoints of threads our own prunes marked may be gone: the guard
+            # is against a wrong URL, so it weighs the rest of the mirror only.
+            # Read after the source's snapshot: a prune marks before it deletes.
+            marked = Thread.objects.filter(
+                source=source, thread_id__in=PruneMark.objects.filter(source=source).values("thread_id"),
+            ).aggregate(n=Sum("checkpoints"))["n"] or 0
+        if removing > 0 and not full and mirrored - marked and removing - marked > (mirrored - marked) / 2:
             raise SyncRefused(
                 f"the source now holds {mirrored - removing} checkpoints where the mirror has {mirrored}: "
                 "a sync would remove more than half of the mirror. If that is right (a big prune, a new "
@@ -373,6 +380,8 @@ def _sync(source, full, stats, run, touched):
             _process(reader, context, sorted(suspects), run)
             mirror_totals = usage.thread_totals(source)
 
+        if mirrored is None:  # what the mirror held before this sync, from what it holds now
+            mirrored = mirror_totals["checkpoints"] - stats["added"] + stats["removed"]
         _analyze_if_grown(stats, mirrored)
         usage.capture(source, mirror_totals)
         source.layout = layout
@@ -397,6 +406,10 @@ def _sync(source, full, stats, run, touched):
     if context.failed:
         raise SyncIncomplete.of(context.failed)
     return mirror_totals
+
+
+def _mirrored_checkpoints(source) -> int:
+    return Thread.objects.filter(source=source).aggregate(n=Sum("checkpoints"))["n"] or 0
 
 
 def _settled_marks(source):
