@@ -212,3 +212,39 @@ def test_checkpoint_page_names_a_missing_payload(store, viewer_client):
 
     page = viewer_client.get(f"/checkpoints/{latest.pk}/").content.decode()
     assert f"{PREFIX}threads/t-chat0/_/" in page and "is missing" in page
+
+
+def test_prune_dry_run_selects_what_the_real_run_deletes_by_the_savers_rules(store):
+    from datetime import timedelta
+
+    from django.test import override_settings
+    from django.utils import timezone
+
+    from checkpoints.prune import PrunePolicy, prune
+
+    saver, url = store
+    threads = run_scenarios(saver)
+    source = make_source(url)
+    assert sync_source(source)["error"] is None
+    states = {t: chat_graph(saver).get_state(config(t)).values for t in threads}
+    now = timezone.now() + timedelta(days=1)
+    policy = PrunePolicy(timedelta(hours=1), keep_last=1)
+    dry, real = [], []
+    with override_settings(PRUNE_ACTIVE_WINDOW=timedelta(0)):
+        dry_result = prune(source, policy, dry_run=True, now=now, on_selection=dry.append)
+        assert _objects(saver, "threads/") and not [o for o in _objects(saver, "changes/") if "/delete/" in o["Key"]]
+        real_result = prune(source, policy, dry_run=False, now=now, on_selection=real.append)
+
+    assert [vars(s) for s in dry] == [vars(s) for s in real]
+    assert dry_result["checkpoints"] == real_result["checkpoints"] > 0
+    assert {s["reason"] for s in real_result["skipped"]} == {"pending_writes"}
+    # The saver's rules: a delete entry per checkpoint, every object of it gone, the latest state unchanged.
+    deleted = {(s.thread_id, ns, cid) for s in real if s.skip is None for ns, cid in s.checkpoints}
+    entries = {o["Key"] for o in _objects(saver, "changes/") if "/delete/" in o["Key"]}
+    assert len(entries) == len(deleted)
+    for thread_id, ns, cid in deleted:
+        assert saver.get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}) is None
+    assert {t: chat_graph(saver).get_state(config(t)).values for t in threads} == states
+    # The next sync follows the change index to the same mirror the bucket describes.
+    assert sync_source(source)["error"] is None
+    assert_mirror_matches(source, url)
