@@ -51,6 +51,7 @@ from django.utils import timezone
 
 from checkpoints.dburl import parse_database_url, redact
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
+from checkpoints.jobs import PRUNE
 from checkpoints.models import PruneMark, Thread
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
 from checkpoints.sources import SourceError, first_line, open_reader
@@ -1051,7 +1052,7 @@ def run_prune(source, policy, *, dry_run, requested_by=None, origin="command", n
     """
     try:
         run = start_run(
-            "prune", source, parameters=policy.as_parameters(), requested_by=requested_by,
+            PRUNE, source, parameters=policy.as_parameters(), requested_by=requested_by,
             origin=origin, dry_run=dry_run, run=run,
         )
     except RunBusy:

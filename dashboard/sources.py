@@ -23,8 +23,9 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from checkpoints.dburl import kind_of
+from checkpoints.jobs import REMOVE, SYNC, job
 from checkpoints.models import Run, Source
-from checkpoints.removal import COUNTS, RemovalRefused, check_removable, release_slot, removal_preview
+from checkpoints.removal import RemovalRefused, check_removable, release_slot, removal_preview
 from checkpoints.sources import SourceError, first_line, open_reader
 from dashboard import usage
 from dashboard.access import viewer_required
@@ -219,9 +220,9 @@ def remove(request, pk):
         refused = str(e)
     if request.method == "POST" and refused is None:
         with transaction.atomic():
-            holder = busy_run("remove", source)
+            holder = busy_run(REMOVE, source)
             if holder is None:
-                run = new_queued_run("remove", source=source, parameters={"source": source.name},
+                run = new_queued_run(REMOVE, source=source, parameters={"source": source.name},
                                      dry_run=False, requested_by=request.user, origin="page")
         if holder is not None:
             return redirect("maintenance-run", pk=holder.pk)
@@ -233,8 +234,8 @@ def remove(request, pk):
     preview = removal_preview(source)
     ctx = {
         "source": source,
-        "counts": [(label, preview[key], key) for key, label in COUNTS],
+        "counts": [(label, preview[key], key) for key, label in job(REMOVE).compared],
         "refused": refused,
-        "runs": Run.objects.filter(source=source).exclude(kind="sync").count(),
+        "runs": Run.objects.filter(source=source).exclude(kind=SYNC).count(),
     }
     return render(request, "sources/remove.html", ctx, status=409 if refused and request.method == "POST" else 200)
