@@ -56,7 +56,8 @@ def check_url(url) -> tuple[str, str]:
     try:
         with open_reader(url, connect_timeout=CHECK_TIMEOUT) as reader:
             layout = reader.layout()
-            reader.totals()  # the tables can be read, not only described
+            if kind != "s3":  # an S3 store's totals are a listing of the whole prefix: layout() has read it
+                reader.totals()  # the tables can be read, not only described
     except SourceError as e:
         raise forms.ValidationError(first_line(e)) from None
     return kind, layout
@@ -66,7 +67,8 @@ class SourceForm(forms.Form):
     name = forms.SlugField(max_length=50, help_text="Short name used in URLs and commands (letters, digits, - and _).")
     url = forms.CharField(
         label="Database URL", widget=forms.TextInput(attrs={"size": 60, "autocomplete": "off", "spellcheck": "false"}),
-        help_text="postgresql://user:password@host:5432/db or sqlite:////absolute/path.db; "
+        help_text="postgresql://user:password@host:5432/db, sqlite:////absolute/path.db or s3://bucket/prefix/ "
+        "(an S3Saver store, read with the console's S3 settings); "
         "opened read-only to check it before saving.",
     )
 
