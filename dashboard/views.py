@@ -376,6 +376,8 @@ def _content_previews(request, values, references):
         use.reference.uri: blob_download_url(use.reference.pk)
         for use in references if can_download and use.reference.state in ("present", "unchecked")
     }
+    # The ETag the reference check saw last (after each sync): a preview kept under it needs no request.
+    etags = {use.reference.uri: use.reference.etag for use in references if use.reference.exists and use.reference.etag}
     more = request.GET.get("more", "")
     rows = []
     for index, target in enumerate(targets, 1):
@@ -383,7 +385,7 @@ def _content_previews(request, values, references):
         if can_download and index <= previews.MAX_TARGETS:
             limit = settings.PREVIEW_LIMIT * (previews.MORE_FACTOR if more == target.uri else 1)
             preview = previews.preview(target, limit=limit, aes_key=settings.LANGGRAPH_AES_KEY or None,
-                                       cache=snapshot_cache.PREVIEWS)
+                                       cache=snapshot_cache.PREVIEWS, known_etag=etags.get(target.uri, ""))
             cut = not preview.complete and preview.status in ("text", "too large")
             if cut and more != target.uri and (preview.size or 0) <= previews.VERIFY_MAX:
                 more_url = _query([], more=target.uri) + f"#content-{index}"

@@ -231,12 +231,26 @@ def _read_head(store, key, limit) -> tuple[bytes, bool]:
         body.close()
 
 
-def preview(target: Target, *, limit: int, aes_key=None, cache=None) -> Preview:
+def _key_parts(target, etag, limit, aes_key):
+    return ("preview", target.uri, etag, limit, json.dumps(target.envelope, sort_keys=True, default=str),
+            hashlib.sha256(aes_key.encode()).hexdigest() if aes_key else "")
+
+
+def preview(target: Target, *, limit: int, aes_key=None, cache=None, known_etag="") -> Preview:
     """Read and decode one target for display; never raises for what a store or the data does.
 
     `cache`, when given, has `get(key_parts)` and `put(key_parts, preview)`:
     a preview is kept under the object's URI and ETag (and the reading options).
+    `known_etag` is the ETag the console's reference check last saw for a
+    present object: a preview kept under it is served without asking the
+    store. Without one the store is HEADed and the preview looked up under
+    the ETag it gives; an object found missing by the check has none, so it
+    is asked again and shown missing.
     """
+    if cache is not None and known_etag:
+        hit = cache.get(_key_parts(target, known_etag, limit, aes_key))
+        if hit is not None:
+            return hit
     base = Preview(target.uri, target.kind, "unavailable", limit=limit)
     envelope = target.envelope
     if envelope is not None:
@@ -261,9 +275,8 @@ def preview(target: Target, *, limit: int, aes_key=None, cache=None) -> Preview:
     base.etag = info.etag
     if envelope is None:
         base.size, base.content_type = info.size, info.content_type
-    parts = ("preview", target.uri, info.etag, info.size, limit, json.dumps(envelope, sort_keys=True, default=str),
-             hashlib.sha256(aes_key.encode()).hexdigest() if aes_key else "")
-    if cache is not None:
+    parts = _key_parts(target, info.etag, limit, aes_key)
+    if cache is not None and info.etag != known_etag:
         hit = cache.get(parts)
         if hit is not None:
             return hit
