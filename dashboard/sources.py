@@ -145,6 +145,8 @@ def index(request):
         row["lag"] = (now - s.last_success_started_at).total_seconds() if s.last_success_started_at else None
         row["env_owned"] = env_owned(s)
         row["space"] = source_space(s)
+        # What the last sync could not read (S3 stores: payloads missing or corrupt, objects not the saver's).
+        row["problems"] = (s.sync_state or {}).get("problems")
         slot = (s.sync_state or {}).get("slot_status") if s.capture == "logical" else None
         row["slot"] = slot
         row["slot_warn"] = bool(slot) and (slot.get("wal_status") == "lost"

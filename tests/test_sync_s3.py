@@ -14,7 +14,7 @@ from checkpoints.sources.s3 import reader as s3_reader
 from checkpoints.sync import sync_source
 from storage.s3saver import S3Saver
 from tests.graphs import chat_graph, config, run_scenarios
-from tests.mirror_data import static_settings, viewer, viewer_client  # noqa: F401
+from tests.mirror_data import operator, operator_client, static_settings, viewer, viewer_client  # noqa: F401
 from tests.truth import assert_mirror_matches
 
 pytestmark = pytest.mark.django_db
@@ -144,6 +144,10 @@ def test_foreign_objects_are_reported_and_the_rest_mirrored(store):
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_a_manifest_whose_payload_is_missing_or_corrupt_is_marked_and_the_rest_mirrored(store, damage):
+    _damaged(store, damage)
+
+
+def _damaged(store, damage):
     saver, url = store
     run_scenarios(saver)
     payload = next(o["Key"] for o in _objects(saver, "threads/t-chat0/_/") if o["Key"].endswith("/payload"))
@@ -163,6 +167,16 @@ def test_a_manifest_whose_payload_is_missing_or_corrupt_is_marked_and_the_rest_m
     assert problems["count"] >= 1
     named = [p for p in problems["first"] if payload in p["error"]]
     assert named and ("missing" if damage == "missing" else "corrupt") in named[0]["error"]
+
+    return source, payload
+
+
+def test_sources_page_says_what_could_not_be_read(store, operator_client):
+    saver, url = store
+    source, payload = _damaged(store, "missing")
+    page = operator_client.get("/sources/").content.decode()
+    assert "could not be read by the last sync" in page and payload in page
+    assert "s3://" in operator_client.get("/maintenance/").content.decode()
 
 
 def test_empty_prefix_and_missing_bucket_are_errors_not_an_empty_source(store):

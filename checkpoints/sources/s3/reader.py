@@ -38,7 +38,7 @@ from checkpoints.sources import CheckpointRow, SourceError, ThreadRows, WriteRow
 # before its watermark (docs/s3-layout.md §4, "Watermark and overlap").
 OVERLAP_SECONDS = 300
 # Objects of one thread are fetched this many at a time.
-WORKERS = 16
+WORKERS = 10  # botocore keeps 10 connections per client: more threads would open and drop connections
 # Problems kept for the sources page (the count is exact, the list is cut).
 MAX_PROBLEMS = 100
 # Payloads and writes larger than this are not fetched for references: their
