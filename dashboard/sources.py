@@ -56,7 +56,8 @@ def check_url(url) -> tuple[str, str]:
     try:
         with open_reader(url, connect_timeout=CHECK_TIMEOUT) as reader:
             layout = reader.layout()
-            reader.totals()  # the tables can be read, not only described
+            if kind != "s3":  # an S3 store's totals are a listing of the whole prefix: layout() has read it
+                reader.totals()  # the tables can be read, not only described
     except SourceError as e:
         raise forms.ValidationError(first_line(e)) from None
     return kind, layout
@@ -66,7 +67,8 @@ class SourceForm(forms.Form):
     name = forms.SlugField(max_length=50, help_text="Short name used in URLs and commands (letters, digits, - and _).")
     url = forms.CharField(
         label="Database URL", widget=forms.TextInput(attrs={"size": 60, "autocomplete": "off", "spellcheck": "false"}),
-        help_text="postgresql://user:password@host:5432/db or sqlite:////absolute/path.db; "
+        help_text="postgresql://user:password@host:5432/db, sqlite:////absolute/path.db or s3://bucket/prefix/ "
+        "(an S3Saver store, read with the console's S3 settings); "
         "opened read-only to check it before saving.",
     )
 
@@ -143,6 +145,8 @@ def index(request):
         row["lag"] = (now - s.last_success_started_at).total_seconds() if s.last_success_started_at else None
         row["env_owned"] = env_owned(s)
         row["space"] = source_space(s)
+        # What the last sync could not read (S3 stores: payloads missing or corrupt, objects not the saver's).
+        row["problems"] = (s.sync_state or {}).get("problems")
         slot = (s.sync_state or {}).get("slot_status") if s.capture == "logical" else None
         row["slot"] = slot
         row["slot_warn"] = bool(slot) and (slot.get("wal_status") == "lost"

@@ -27,6 +27,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from checkpoints import s3layout as layout
@@ -37,7 +38,7 @@ from checkpoints.sources import CheckpointRow, SourceError, ThreadRows, WriteRow
 # before its watermark (docs/s3-layout.md §4, "Watermark and overlap").
 OVERLAP_SECONDS = 300
 # Objects of one thread are fetched this many at a time.
-WORKERS = 16
+WORKERS = 10  # botocore keeps 10 connections per client: more threads would open and drop connections
 # Problems kept for the sources page (the count is exact, the list is cut).
 MAX_PROBLEMS = 100
 # Payloads and writes larger than this are not fetched for references: their
@@ -409,3 +410,69 @@ def _describe(error, settings) -> str:
         message = error.response.get("Error", {}).get("Message") or ""
         return f"{code} {message}".strip()
     return f"{first_line(error)} (server: {settings.where})"
+
+
+# --- one checkpoint, for the checkpoint page and the state API -----------------------------
+
+
+class StoredCheckpoint(NamedTuple):
+    manifest: dict
+    values: dict  # {channel: (type, bytes)} from the payload
+    sizes: dict  # {channel: serialized size} (the manifest's)
+    writes: list  # [(task_id, idx, channel, type, size, data or None when over the limit)]
+
+
+def read_checkpoint(reader: S3Reader, key: tuple, *, limit: int, with_writes: bool = True) -> StoredCheckpoint | None:
+    """One checkpoint's manifest, payload values and (optionally) writes; None when it is gone.
+
+    A payload or write larger than `limit` bytes stored is not fetched: its
+    values come as None (the page shows sizes only). Raises SourceError (the
+    store cannot be read) or S3CheckpointError (the payload is missing or
+    corrupt), both naming the object.
+    """
+    thread, ns, cid = key
+    directory = layout.checkpoint_prefix(reader.prefix, thread, ns, cid)
+    listed = {o["Key"][len(directory):]: o["Size"] for o in reader._list(directory)}
+    if layout.MANIFEST not in listed:
+        return None
+    found = reader._get(directory + layout.MANIFEST)
+    if found is None:
+        return None
+    problems = []
+    manifest = _manifest(f"s3://{reader.bucket}/{directory}{layout.MANIFEST}", found[0], problems)
+    if manifest is None:
+        raise layout.S3CheckpointError(problems[0])
+    sizes = {ch: (v or {}).get("bytes") for ch, v in (manifest.get("values") or {}).items()}
+    if layout.PAYLOAD not in listed:
+        raise layout.S3CheckpointError(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD} is missing")
+    values = {}
+    if listed[layout.PAYLOAD] <= limit:
+        body = reader._get(directory + layout.PAYLOAD)
+        if body is None:
+            raise layout.S3CheckpointError(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD} is missing")
+        frame = layout.unpack(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD}", *body)
+        try:
+            values = {str(ch): (str(v[0]), bytes(v[1])) for ch, v in frame["values"].items()}
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise layout.S3CheckpointError(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD} is corrupt: {e}") from None
+    else:
+        values = {ch: (str((v or {}).get("type", "")), None) for ch, v in (manifest.get("values") or {}).items()}
+    writes = []
+    if with_writes:
+        for rel, size in sorted(listed.items()):
+            if not rel.startswith(layout.WRITES):
+                continue
+            parts = rel[len(layout.WRITES):].split("/")
+            if len(parts) != 2:
+                continue
+            task = layout.decode_segment(parts[0])
+            channel, type_, data = "", "", None
+            if size <= limit:
+                body = reader._get(directory + rel)
+                if body is None:
+                    continue
+                frame = layout.unpack(f"s3://{reader.bucket}/{directory}{rel}", *body)
+                channel, type_, data = str(frame["channel"]), str(frame["value"][0]), bytes(frame["value"][1])
+            writes.append((task, int(parts[1]), channel, type_, size, data))
+    writes.sort(key=lambda w: (w[0], w[1]))
+    return StoredCheckpoint(manifest, values, sizes, writes)
