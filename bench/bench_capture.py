@@ -1,6 +1,6 @@
 """Change-capture benchmark (issue 15): incremental sync cost at two source sizes, both modes.
 
-    python3 bench/bench_capture.py [--server URL] [--sizes 1000000,5000000] [--append 1000] [--repeat 3]
+    python3 bench/bench_capture.py [--server URL] [--sizes 1000000,5000000] [--append 1000] [--repeat 3] [--reuse]
 
 `--server` is a PostgreSQL server with wal_level=logical that may create databases (default: start
 one from the `pgserver` wheel under --data-dir, as the tests do); it holds the sources alone.
