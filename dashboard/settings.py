@@ -11,7 +11,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from checkpoints import units
-from checkpoints.dburl import parse_database_url, redact
+from checkpoints.dburl import kind_of, parse_database_url, redact
 from checkpoints.s3client import S3Settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -307,7 +307,7 @@ AXES_CLIENT_IP_CALLABLE = "dashboard.throttle.client_address"
 AXES_LOCKOUT_CALLABLE = "dashboard.throttle.locked_out"
 
 # --- LangGraph sources -------------------------------------------------------
-CHECKPOINT_DATABASE_URL = _env("CHECKPOINT_DATABASE_URL", "", lambda raw: (parse_database_url(raw), raw.strip())[1])
+CHECKPOINT_DATABASE_URL = _env("CHECKPOINT_DATABASE_URL", "", lambda raw: (kind_of(raw), raw.strip())[1])
 SYNC_INTERVAL = env_duration("SYNC_INTERVAL", units.parse_duration("1m"))
 
 

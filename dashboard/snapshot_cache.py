@@ -112,3 +112,16 @@ def read_values_cached(source, checkpoint, *, limit, aes_key=None, digest=False)
     put(key, values)
     values.writes = writes
     return values
+
+
+class _PreviewCache:
+    """storage.previews' cache: previews of objects under their URI and ETag (key parts from there)."""
+
+    def get(self, parts):
+        return get("previews", key_for(*parts))
+
+    def put(self, parts, preview):
+        put(key_for(*parts), preview)
+
+
+PREVIEWS = _PreviewCache()

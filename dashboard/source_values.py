@@ -117,6 +117,8 @@ def read_values(source, checkpoint, *, limit, aes_key=None, digest=False) -> Che
     # The source's own id: the mirror escapes NUL (checkpoints.ids.thread_key).
     key = (source_thread_id(checkpoint.thread.thread_id), checkpoint.checkpoint_ns, checkpoint.checkpoint_id)
     parent = checkpoint.parent_checkpoint_id or None
+    if source.kind == "s3":
+        return _read_s3(source.url, key, parent, limit, aes_key, digest)
     if source.kind == "postgres":
         return _read_postgres(source.url, key, parent, limit, aes_key, digest)
     return _read_sqlite(source.url, key, parent, limit, aes_key, digest)
@@ -130,6 +132,11 @@ def read_writes(source, checkpoint, *, limit, aes_key=None, digest=False) -> lis
     """
     thread, ns, cid = source_thread_id(checkpoint.thread.thread_id), checkpoint.checkpoint_ns, checkpoint.checkpoint_id
     gone = "this checkpoint is no longer in the source (pruned or deleted since the last sync)"
+    if source.kind == "s3":
+        found = _s3_checkpoint(source.url, (thread, ns, cid), limit, with_writes=True)
+        if found is None:
+            raise ReadError(gone)
+        return [_write(task, idx, channel, t, s, d, limit, aes_key, digest) for task, idx, channel, t, s, d in found.writes]
     if source.kind == "postgres":
         import psycopg
 
@@ -395,6 +402,63 @@ def _write(task, idx, channel, type_, size, data, limit, aes_key, digest=False):
     else:
         value = safe_loads(type_, data, limit=limit, aes_key=aes_key, clip=False, digest=digest)
     return {"task_id": task, "idx": idx, "value": Value(channel, type_ or "", size, value)}
+
+
+# --- S3 (an S3Saver store) -----------------------------------------------------------
+
+
+def _s3_checkpoint(url, key, limit, *, with_writes):
+    """The stored checkpoint (checkpoints.sources.s3.reader.read_checkpoint); ReadError naming the object."""
+    from checkpoints.s3layout import S3CheckpointError
+    from checkpoints.sources import SourceError
+    from checkpoints.sources.s3 import S3Reader, settings_for
+    from checkpoints.sources.s3.reader import read_checkpoint
+
+    try:
+        with S3Reader(url, settings_for(url), workers=1) as reader:
+            return read_checkpoint(reader, key, limit=limit, with_writes=with_writes)
+    except (SourceError, S3CheckpointError) as e:
+        raise ReadError(first_line(e)) from None
+
+
+def _read_s3(url, key, parent, limit, aes_key, digest=False):
+    """A checkpoint of an S3 store: its payload's values, its writes, and its parent's values for the diff.
+
+    Each checkpoint keeps all its values in its own payload object, so a
+    payload above S3_WHOLE_FACTOR times the display limit is not fetched
+    (sizes only). DeltaChannel values are shown as stored, not replayed.
+    """
+    thread, ns, cid = key
+    whole = limit * SQLITE_WHOLE_FACTOR
+    found = _s3_checkpoint(url, key, whole, with_writes=True)
+    if found is None:
+        raise ReadError("this checkpoint is no longer in the source (pruned or deleted since the last sync)")
+    out = CheckpointValues()
+    out.channels, out.versions, out.channel_sizes = _s3_channels(found, limit, aes_key, digest)
+    if parent:
+        try:
+            before = _s3_checkpoint(url, (thread, ns, parent), whole, with_writes=False)
+        except ReadError:
+            before = None
+        if before is not None:
+            out.parent_channels, out.parent_versions, out.parent_sizes = _s3_channels(before, limit, aes_key, digest)
+    out.writes = [_write(task, idx, channel, t, s, d, limit, aes_key, digest) for task, idx, channel, t, s, d in found.writes]
+    if found.manifest.get("delta"):
+        out.note = "DeltaChannel values are shown as this checkpoint stores them (not replayed from older checkpoints)."
+    return out
+
+
+def _s3_channels(found, limit, aes_key, digest):
+    versions = _object(found.manifest.get("channel_versions"))
+    channels = []
+    for channel, (type_, data) in sorted(found.values.items()):
+        size = found.sizes.get(channel)
+        if data is None or (size or 0) > limit:
+            value = {"__truncated__": True, "type": type_, "size": size}
+        else:
+            value = safe_loads(type_, data, limit=limit, aes_key=aes_key, clip=False, digest=digest)
+        channels.append(Value(channel, type_ or "", size, value, str(versions.get(channel, ""))))
+    return channels, versions, {ch: s for ch, s in found.sizes.items() if s is not None}
 
 
 # --- SQLite ------------------------------------------------------------------------

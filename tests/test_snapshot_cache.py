@@ -271,3 +271,25 @@ def test_settings_default_and_bad_values():
     assert bad.returncode != 0 and "CACHE_URL=" in bad.stderr and "hunter2" not in bad.stderr
     bad_ttl = run_settings({"SNAPSHOT_CACHE_TTL": "3600"})
     assert bad_ttl.returncode != 0 and "SNAPSHOT_CACHE_TTL" in bad_ttl.stderr
+
+
+def test_hits_misses_and_errors_in_metrics(viewer_client, sqlite_saver, sqlite_source_url, use_cache):
+    from tests.test_metrics import parse
+
+    run_scenarios(sqlite_saver)
+    synced_source(sqlite_source_url, "lite")
+    cp = latest("t-chat2")
+    before = parse(viewer_client.get("/metrics").content.decode())
+
+    def delta(after, name, **labels):
+        key = ("checkpoint_console_" + name, tuple(labels.items()))
+        return after.get(key, 0) - before.get(key, 0)
+
+    page(viewer_client, cp)
+    page(viewer_client, cp)
+    use_cache(f"redis://127.0.0.1:{closed_port()}/0")
+    page(viewer_client, cp)
+    after = parse(viewer_client.get("/metrics").content.decode())
+    assert delta(after, "snapshot_cache_lookups_total", cache="values", result="miss") == 2
+    assert delta(after, "snapshot_cache_lookups_total", cache="values", result="hit") == 1
+    assert delta(after, "cache_errors_total", outcome="failed") == 1
