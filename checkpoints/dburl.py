@@ -99,10 +99,15 @@ def redact(url: str) -> str:
 
 
 def kind_of(url: str) -> str:
-    """`postgres` or `sqlite`.
+    """`postgres`, `sqlite` or `s3` (`s3://bucket/prefix/`, `minio://bucket/prefix/`).
 
-    >>> kind_of("sqlite:////x.db"), kind_of("postgresql://h/d")
-    ('sqlite', 'postgres')
+    >>> kind_of("sqlite:////x.db"), kind_of("postgresql://h/d"), kind_of("minio://b/p/")
+    ('sqlite', 'postgres', 's3')
     """
+    if urlsplit(url).scheme.lower() in ("s3", "minio"):
+        from checkpoints.sources.s3.reader import parse_url
+
+        parse_url(url)
+        return "s3"
     engine = parse_database_url(url)["ENGINE"]
     return "postgres" if engine.endswith("postgresql") else "sqlite"

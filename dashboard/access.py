@@ -13,7 +13,6 @@ from django.http import JsonResponse
 from django.shortcuts import render
 
 from dashboard.tokens import bearer_token, user_for_token
-from storage.models import DOWNLOAD_PERM  # noqa: F401  (re-exported: the pages import it from here)
 
 VIEW_PERM = "checkpoints.view_thread"
 

@@ -117,9 +117,56 @@ def read_values(source, checkpoint, *, limit, aes_key=None, digest=False) -> Che
     # The source's own id: the mirror escapes NUL (checkpoints.ids.thread_key).
     key = (source_thread_id(checkpoint.thread.thread_id), checkpoint.checkpoint_ns, checkpoint.checkpoint_id)
     parent = checkpoint.parent_checkpoint_id or None
+    if source.kind == "s3":
+        return _read_s3(source.url, key, parent, limit, aes_key, digest)
     if source.kind == "postgres":
         return _read_postgres(source.url, key, parent, limit, aes_key, digest)
     return _read_sqlite(source.url, key, parent, limit, aes_key, digest)
+
+
+def read_writes(source, checkpoint, *, limit, aes_key=None, digest=False) -> list:
+    """The pending writes of a mirrored checkpoint, read now (they arrive after it); ReadError if it is gone.
+
+    What dashboard.snapshot_cache adds to the values it kept: a checkpoint
+    never changes, its writes may.
+    """
+    thread, ns, cid = source_thread_id(checkpoint.thread.thread_id), checkpoint.checkpoint_ns, checkpoint.checkpoint_id
+    gone = "this checkpoint is no longer in the source (pruned or deleted since the last sync)"
+    if source.kind == "s3":
+        found = _s3_checkpoint(source.url, (thread, ns, cid), limit, with_writes=True)
+        if found is None:
+            raise ReadError(gone)
+        return [_write(task, idx, channel, t, s, d, limit, aes_key, digest) for task, idx, channel, t, s, d in found.writes]
+    if source.kind == "postgres":
+        import psycopg
+
+        params = {"thread": thread, "ns": ns, "id": cid, "limit": limit}
+        try:
+            with psycopg.connect(source.url, connect_timeout=CONNECT_TIMEOUT, autocommit=False) as conn:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
+                if conn.execute(_PG_EXISTS, params).fetchone() is None:
+                    raise ReadError(gone)
+                rows = conn.execute(_PG_WRITES, params).fetchall()
+                conn.rollback()
+        except psycopg.Error as e:
+            raise ReadError(f"cannot read {redact(source.url)}: {first_line(e)}") from None
+    else:
+        path = Path(parse_database_url(source.url)["NAME"])
+        if not path.is_file():
+            raise ReadError(f"{source.url}: no such SQLite file")
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+            try:
+                conn.execute("BEGIN")
+                if conn.execute(_SQLITE_EXISTS, (thread, ns, cid)).fetchone() is None:
+                    raise ReadError(gone)
+                rows = conn.execute(_SQLITE_WRITES, (limit, thread, ns, cid)).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            raise ReadError(f"cannot read {source.url}: {e}") from None
+    return [_write(task, idx, channel, t, s, d, limit, aes_key, digest) for task, idx, channel, t, s, d in rows]
 
 
 def _object(value):
@@ -269,6 +316,9 @@ _BLOBS = """
       ON b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns AND b.channel = v.key AND b.version = v.value
     WHERE c.thread_id = %(thread)s AND c.checkpoint_ns = %(ns)s AND c.checkpoint_id = ANY(%(ids)s)
 """
+_PG_EXISTS = """
+    SELECT 1 FROM checkpoints WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s AND checkpoint_id = %(id)s
+"""
 _PG_WRITES = """
     SELECT task_id, idx, channel, type, coalesce(octet_length(blob), 0),
            CASE WHEN octet_length(blob) <= %(limit)s THEN blob END
@@ -354,6 +404,63 @@ def _write(task, idx, channel, type_, size, data, limit, aes_key, digest=False):
     return {"task_id": task, "idx": idx, "value": Value(channel, type_ or "", size, value)}
 
 
+# --- S3 (an S3Saver store) -----------------------------------------------------------
+
+
+def _s3_checkpoint(url, key, limit, *, with_writes):
+    """The stored checkpoint (checkpoints.sources.s3.reader.read_checkpoint); ReadError naming the object."""
+    from checkpoints.s3layout import S3CheckpointError
+    from checkpoints.sources import SourceError
+    from checkpoints.sources.s3 import S3Reader, settings_for
+    from checkpoints.sources.s3.reader import read_checkpoint
+
+    try:
+        with S3Reader(url, settings_for(url), workers=1) as reader:
+            return read_checkpoint(reader, key, limit=limit, with_writes=with_writes)
+    except (SourceError, S3CheckpointError) as e:
+        raise ReadError(first_line(e)) from None
+
+
+def _read_s3(url, key, parent, limit, aes_key, digest=False):
+    """A checkpoint of an S3 store: its payload's values, its writes, and its parent's values for the diff.
+
+    Each checkpoint keeps all its values in its own payload object, so a
+    payload above S3_WHOLE_FACTOR times the display limit is not fetched
+    (sizes only). DeltaChannel values are shown as stored, not replayed.
+    """
+    thread, ns, cid = key
+    whole = limit * SQLITE_WHOLE_FACTOR
+    found = _s3_checkpoint(url, key, whole, with_writes=True)
+    if found is None:
+        raise ReadError("this checkpoint is no longer in the source (pruned or deleted since the last sync)")
+    out = CheckpointValues()
+    out.channels, out.versions, out.channel_sizes = _s3_channels(found, limit, aes_key, digest)
+    if parent:
+        try:
+            before = _s3_checkpoint(url, (thread, ns, parent), whole, with_writes=False)
+        except ReadError:
+            before = None
+        if before is not None:
+            out.parent_channels, out.parent_versions, out.parent_sizes = _s3_channels(before, limit, aes_key, digest)
+    out.writes = [_write(task, idx, channel, t, s, d, limit, aes_key, digest) for task, idx, channel, t, s, d in found.writes]
+    if found.manifest.get("delta"):
+        out.note = "DeltaChannel values are shown as this checkpoint stores them (not replayed from older checkpoints)."
+    return out
+
+
+def _s3_channels(found, limit, aes_key, digest):
+    versions = _object(found.manifest.get("channel_versions"))
+    channels = []
+    for channel, (type_, data) in sorted(found.values.items()):
+        size = found.sizes.get(channel)
+        if data is None or (size or 0) > limit:
+            value = {"__truncated__": True, "type": type_, "size": size}
+        else:
+            value = safe_loads(type_, data, limit=limit, aes_key=aes_key, clip=False, digest=digest)
+        channels.append(Value(channel, type_ or "", size, value, str(versions.get(channel, ""))))
+    return channels, versions, {ch: s for ch, s in found.sizes.items() if s is not None}
+
+
 # --- SQLite ------------------------------------------------------------------------
 
 # Sizes by byte_length(): a value above the limit is never loaded, not even for its size.
@@ -363,6 +470,7 @@ _SQLITE_CHECKPOINTS = f"""
            CAST(metadata AS TEXT)
     FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id IN (?, ?)
 """
+_SQLITE_EXISTS = "SELECT 1 FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?"
 _SQLITE_WRITES = f"""
     SELECT task_id, idx, channel, type, {byte_length('value')},
            CASE WHEN {byte_length('value')} <= ? THEN CAST(value AS BLOB) END

@@ -64,6 +64,14 @@ class CheckpointRow(NamedTuple):
     metadata_is_text: bool = False  # True on PostgreSQL, whose reader passes the JSON text on
 
 
+class TypedValues(dict):
+    """A checkpoint's channel values as the saver serialized them: {channel: (type, bytes)}.
+
+    The S3 store keeps each checkpoint's values in its own payload; the sync
+    searches each for references like a blob row.
+    """
+
+
 class BlobRow(NamedTuple):
     thread_id: str
     checkpoint_ns: str
@@ -94,6 +102,9 @@ class ThreadRows:
     checkpoints: list = field(default_factory=list)
     blobs: list = field(default_factory=list)
     writes: list = field(default_factory=list)
+    # What could not be read of a checkpoint, by (checkpoint_ns, checkpoint_id) (S3: a payload
+    # missing or corrupt): it is mirrored from what could be read and marked with this.
+    problems: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -121,6 +132,10 @@ def open_reader(url: str, *, connect_timeout: int = 10):
         kind = kind_of(url)
     except ValueError as e:
         raise SourceError(str(e)) from None
+    if kind == "s3":
+        from checkpoints.sources.s3 import KIND
+
+        return KIND.reader(url, connect_timeout=connect_timeout)
     if kind == "postgres":
         from checkpoints.sources.postgres import PostgresReader
 
@@ -130,5 +145,5 @@ def open_reader(url: str, *, connect_timeout: int = 10):
     return SqliteReader(url)
 
 
-__all__ = ["WHOLE_VALUE_LIMIT", "SCAN_WINDOW", "ScannedURIs", "SourceError", "first_line", "CheckpointRow", "BlobRow",
+__all__ = ["WHOLE_VALUE_LIMIT", "SCAN_WINDOW", "ScannedURIs", "TypedValues", "SourceError", "first_line", "CheckpointRow", "BlobRow",
            "WriteRow", "ThreadRows", "DeltaRows", "open_reader", "redact"]
