@@ -1,7 +1,15 @@
-"""/metrics: the mirror's figures in Prometheus' text format (version 0.0.4).
+"""/metrics: the mirror's figures in Prometheus' text format (version 0.0.4), through prometheus_client.
 
 Gauges only, read from the mirror at scrape time with the same aggregate
-queries as the overview; a scrape never touches the sources.
+queries as the overview; a scrape never touches the sources. Each scrape
+builds its gauges into a `Scrape` (a prometheus_client collector) and renders
+it, with the cache's process counters (dashboard.cachemetrics), in a registry
+of its own: nothing of one scrape outlives it.
+
+Adding a metric is one place: a gauge read from the mirror is one
+`out.gauge(name, help, samples)` line in `metrics()` below; a counter a code
+path increments is declared in dashboard.cachemetrics' REGISTRY (or a module
+like it whose registry `Scrape.collect` yields from).
 """
 
 from django.conf import settings
@@ -9,6 +17,8 @@ from django.db.models import Count
 from django.http import HttpResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from checkpoints.models import BlobReference, Run
 from dashboard import usage
@@ -19,42 +29,46 @@ from dashboard.space import sources_space
 PREFIX = "checkpoint_console_"
 
 
-def escape_label(value) -> str:
-    """A label value escaped as the exposition format wants.
+class Scrape:
+    """One scrape's gauges, as a prometheus_client collector.
 
-    >>> escape_label('a"b\\\\c\\nd')
-    'a\\\\"b\\\\\\\\c\\\\nd'
+    >>> out = Scrape()
+    >>> out.gauge("threads", "Threads mirrored.", [({"source": 'a"b'}, 3), ({"source": "c"}, None)])
+    >>> out.gauge("cluster_up", "1 if up.", [({}, True)])
+    >>> print(out.text(counters=False), end="")
+    # HELP checkpoint_console_threads Threads mirrored.
+    # TYPE checkpoint_console_threads gauge
+    checkpoint_console_threads{source="a\\"b"} 3.0
+    # HELP checkpoint_console_cluster_up 1 if up.
+    # TYPE checkpoint_console_cluster_up gauge
+    checkpoint_console_cluster_up 1.0
     """
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
-
-class Exposition:
     def __init__(self):
-        self.lines = []
+        self.families = []
+        self.counters = True
 
     def gauge(self, name, help_text, samples):
-        """samples: [(labels dict, value)]; None values are left out."""
-        self.lines.append(f"# HELP {PREFIX}{name} {help_text}")
-        self.lines.append(f"# TYPE {PREFIX}{name} gauge")
+        """samples: [(labels dict, value)]; None values are left out (booleans are 1 and 0)."""
+        samples = [(labels, value) for labels, value in samples if value is not None]
+        names = list(samples[0][0]) if samples else []
+        family = GaugeMetricFamily(PREFIX + name, help_text, labels=names)
         for labels, value in samples:
-            if value is None:
-                continue
-            label_text = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
-            label_text = "{" + label_text + "}" if label_text else ""
-            self.lines.append(f"{PREFIX}{name}{label_text} {_number(value)}")
+            family.add_metric([str(labels[k]) for k in names], float(value))
+        self.families.append(family)
 
-    def text(self):
-        return "\n".join(self.lines) + "\n"
+    def collect(self):
+        yield from self.families
+        if self.counters:
+            from dashboard.cachemetrics import REGISTRY
 
+            yield from REGISTRY.collect()
 
-def _number(value):
-    """
-    >>> _number(True), _number(3), _number(1.5)
-    ('1', '3', '1.5')
-    """
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    return repr(value) if isinstance(value, float) else str(int(value))
+    def text(self, counters=True) -> str:
+        self.counters = counters
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return generate_latest(registry).decode()
 
 
 @require_GET
@@ -62,7 +76,7 @@ def _number(value):
 def metrics(request):
     rows, _ = usage.sources_summary(settings.CHECKPOINT_SIZE_LIMIT)
     now = timezone.now()
-    out = Exposition()
+    out = Scrape()
 
     def per_source(key):
         return [({"source": r["name"]}, r[key]) for r in rows]
@@ -130,16 +144,8 @@ def metrics(request):
     )
     out.gauge("checkpoint_size_limit_bytes", "CHECKPOINT_SIZE_LIMIT.", [({}, settings.CHECKPOINT_SIZE_LIMIT)])
     out.gauge("storage_quota_bytes", "STORAGE_QUOTA, when set.", [({}, settings.STORAGE_QUOTA)])
-    return HttpResponse(out.text() + _counters(), content_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-def _counters() -> str:
-    """The cache's hit, miss and error counters (dashboard.cachemetrics), in the same text format."""
-    from prometheus_client import generate_latest
-
-    from dashboard.cachemetrics import REGISTRY
-
-    return generate_latest(REGISTRY).decode()
+    # The 0.0.4 text format is what generate_latest writes; its content type as prometheus_client names it.
+    return HttpResponse(out.text(), content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 def _space_gauges(out, sources):
