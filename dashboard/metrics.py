@@ -19,6 +19,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from checkpoints.models import BlobReference, Run
 from dashboard import usage
@@ -38,15 +39,14 @@ class Scrape:
     >>> print(out.text(counters=False), end="")
     # HELP checkpoint_console_threads Threads mirrored.
     # TYPE checkpoint_console_threads gauge
-    checkpoint_console_threads{source="a\\"b"} 3.0
+    checkpoint_console_threads{source="a\\"b"} 3
     # HELP checkpoint_console_cluster_up 1 if up.
     # TYPE checkpoint_console_cluster_up gauge
-    checkpoint_console_cluster_up 1.0
+    checkpoint_console_cluster_up 1
     """
 
     def __init__(self):
         self.families = []
-        self.counters = True
 
     def gauge(self, name, help_text, samples):
         """samples: [(labels dict, value)]; None values are left out (booleans are 1 and 0)."""
@@ -54,21 +54,62 @@ class Scrape:
         names = list(samples[0][0]) if samples else []
         family = GaugeMetricFamily(PREFIX + name, help_text, labels=names)
         for labels, value in samples:
-            family.add_metric([str(labels[k]) for k in names], float(value))
+            # Kept as given: an integer is written as an integer (_gauge_text).
+            family.add_metric([str(labels[k]) for k in names], value)
         self.families.append(family)
 
     def collect(self):
         yield from self.families
-        if self.counters:
-            from dashboard.cachemetrics import REGISTRY
-
-            yield from REGISTRY.collect()
 
     def text(self, counters=True) -> str:
-        self.counters = counters
+        """The exposition text: this scrape's gauges, then (by default) the cache's counters."""
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self)
-        return generate_latest(registry).decode()
+        text = _gauge_text(registry)
+        if counters:
+            from dashboard.cachemetrics import REGISTRY
+
+            text += generate_latest(REGISTRY).decode()
+        return text
+
+
+def _gauge_text(registry) -> str:
+    """The gauges of `registry` in the 0.0.4 text format, as generate_latest writes them, but for the value.
+
+    generate_latest writes every value as a Go float (3 as "3.0", 10**9 as
+    "1e+09", and 2**60 rounded); these gauges are counts and byte sizes, and an
+    integer stays an integer, a float its repr, as /metrics has always written
+    them (and as alerts and tests that match the text expect). Labels and
+    HELP are escaped as prometheus_client escapes them.
+
+    >>> _value_text(3), _value_text(10**9), _value_text(1.5), _value_text(3.0), _value_text(True), _value_text(2**60)
+    ('3', '1000000000', '1.5', '3.0', '1', '1152921504606846976')
+    """
+    lines = []
+    for family in registry.collect():
+        lines.append(f"# HELP {family.name} {_escape_help(family.documentation)}")
+        lines.append(f"# TYPE {family.name} {family.type}")
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sample.labels.items())
+            lines.append(f"{sample.name}{{{labels}}} {_value_text(sample.value)}" if labels
+                         else f"{sample.name} {_value_text(sample.value)}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _escape_help(text) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _escape_label(value) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _value_text(value) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    return repr(value) if isinstance(value, float) else floatToGoString(value)
 
 
 @require_GET
