@@ -873,7 +873,7 @@ def prune(source, policy: PrunePolicy, *, dry_run: bool, now=None, progress=None
     now = now or timezone.now()
     cut = now - policy.older_than
     active_after = now - settings.PRUNE_ACTIVE_WINDOW
-    with open_reader(source.url) as reader:
+    with open_reader(source) as reader:
         reader.layout()  # refuses non-LangGraph and shallow schemas with a clear message
     backend = _Postgres(source.url) if source.kind == "postgres" else _Sqlite(source.url)
     result = {

@@ -410,7 +410,7 @@ class _Recheck:
 
     def _no_new_encrypted_rows(self, source):
         since = (source.sync_state or {}).get("watermark")
-        with open_reader(source.url) as reader:
+        with open_reader(source) as reader:
             changed = reader.changed_thread_ids(since, reader.watermark()) if since else None
         if changed is not None and not changed:
             return
@@ -477,7 +477,7 @@ def db_orphans(source, cutoff, *, dry_run: bool) -> dict:
     The count and the delete share their WHERE clause, so a dry run counts
     exactly what a real run on the same data removes.
     """
-    with open_reader(source.url) as reader:
+    with open_reader(source) as reader:
         reader.layout()  # refuses non-LangGraph and shallow schemas with a clear message
     floor = uuid6_floor(cutoff)
     if source.kind == "postgres":
