@@ -1,6 +1,6 @@
 """Change-capture benchmark (issue 15): incremental sync cost at two source sizes, both modes.
 
-    python3 bench/bench_capture.py [--server URL] [--sizes 1000000,5000000] [--append 1000] [--repeat 3]
+    python3 bench/bench_capture.py [--server URL] [--sizes 1000000,5000000] [--append 1000] [--repeat 3] [--reuse]
 
 `--server` is a PostgreSQL server with wal_level=logical that may create databases (default: start
 one from the `pgserver` wheel under --data-dir, as the tests do); it holds the sources alone.
@@ -53,6 +53,11 @@ def recreate(server, name):
     return database_url(server, name)
 
 
+def database_exists(server, name):
+    with psycopg.connect(server, autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
 def start_server(data_dir):
     import warnings
 
@@ -82,14 +87,19 @@ def median_time(fn, repeat):
     return statistics.median(times), times
 
 
-def one_size(server, console_server, size, append_n, repeat):
+def one_size(server, console_server, size, append_n, repeat, reuse=False):
     from generate import append, generate
 
-    source_url = recreate(server, f"bench_capture_src_{size}")
-    console_url = recreate(console_server, f"bench_capture_console_{size}")
-    started = time.perf_counter()
-    generate(source_url, size // 10, size, seed=1, log=lambda msg: None)
-    generated = time.perf_counter() - started
+    source_name, console_name = f"bench_capture_src_{size}", f"bench_capture_console_{size}"
+    reusing = reuse and database_exists(server, source_name) and database_exists(console_server, console_name)
+    if reusing:  # a source and mirror left by an earlier run (with its appends): no generation, no initial sync
+        source_url, console_url, generated = database_url(server, source_name), database_url(console_server, console_name), None
+    else:
+        source_url = recreate(server, source_name)
+        console_url = recreate(console_server, console_name)
+        started = time.perf_counter()
+        generate(source_url, size // 10, size, seed=1, log=lambda msg: None)
+        generated = time.perf_counter() - started
 
     os.environ["DATABASE_URL"] = console_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
@@ -102,10 +112,14 @@ def one_size(server, console_server, size, append_n, repeat):
     from checkpoints.sync import sync_source
 
     call_command("migrate", interactive=False, verbosity=0)
-    source = Source.objects.create(name="bench", url=source_url, kind="postgres", capture="logical")
-    started = time.perf_counter()
-    assert sync_source(source)["error"] is None
-    initial = time.perf_counter() - started
+    initial = None
+    if reusing:
+        source = Source.objects.get(name="bench")
+    else:
+        source = Source.objects.create(name="bench", url=source_url, kind="postgres", capture="logical")
+        started = time.perf_counter()
+        assert sync_source(source)["error"] is None
+        initial = time.perf_counter() - started
 
     def no_change():
         return lambda: sync_source(source)
@@ -133,11 +147,13 @@ def main():
     parser.add_argument("--sizes", default="1000000,5000000")
     parser.add_argument("--append", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a size's source and mirror from an earlier run when both exist (skips generation and the initial sync)")
     parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.one_size:
-        print(json.dumps(one_size(args.server, args.console_server, args.one_size, args.append, args.repeat)))
+        print(json.dumps(one_size(args.server, args.console_server, args.one_size, args.append, args.repeat, args.reuse)))
         return
     server = args.server or start_server(args.data_dir)
     rows = []
@@ -145,7 +161,7 @@ def main():
         out = subprocess.run(
             [sys.executable, __file__, "--server", server, "--console-server", args.console_server,
              "--one-size", str(size), "--append", str(args.append),
-             "--repeat", str(args.repeat)],
+             "--repeat", str(args.repeat), *(["--reuse"] if args.reuse else [])],
             check=True, capture_output=True, text=True,
         )
         figures = json.loads(out.stdout.strip().splitlines()[-1])

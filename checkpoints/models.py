@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from checkpoints import jobs
 from checkpoints.dburl import redact
 from checkpoints.sources import registry
 
@@ -255,8 +256,7 @@ class DailyUsage(models.Model):
 class Run(models.Model):
     """Every sync, prune, sweep and source removal: the audit log and the progress bar."""
 
-    KIND_CHOICES = [("sync", "Sync"), ("prune", "Prune"), ("sweep", "Sweep"), ("refcheck", "Reference check"),
-                    ("remove", "Source removal")]
+    KIND_CHOICES = jobs.KIND_CHOICES
     STATE_CHOICES = [("queued", "Queued"), ("running", "Running"), ("done", "Done"), ("failed", "Failed")]
 
     kind = models.CharField(max_length=16, choices=KIND_CHOICES, help_text="What ran.")

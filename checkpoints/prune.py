@@ -51,6 +51,7 @@ from django.utils import timezone
 
 from checkpoints.dburl import parse_database_url, redact
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
+from checkpoints.jobs import PRUNE
 from checkpoints.models import PruneMark, Thread
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
 from checkpoints.sources import SourceError, first_line, open_reader
@@ -875,7 +876,13 @@ def prune(source, policy: PrunePolicy, *, dry_run: bool, now=None, progress=None
     active_after = now - settings.PRUNE_ACTIVE_WINDOW
     with open_reader(source) as reader:
         reader.layout()  # refuses non-LangGraph and shallow schemas with a clear message
-    backend = _Postgres(source.url) if source.kind == "postgres" else _Sqlite(source.url)
+    if source.kind == "s3":
+        from checkpoints.sources.s3 import settings_for
+        from checkpoints.sources.s3.prune import S3Prune
+
+        backend = S3Prune(source.url, settings_for(source.url))
+    else:
+        backend = _Postgres(source.url) if source.kind == "postgres" else _Sqlite(source.url)
     result = {
         "dry_run": dry_run, "threads": 0, "checkpoints": 0, "writes": 0, "blobs": 0, "bytes": 0,
         "disk_bytes_before": 0, "disk_bytes_after": 0, "skipped": [],
@@ -1051,7 +1058,7 @@ def run_prune(source, policy, *, dry_run, requested_by=None, origin="command", n
     """
     try:
         run = start_run(
-            "prune", source, parameters=policy.as_parameters(), requested_by=requested_by,
+            PRUNE, source, parameters=policy.as_parameters(), requested_by=requested_by,
             origin=origin, dry_run=dry_run, run=run,
         )
     except RunBusy:

@@ -19,23 +19,12 @@ from django.db import transaction
 from django.db.models import Count, Sum
 from django.utils import timezone
 
+from checkpoints.jobs import REMOVE, SYNC
 from checkpoints.models import BlobReference, DailyUsage, ReferenceUse, Run, Source, Thread
 from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
 
 BATCH_THREADS = 2000
 SYNC_WAIT = 600  # seconds a removal waits for a running sync of the source
-
-# The counts of a preview and of a removal's result, in this order on pages.
-COUNTS = (
-    ("threads", "Threads"),
-    ("checkpoints", "Checkpoints"),
-    ("writes", "Write rows"),
-    ("blobs", "Blob rows"),
-    ("stored_bytes", "Serialized bytes"),
-    ("references", "References to external objects"),
-    ("only_here", "Objects referenced by no other source"),
-    ("usage_days", "Days of usage history"),
-)
 
 
 class RemovalRefused(Exception):
@@ -102,7 +91,7 @@ def check_removable(source):
             f"source {source.name} is registered by CHECKPOINT_DATABASE_URL: the next job would register it "
             "again. Unset the variable (the source is then disabled), then remove it."
         )
-    busy = Run.objects.filter(source=source, state__in=["queued", "running"]).exclude(kind__in=["sync", "remove"])
+    busy = Run.objects.filter(source=source, state__in=["queued", "running"]).exclude(kind__in=[SYNC, REMOVE])
     holder = busy.first()
     if holder is not None:
         raise RemovalRefused(
@@ -123,7 +112,7 @@ def remove_source(source, *, requested_by=None, origin="command", run=None, sync
     if run is not None:
         run.parameters = parameters
         Run.objects.filter(pk=run.pk).update(parameters=parameters)
-    run = start_run("remove", source, parameters=parameters, requested_by=requested_by, origin=origin, run=run)
+    run = start_run(REMOVE, source, parameters=parameters, requested_by=requested_by, origin=origin, run=run)
     try:
         check_removable(source)
     except RemovalRefused as e:
@@ -148,7 +137,7 @@ def remove_source(source, *, requested_by=None, origin="command", run=None, sync
 
 
 def _wait_for_sync(source, wait):
-    key = lock_key("sync", source)
+    key = lock_key(SYNC, source)
     deadline = time.monotonic() + wait
     while Run.objects.filter(lock_key=key, state="running").exists():
         fail_dead_runs(key)

@@ -12,11 +12,12 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from checkpoints.jobs import kinds
 from checkpoints.models import Run
 
-# Everything else (prune, sweep, remove, and any kind added later) is audit log:
-# a new kind is kept long unless it is listed here.
-ROUTINE_KINDS = ("sync", "refcheck")
+# Everything else (prune, sweep, remove) is audit log: a new kind is kept long
+# unless its Job says it is routine (checkpoints/jobs.py).
+ROUTINE_KINDS = tuple(kinds(routine=True))
 # Rows deleted per statement: each batch is one short transaction, so a first
 # trim of a year of history does not hold locks for long.
 BATCH = 5000

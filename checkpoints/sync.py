@@ -16,24 +16,24 @@ import gc
 import json
 import logging
 import operator
-import re
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-import orjson
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
-from django.db.models import JSONField, Sum
+from django.db.models import Sum
 from django.dispatch import Signal
 from django.utils import timezone
 
 from checkpoints import decode, usage
+from checkpoints.bulk import JsonText, delete_pairs, insert_rows, json_value, reserve_ids, update_rows
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
+from checkpoints.jobs import PRUNE, SYNC
 from checkpoints.models import BlobReference, Checkpoint, DailyUsage, PruneMark, ReferenceUse, Run, Source, Tag, Thread
 from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
-from checkpoints.sources import ScannedURIs, SourceError, first_line, open_reader
+from checkpoints.sources import ScannedURIs, SourceError, TypedValues, first_line, open_reader
 from checkpoints.sources.registry import kind_of
 from checkpoints.sources.capture import Capture, new_slot_name
 from checkpoints.tags import extract_tags
@@ -137,7 +137,7 @@ def sync_source(source, *, full=False, requested_by=None, origin="command", wait
     if not _still_enabled(source):
         return _empty_result(source.name, disabled_error(source))
     try:
-        run = start_run("sync", source, parameters={"full": full}, requested_by=requested_by, origin=origin, wait=wait)
+        run = start_run(SYNC, source, parameters={"full": full}, requested_by=requested_by, origin=origin, wait=wait)
     except RunBusy as e:
         return _empty_result(source.name, f"skipped: {e}")
     # Read again now that the run holds the lock: a removal disables the
@@ -276,7 +276,7 @@ def _sync(source, full, stats, run, touched):
     # Marks of prunes that ended (or died) before this sync reads the source:
     # their threads are re-read, then the marks go. Read before the source's
     # snapshot, so that every deletion they stand for is in it.
-    fail_dead_runs(lock_key("prune", source))
+    fail_dead_runs(lock_key(PRUNE, source))
     settled = _settled_marks(source)
     changes = _peek_changes(source)
     if (changes is not None and not full and not changes.threads and not settled
@@ -287,7 +287,7 @@ def _sync(source, full, stats, run, touched):
             capture.confirm(changes.end_lsn)
         if not DailyUsage.objects.filter(source=source, day=timezone.now().date()).exists():
             usage.capture(source)
-        previous = (Run.objects.filter(kind="sync", source=source, state="done").exclude(pk=run.pk)
+        previous = (Run.objects.filter(kind=SYNC, source=source, state="done").exclude(pk=run.pk)
                     .order_by("-pk").values_list("result", flat=True).first())
         if previous and "threads" in previous:
             return _Unchanged(threads=previous["threads"], checkpoints=previous["checkpoints"])
@@ -300,23 +300,34 @@ def _sync(source, full, stats, run, touched):
         now = reader.watermark()
         state = source.sync_state or {}
         since = None if full else state.get("watermark")
-        mirrored = Thread.objects.filter(source=source).aggregate(n=Sum("checkpoints"))["n"] or 0
         quiet = changes is None and since is not None and reader.unchanged_since(since, now)
+        # The mirror's checkpoint count is a scan of the source's threads in
+        # the mirror, which grows with the source: read only when the guard
+        # below can fire (something is being removed) or the scan needs it.
+        mirrored = None
         if changes is not None:
             # Deletions arrive as deletions: no counting of the source's tables.
             totals, removing = None, changes.deleted_checkpoints
+        elif since is not None and getattr(reader, "changes_include_deletions", False):
+            # The store's own change index names deleted checkpoints and threads (S3): the
+            # threads it names are re-read whole, nothing needs counting.
+            totals, removing = None, 0
         elif quiet:
             totals, removing = None, 0
         else:
             totals = reader.totals()
+            mirrored = _mirrored_checkpoints(source)
             removing = mirrored - totals["checkpoints"]
-        # Checkpoints of threads our own prunes marked may be gone: the guard
-        # is against a wrong URL, so it weighs the rest of the mirror only.
-        # Read after the source's snapshot: a prune marks before it deletes.
-        marked = Thread.objects.filter(
-            source=source, thread_id__in=PruneMark.objects.filter(source=source).values("thread_id"),
-        ).aggregate(n=Sum("checkpoints"))["n"] or 0
-        if not full and mirrored - marked and removing - marked > (mirrored - marked) / 2:
+        if removing > 0 and not full:
+            if mirrored is None:
+                mirrored = _mirrored_checkpoints(source)
+            # Checkpoints of threads our own prunes marked may be gone: the guard
+            # is against a wrong URL, so it weighs the rest of the mirror only.
+            # Read after the source's snapshot: a prune marks before it deletes.
+            marked = Thread.objects.filter(
+                source=source, thread_id__in=PruneMark.objects.filter(source=source).values("thread_id"),
+            ).aggregate(n=Sum("checkpoints"))["n"] or 0
+        if removing > 0 and not full and mirrored - marked and removing - marked > (mirrored - marked) / 2:
             raise SyncRefused(
                 f"the source now holds {mirrored - removing} checkpoints where the mirror has {mirrored}: "
                 "a sync would remove more than half of the mirror. If that is right (a big prune, a new "
@@ -369,11 +380,16 @@ def _sync(source, full, stats, run, touched):
             _process(reader, context, sorted(suspects), run)
             mirror_totals = usage.thread_totals(source)
 
+        if mirrored is None:  # what the mirror held before this sync, from what it holds now
+            mirrored = mirror_totals["checkpoints"] - stats["added"] + stats["removed"]
         _analyze_if_grown(stats, mirrored)
         usage.capture(source, mirror_totals)
         source.layout = layout
         source.sync_state = {"watermark": now, **{k: state[k] for k in ("slot", "slot_status") if k in state},
                              "space": _space(reader)}
+        if getattr(reader, "problem_count", 0):
+            # What this sync could not read (S3: payloads missing or corrupt, foreign objects): the sources page shows it.
+            source.sync_state["problems"] = {"count": reader.problem_count, "first": reader.problems}
         if context.failed:  # in hex: an id may hold a NUL, which jsonb cannot
             source.sync_state["retry"] = sorted(t.encode("utf-8", "surrogatepass").hex() for t in context.failed)
         source.references_unknown = context.undecodable > 0 if since is None else (
@@ -390,6 +406,10 @@ def _sync(source, full, stats, run, touched):
     if context.failed:
         raise SyncIncomplete.of(context.failed)
     return mirror_totals
+
+
+def _mirrored_checkpoints(source) -> int:
+    return Thread.objects.filter(source=source).aggregate(n=Sum("checkpoints"))["n"] or 0
 
 
 def _settled_marks(source):
@@ -588,10 +608,29 @@ def _compute_thread(context, rows, known):
 
     `known` holds the references found earlier in rows that were not fetched
     again this time (unchanged rows): {(kind, ns, id, location): uris}.
+    Returns (thread fields or None when the thread is gone, checkpoint
+    records, references as (ns, checkpoint_id, location, uris)).
     """
+    blob_size, blob_refs = _blob_index(context, rows.blobs, known)
+    writes_by_ckpt, refs = _write_index(context, rows.writes, known)
+    versions_of = _channel_versions(rows.checkpoints)
+    records = []
+    for c in rows.checkpoints:
+        record, found = _checkpoint_record(context, c, versions_of, blob_size, blob_refs, writes_by_ckpt)
+        records.append(record)
+        refs.extend(found)
+        refs.extend(_value_references(context, c, known))
+        if (c.checkpoint_ns, c.checkpoint_id) in rows.problems:  # partly unreadable: its references are unknown
+            context.undecodable += 1
+    thread = _thread_fields(records, rows) if records else None
+    return thread, records, refs
+
+
+def _blob_index(context, blobs, known):
+    """Blob sizes by (ns, channel, version), and the URIs in each blob that has any."""
     blob_size = {}
     blob_refs = {}  # (ns, channel, version) -> set of URIs
-    for b in rows.blobs:
+    for b in blobs:
         key = (b.checkpoint_ns, b.channel, b.version)
         blob_size[key] = b.size
         if b.data is not None:
@@ -602,9 +641,14 @@ def _compute_thread(context, rows, known):
             uris = None
         if uris:
             blob_refs[key] = uris
+    return blob_size, blob_refs
+
+
+def _write_index(context, writes, known):
+    """Pending writes per checkpoint ([count, bytes] by (ns, checkpoint_id)), and the references in them."""
     writes_by_ckpt = defaultdict(lambda: [0, 0])
     refs = []  # (ns, checkpoint_id, location, uris)
-    for w in rows.writes:
+    for w in writes:
         agg = writes_by_ckpt[(w.checkpoint_ns, w.checkpoint_id)]
         agg[0] += 1
         agg[1] += w.size
@@ -616,143 +660,119 @@ def _compute_thread(context, rows, known):
             uris = None
         if uris:
             refs.append((w.checkpoint_ns, w.checkpoint_id, _write_location(w), uris))
+    return writes_by_ckpt, refs
 
+
+def _channel_versions(checkpoints):
+    """Each checkpoint's channel versions as text, by (ns, checkpoint_id)."""
     versions_of = {}
-    for c in rows.checkpoints:
+    for c in checkpoints:
         cv = c.channel_versions
         versions_of[(c.checkpoint_ns, c.checkpoint_id)] = (
             {k: v if type(v) is str else _version_text(v) for k, v in cv.items()} if isinstance(cv, dict) else {}
         )
+    return versions_of
 
-    records = []
-    for c in rows.checkpoints:
-        key = (c.checkpoint_ns, c.checkpoint_id)
-        versions = versions_of[key]
-        parent = versions_of.get((c.checkpoint_ns, c.parent_checkpoint_id)) if c.parent_checkpoint_id else None
-        blob_bytes = new_blob_bytes = 0
-        for channel, version in versions.items():
-            size = blob_size.get((c.checkpoint_ns, channel, version))
-            if size is None:
-                continue
-            blob_bytes += size
-            if parent is None or parent.get(channel) != version:
-                new_blob_bytes += size
-            uris = blob_refs.get((c.checkpoint_ns, channel, version))
-            if uris:
-                refs.append((c.checkpoint_ns, c.checkpoint_id, f"blob:{channel}@{version}", uris))
-        write_count, write_bytes = writes_by_ckpt.get(key, (0, 0))
-        metadata = c.metadata
-        if c.metadata_is_text:  # PostgreSQL's JSON text, copied as is; SQL read step and source
-            metadata = JsonText(metadata) if context.json_passthrough else json.loads(metadata)
-            step, origin = _int_or_none(c.meta_step), c.meta_source
-        else:
-            metadata = metadata if metadata is not None else {}
-            step = metadata.get("step") if isinstance(metadata, dict) else None
-            origin = metadata.get("source") if isinstance(metadata, dict) else None
-        created = uuid6_time(c.checkpoint_id) or _parse_ts(c.ts) or timezone.now()
-        records.append({
-            "checkpoint_ns": c.checkpoint_ns,
-            "checkpoint_id": c.checkpoint_id,
-            "parent_checkpoint_id": c.parent_checkpoint_id or "",
-            "created_at": created,
-            "step": step if isinstance(step, int) and not isinstance(step, bool) and abs(step) < 2**31 else None,
-            "origin": origin[:32] if isinstance(origin, str) else "",
-            "metadata": metadata,
-            "row_bytes": c.row_bytes,
-            "blob_bytes": blob_bytes,
-            "write_bytes": write_bytes,
-            "write_count": write_count,
-            "logical_bytes": c.row_bytes + blob_bytes + write_bytes,
-            "new_bytes": c.row_bytes + write_bytes + new_blob_bytes,
-        })
-        # Values in the checkpoint row itself: PostgreSQL's inline primitives,
-        # or SQLite's whole serialized checkpoint.
-        values = None
-        if isinstance(c.inline_values, dict):
-            values = c.inline_values
-        elif isinstance(c.value_data, ScannedURIs):  # too large to decode: scanned raw, channel unknown
-            if c.value_data:
-                refs.append((c.checkpoint_ns, c.checkpoint_id, "value:*", set(c.value_data)))
-        elif c.value_data is not None:
-            # Strings and bytes values alike, per channel, without the display copy.
-            by_channel, whole = decode.checkpoint_references(c.value_type, c.value_data, limit=REFERENCE_DECODE_LIMIT,
-                                                             aes_key=context.aes_key)
-            if not whole:
-                context.undecodable += 1
-            refs.extend((c.checkpoint_ns, c.checkpoint_id, f"value:{channel}", uris)
-                        for channel, uris in by_channel.items())
-        elif not c.fresh and c.inline_values is None and c.channel_versions is None:
-            for key, uris in known.items():
-                if key[0] == "value" and key[1] == c.checkpoint_ns and key[2] == c.checkpoint_id:
-                    refs.append((key[1], key[2], key[3], uris))
-        for channel, value in (values or {}).items():
-            uris = decode.find_references(value)
+
+def _checkpoint_record(context, c, versions_of, blob_size, blob_refs, writes_by_ckpt):
+    """One checkpoint's mirror record (sizes per docs/architecture.md §3), and the references of its blobs."""
+    key = (c.checkpoint_ns, c.checkpoint_id)
+    versions = versions_of[key]
+    parent = versions_of.get((c.checkpoint_ns, c.parent_checkpoint_id)) if c.parent_checkpoint_id else None
+    refs = []
+    blob_bytes = new_blob_bytes = 0
+    for channel, version in versions.items():
+        size = blob_size.get((c.checkpoint_ns, channel, version))
+        if size is None:
+            continue
+        blob_bytes += size
+        if parent is None or parent.get(channel) != version:
+            new_blob_bytes += size
+        uris = blob_refs.get((c.checkpoint_ns, channel, version))
+        if uris:
+            refs.append((c.checkpoint_ns, c.checkpoint_id, f"blob:{channel}@{version}", uris))
+    write_count, write_bytes = writes_by_ckpt.get(key, (0, 0))
+    metadata = c.metadata
+    if c.metadata_is_text:  # PostgreSQL's JSON text, copied as is; SQL read step and source
+        metadata = JsonText(metadata) if context.json_passthrough else json.loads(metadata)
+        step, origin = _int_or_none(c.meta_step), c.meta_source
+    else:
+        metadata = metadata if metadata is not None else {}
+        step = metadata.get("step") if isinstance(metadata, dict) else None
+        origin = metadata.get("source") if isinstance(metadata, dict) else None
+    created = uuid6_time(c.checkpoint_id) or _parse_ts(c.ts) or timezone.now()
+    record = {
+        "checkpoint_ns": c.checkpoint_ns,
+        "checkpoint_id": c.checkpoint_id,
+        "parent_checkpoint_id": c.parent_checkpoint_id or "",
+        "created_at": created,
+        "step": step if isinstance(step, int) and not isinstance(step, bool) and abs(step) < 2**31 else None,
+        "origin": origin[:32] if isinstance(origin, str) else "",
+        "metadata": metadata,
+        "row_bytes": c.row_bytes,
+        "blob_bytes": blob_bytes,
+        "write_bytes": write_bytes,
+        "write_count": write_count,
+        "logical_bytes": c.row_bytes + blob_bytes + write_bytes,
+        "new_bytes": c.row_bytes + write_bytes + new_blob_bytes,
+    }
+    return record, refs
+
+
+def _value_references(context, c, known):
+    """References in the checkpoint row itself: PostgreSQL's inline primitives, or SQLite's whole serialized checkpoint."""
+    refs = []
+    values = None
+    if isinstance(c.inline_values, TypedValues):  # S3: every value as serialized, per channel
+        for channel, (type_, data) in c.inline_values.items():
+            uris = _uris_in(context, type_, data)
             if uris:
                 refs.append((c.checkpoint_ns, c.checkpoint_id, f"value:{channel}", uris))
-
-    thread = None
-    if records:
-        root = [r for r in records if r["checkpoint_ns"] == ""]
-        latest = max(root, key=lambda r: r["checkpoint_id"]) if root else None
-        checkpoint_bytes = sum(r["row_bytes"] for r in records)
-        blob_total = sum(b.size for b in rows.blobs)
-        write_total = sum(w.size for w in rows.writes)
-        thread = {
-            "checkpoints": len(records),
-            "first_checkpoint_at": min(r["created_at"] for r in records),
-            "last_checkpoint_at": max(r["created_at"] for r in records),
-            "latest_checkpoint_id": latest["checkpoint_id"] if latest else "",
-            "logical_bytes": latest["logical_bytes"] if latest else 0,
-            "checkpoint_bytes": checkpoint_bytes,
-            "blob_bytes": blob_total,
-            "write_bytes": write_total,
-            "stored_bytes": checkpoint_bytes + blob_total + write_total,
-            "blob_rows": len(rows.blobs),
-            "write_rows": len(rows.writes),
-            "tags": extract_tags(_json_value(latest["metadata"]), settings.TAG_EXCLUDE) if latest else {},
-        }
-    return thread, records, refs
-
-
-class JsonText(str):
-    """JSON text read from the source (PostgreSQL's jsonb), written to the mirror unchanged.
-
-    Parsing every checkpoint's metadata only to serialize it again cost time
-    and exactness: orjson turns integers beyond 64 bits into floats and
-    refuses numbers beyond a double, both of which jsonb keeps.
-    """
+    elif isinstance(c.inline_values, dict):
+        values = c.inline_values
+    elif isinstance(c.value_data, ScannedURIs):  # too large to decode: scanned raw, channel unknown
+        if c.value_data:
+            refs.append((c.checkpoint_ns, c.checkpoint_id, "value:*", set(c.value_data)))
+    elif c.value_data is not None:
+        # Strings and bytes values alike, per channel, without the display copy.
+        by_channel, whole = decode.checkpoint_references(c.value_type, c.value_data, limit=REFERENCE_DECODE_LIMIT,
+                                                         aes_key=context.aes_key)
+        if not whole:
+            context.undecodable += 1
+        refs.extend((c.checkpoint_ns, c.checkpoint_id, f"value:{channel}", uris)
+                    for channel, uris in by_channel.items())
+    elif not c.fresh and c.inline_values is None and c.channel_versions is None:
+        for key, uris in known.items():
+            if key[0] == "value" and key[1] == c.checkpoint_ns and key[2] == c.checkpoint_id:
+                refs.append((key[1], key[2], key[3], uris))
+    for channel, value in (values or {}).items():
+        uris = decode.find_references(value)
+        if uris:
+            refs.append((c.checkpoint_ns, c.checkpoint_id, f"value:{channel}", uris))
+    return refs
 
 
-def _json_value(value):
-    """The Python value of mirror JSON: JsonText parsed exactly, anything else as it is."""
-    return json.loads(value) if isinstance(value, JsonText) else value
-
-
-def _json_text(value) -> str:
-    r"""Text for a JSON column of the mirror.
-
-    >>> _json_text({"n": 1}), _json_text({"n": 2**70}), _json_text(JsonText('{"a": 1}'))
-    ('{"n":1}', '{"n": 1180591620717411303424}', '{"a": 1}')
-    >>> _json_text({"n": 2**70, "x": float("inf")})
-    '{"n": 1180591620717411303424, "x": {"__float__": "inf"}}'
-    >>> print(_json_text({"a\x00": "b\x00", "c": "\\u0000"}))
-    {"a\ufffd":"b\ufffd","c":"\\u0000"}
-    """
-    if isinstance(value, JsonText):
-        return str(value)
-    try:
-        text = orjson.dumps(value).decode()
-    except TypeError:  # integers beyond 64 bits (SQLite's metadata, parsed exactly)
-        try:
-            text = json.dumps(value, allow_nan=False)
-        except ValueError:  # NaN or infinity, which jsonb rejects: the display markers of decode.plain
-            text = json.dumps(decode.plain(value, clip=False))
-    if "\\u0000" in text:  # jsonb cannot hold NUL: shown as U+FFFD (an escaped backslash stays)
-        text = _JSON_NUL.sub(r"\1\\ufffd", text)
-    return text
-
-
-_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+def _thread_fields(records, rows):
+    """A thread's totals and tags (those of its latest root checkpoint), from its records and rows."""
+    root = [r for r in records if r["checkpoint_ns"] == ""]
+    latest = max(root, key=lambda r: r["checkpoint_id"]) if root else None
+    checkpoint_bytes = sum(r["row_bytes"] for r in records)
+    blob_total = sum(b.size for b in rows.blobs)
+    write_total = sum(w.size for w in rows.writes)
+    return {
+        "checkpoints": len(records),
+        "first_checkpoint_at": min(r["created_at"] for r in records),
+        "last_checkpoint_at": max(r["created_at"] for r in records),
+        "latest_checkpoint_id": latest["checkpoint_id"] if latest else "",
+        "logical_bytes": latest["logical_bytes"] if latest else 0,
+        "checkpoint_bytes": checkpoint_bytes,
+        "blob_bytes": blob_total,
+        "write_bytes": write_total,
+        "stored_bytes": checkpoint_bytes + blob_total + write_total,
+        "blob_rows": len(rows.blobs),
+        "write_rows": len(rows.writes),
+        "tags": extract_tags(json_value(latest["metadata"]), settings.TAG_EXCLUDE) if latest else {},
+    }
 
 
 def _int_or_none(text):
@@ -798,8 +818,7 @@ _THREAD_FIELDS = ("checkpoints", "first_checkpoint_at", "last_checkpoint_at", "l
 
 
 def _apply_batch(context, thread_rows):
-    source = context.source
-    ids = [rows.thread_id for rows in thread_rows]
+    """Mirror one batch of threads read from the source, in one transaction of the console's database."""
     with transaction.atomic():
         if connection.vendor == "postgresql":
             # The mirror can be rebuilt from the sources, and commits land in
@@ -807,20 +826,7 @@ def _apply_batch(context, thread_rows):
             # for each batch's WAL flush.
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        # Locked until the batch commits: a prune refreshing the same threads
-        # waits instead of deleting a thread this batch then writes rows for
-        # (the mirror has no foreign keys to refuse them).
-        # Keyed by the source's id; the mirror holds thread_key() of it (NUL escaped).
-        existing = {source_thread_id(t.thread_id): t for t in Thread.objects.select_for_update().filter(
-            source=source, thread_id__in=[thread_key(i) for i in ids]).order_by("pk")}  # one lock order for all: no deadlock
-        if context.settled_marks is not None:
-            # Checked under the lock: a prune's refresh of these threads has
-            # either committed already (its mark is seen) or waits for ours.
-            deferred = _pruned_meanwhile(context, ids)
-            if deferred:
-                context.deferred |= deferred
-                thread_rows = [rows for rows in thread_rows if rows.thread_id not in deferred]
-                existing = {tid: t for tid, t in existing.items() if tid not in deferred}
+        existing, thread_rows = _lock_threads(context, thread_rows)
         known = _known_references(existing) if context.since is not None and existing else {}
         computed = {rows.thread_id: _compute_thread(context, rows, known.get(rows.thread_id, {})) for rows in thread_rows}
 
@@ -833,103 +839,157 @@ def _apply_batch(context, thread_rows):
         live = {tid: c for tid, c in computed.items() if c[0] is not None}
         if not live:
             return
-        old_threads = []
-        old_tags = {}
-        for tid, (thread, _, _) in live.items():
-            obj = existing.get(tid)
-            if obj is not None:
-                # A full sync (or odd JSON) rewrites the thread's tag rows whole: a repair.
-                old_tags[tid] = obj.tags if context.since is not None and isinstance(obj.tags, dict) else _REWRITE
-                for f in _THREAD_FIELDS:
-                    setattr(obj, f, thread[f])
-                old_threads.append(obj)
-        if old_threads:
-            _update_rows(Thread, _THREAD_FIELDS, [(t.pk, *(getattr(t, f) for f in _THREAD_FIELDS)) for t in old_threads])
-        new_ids = [tid for tid in live if tid not in existing]
-        pks = {tid: existing[tid].pk for tid in live if tid in existing}
-        pks.update(_insert_threads(source, [(tid, live[tid][0]) for tid in new_ids]))
-        if len(context.touched) <= TOUCHED_LIMIT:
-            context.touched.update(pks.values())
+        pks, old_threads, old_tags = _write_threads(context, existing, live)
+        ckpt_pk = _write_checkpoints(context, live, pks, old_threads)
+        _write_tags(context, live, pks, old_tags)
+        _write_references(context, live, pks, old_threads, ckpt_pk)
 
-        # Checkpoints: insert the new, update the changed, delete the vanished.
-        current = {}
-        if old_threads:
-            for row in Checkpoint.objects.filter(thread__in=old_threads).values(
-                "pk", "thread_id", "checkpoint_ns", "checkpoint_id", *_CHANGE_FIELDS
-            ):
-                current[(row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])] = row
-        to_insert, to_update, seen = [], [], set()
-        source_pk = source.pk  # a property: looked up once, not per checkpoint
-        for tid, (_, records, _) in live.items():
-            thread_pk = pks[tid]
-            for r in records:
-                key = (thread_pk, r["checkpoint_ns"], r["checkpoint_id"])
-                old = current.get(key) if current else None
-                if old is None:
-                    to_insert.append((source_pk, thread_pk, *_record_values(r)))
-                else:
-                    seen.add(key)
-                    if any(old[f] != _json_value(r[f]) for f in _CHANGE_FIELDS):
-                        to_update.append((old["pk"], *(r[f] for f in _CHANGE_FIELDS)))
-        vanished = [row["pk"] for key, row in current.items() if key not in seen]
-        if vanished:
-            ReferenceUse.objects.filter(checkpoint_id__in=vanished)._raw_delete(ReferenceUse.objects.db)
-            Checkpoint.objects.filter(pk__in=vanished)._raw_delete(Checkpoint.objects.db)
-        columns = ("source_id", "thread_id", *_RECORD_FIELDS)
-        new_pks = _reserve_ids(Checkpoint, len(to_insert))
-        if new_pks is not None:
-            columns = ("id", *columns)
-            to_insert = [(pk, *row) for pk, row in zip(new_pks, to_insert)]
-        _insert_rows(Checkpoint, columns, to_insert)
-        _update_rows(Checkpoint, _CHANGE_FIELDS, to_update)
-        context.stats["added"] += len(to_insert)
-        context.stats["updated"] += len(to_update)
-        context.stats["removed"] += len(vanished)
 
-        # Tags of the latest root checkpoint; for a thread mirrored before,
-        # only what changed (Thread.tags holds what its Tag rows hold). Most
-        # re-read threads keep their tags, and rewriting them anyway cleared
-        # the visibility map of the tag table page by page, which the tag
-        # browser's index-only scans need until autovacuum comes by.
-        stale, fresh, rewrite = [], [], []
-        for tid, (thread, _, _) in live.items():
-            before, after = old_tags.get(tid), thread["tags"]
-            if before is None or before is _REWRITE:
-                fresh.extend((source.pk, pks[tid], k, v) for k, v in after.items())
-                if before is _REWRITE:
-                    rewrite.append(pks[tid])
-            elif before != after:
-                stale.extend((pks[tid], k) for k, v in before.items() if after.get(k) != v)
-                fresh.extend((source.pk, pks[tid], k, v) for k, v in after.items() if before.get(k) != v)
-        if rewrite:
-            Tag.objects.filter(thread_id__in=rewrite)._raw_delete(Tag.objects.db)
-        _delete_tags(stale)
-        _insert_rows(Tag, ("source_id", "thread_id", "key", "value"), fresh)
+def _lock_threads(context, thread_rows):
+    """Lock the batch's mirrored threads; leave out those a running prune marked.
 
-        # References.
-        uses = {
-            (tid, ns, cid, location, uri)
-            for tid, (_, _, refs) in live.items()
-            for ns, cid, location, uris in refs
-            for uri in uris
-        }
-        if old_threads:
-            ReferenceUse.objects.filter(thread__in=old_threads)._raw_delete(ReferenceUse.objects.db)
-        if uses:
-            refs = _references_for({u[4] for u in uses}, context)
-            if new_pks is not None:  # every checkpoint's pk is known: the ones just inserted and those kept
-                ckpt_pk = {(row[2], row[3], row[4]): row[0] for row in to_insert}
-                ckpt_pk.update((key, row["pk"]) for key, row in current.items() if key in seen)
+    Returns ({source thread id: Thread} of the threads mirrored before, the
+    rows still to mirror).
+    """
+    ids = [rows.thread_id for rows in thread_rows]
+    # Locked until the batch commits: a prune refreshing the same threads
+    # waits instead of deleting a thread this batch then writes rows for
+    # (the mirror has no foreign keys to refuse them).
+    # Keyed by the source's id; the mirror holds thread_key() of it (NUL escaped).
+    existing = {source_thread_id(t.thread_id): t for t in Thread.objects.select_for_update().filter(
+        source=context.source, thread_id__in=[thread_key(i) for i in ids]).order_by("pk")}  # one lock order for all: no deadlock
+    if context.settled_marks is not None:
+        # Checked under the lock: a prune's refresh of these threads has
+        # either committed already (its mark is seen) or waits for ours.
+        deferred = _pruned_meanwhile(context, ids)
+        if deferred:
+            context.deferred |= deferred
+            thread_rows = [rows for rows in thread_rows if rows.thread_id not in deferred]
+            existing = {tid: t for tid, t in existing.items() if tid not in deferred}
+    return existing, thread_rows
+
+
+def _write_threads(context, existing, live):
+    """Update the threads mirrored before, insert the new ones.
+
+    Returns ({source thread id: pk}, the Thread objects updated, their tags
+    before: {source thread id: tags or _REWRITE}).
+    """
+    old_threads = []
+    old_tags = {}
+    for tid, (thread, _, _) in live.items():
+        obj = existing.get(tid)
+        if obj is not None:
+            # A full sync (or odd JSON) rewrites the thread's tag rows whole: a repair.
+            old_tags[tid] = obj.tags if context.since is not None and isinstance(obj.tags, dict) else _REWRITE
+            for f in _THREAD_FIELDS:
+                setattr(obj, f, thread[f])
+            old_threads.append(obj)
+    if old_threads:
+        update_rows(Thread, _THREAD_FIELDS, [(t.pk, *(getattr(t, f) for f in _THREAD_FIELDS)) for t in old_threads])
+    new_ids = [tid for tid in live if tid not in existing]
+    pks = {tid: existing[tid].pk for tid in live if tid in existing}
+    pks.update(_insert_threads(context.source, [(tid, live[tid][0]) for tid in new_ids]))
+    if len(context.touched) <= TOUCHED_LIMIT:
+        context.touched.update(pks.values())
+    return pks, old_threads, old_tags
+
+
+def _write_checkpoints(context, live, pks, old_threads):
+    """Checkpoints: insert the new, update the changed, delete the vanished.
+
+    Returns {(thread pk, ns, checkpoint_id): pk} of every checkpoint of the
+    batch when the new rows' keys were reserved up front (PostgreSQL), else None.
+    """
+    current = {}
+    if old_threads:
+        for row in Checkpoint.objects.filter(thread__in=old_threads).values(
+            "pk", "thread_id", "checkpoint_ns", "checkpoint_id", *_CHANGE_FIELDS
+        ):
+            current[(row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])] = row
+    to_insert, to_update, seen = [], [], set()
+    source_pk = context.source.pk  # a property: looked up once, not per checkpoint
+    for tid, (_, records, _) in live.items():
+        thread_pk = pks[tid]
+        for r in records:
+            key = (thread_pk, r["checkpoint_ns"], r["checkpoint_id"])
+            old = current.get(key) if current else None
+            if old is None:
+                to_insert.append((source_pk, thread_pk, *_record_values(r)))
             else:
-                ckpt_pk = dict(
-                    ((t, ns, cid), pk) for pk, t, ns, cid in Checkpoint.objects.filter(
-                        thread_id__in={pks[u[0]] for u in uses}
-                    ).values_list("pk", "thread_id", "checkpoint_ns", "checkpoint_id")
-                )
-            _insert_rows(ReferenceUse, ("reference_id", "thread_id", "checkpoint_id", "location"), [
-                (refs[uri], pks[tid], ckpt_pk.get((pks[tid], ns, cid)), location)
-                for tid, ns, cid, location, uri in uses
-            ])
+                seen.add(key)
+                if any(old[f] != json_value(r[f]) for f in _CHANGE_FIELDS):
+                    to_update.append((old["pk"], *(r[f] for f in _CHANGE_FIELDS)))
+    vanished = [row["pk"] for key, row in current.items() if key not in seen]
+    if vanished:
+        ReferenceUse.objects.filter(checkpoint_id__in=vanished)._raw_delete(ReferenceUse.objects.db)
+        Checkpoint.objects.filter(pk__in=vanished)._raw_delete(Checkpoint.objects.db)
+    columns = ("source_id", "thread_id", *_RECORD_FIELDS)
+    new_pks = reserve_ids(Checkpoint, len(to_insert))
+    if new_pks is not None:
+        columns = ("id", *columns)
+        to_insert = [(pk, *row) for pk, row in zip(new_pks, to_insert)]
+    insert_rows(Checkpoint, columns, to_insert)
+    update_rows(Checkpoint, _CHANGE_FIELDS, to_update)
+    context.stats["added"] += len(to_insert)
+    context.stats["updated"] += len(to_update)
+    context.stats["removed"] += len(vanished)
+    if new_pks is None:
+        return None
+    # Every checkpoint's pk is known: the ones just inserted and those kept.
+    ckpt_pk = {(row[2], row[3], row[4]): row[0] for row in to_insert}
+    ckpt_pk.update((key, row["pk"]) for key, row in current.items() if key in seen)
+    return ckpt_pk
+
+
+def _write_tags(context, live, pks, old_tags):
+    """Tags of the latest root checkpoint; for a thread mirrored before, only what changed.
+
+    Thread.tags holds what its Tag rows hold. Most re-read threads keep
+    their tags, and rewriting them anyway cleared the visibility map of the
+    tag table page by page, which the tag browser's index-only scans need
+    until autovacuum comes by.
+    """
+    source_pk = context.source.pk
+    stale, fresh, rewrite = [], [], []
+    for tid, (thread, _, _) in live.items():
+        before, after = old_tags.get(tid), thread["tags"]
+        if before is None or before is _REWRITE:
+            fresh.extend((source_pk, pks[tid], k, v) for k, v in after.items())
+            if before is _REWRITE:
+                rewrite.append(pks[tid])
+        elif before != after:
+            stale.extend((pks[tid], k) for k, v in before.items() if after.get(k) != v)
+            fresh.extend((source_pk, pks[tid], k, v) for k, v in after.items() if before.get(k) != v)
+    if rewrite:
+        Tag.objects.filter(thread_id__in=rewrite)._raw_delete(Tag.objects.db)
+    delete_pairs(Tag, ("thread", "key"), ("bigint", "text"), stale)
+    insert_rows(Tag, ("source_id", "thread_id", "key", "value"), fresh)
+
+
+def _write_references(context, live, pks, old_threads, ckpt_pk):
+    """Replace the batch's reference uses: which checkpoint holds which URI, where."""
+    uses = {
+        (tid, ns, cid, location, uri)
+        for tid, (_, _, refs) in live.items()
+        for ns, cid, location, uris in refs
+        for uri in uris
+    }
+    if old_threads:
+        ReferenceUse.objects.filter(thread__in=old_threads)._raw_delete(ReferenceUse.objects.db)
+    if not uses:
+        return
+    refs = _references_for({u[4] for u in uses}, context)
+    if ckpt_pk is None:
+        ckpt_pk = dict(
+            ((t, ns, cid), pk) for pk, t, ns, cid in Checkpoint.objects.filter(
+                thread_id__in={pks[u[0]] for u in uses}
+            ).values_list("pk", "thread_id", "checkpoint_ns", "checkpoint_id")
+        )
+    insert_rows(ReferenceUse, ("reference_id", "thread_id", "checkpoint_id", "location"), [
+        (refs[uri], pks[tid], ckpt_pk.get((pks[tid], ns, cid)), location)
+        for tid, ns, cid, location, uri in uses
+    ])
 
 
 _RECORD_FIELDS = ("checkpoint_ns", "checkpoint_id", "parent_checkpoint_id", "created_at", "step", "origin",
@@ -968,26 +1028,6 @@ def _known_references(existing):
 _REWRITE = object()  # old_tags marker: replace all of a thread's tag rows
 
 
-def _delete_tags(pairs):
-    """Delete the tag rows named by (thread pk, key) pairs."""
-    if not pairs:
-        return
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"DELETE FROM {connection.ops.quote_name(Tag._meta.db_table)} AS t"
-                " USING unnest(%s::bigint[], %s::text[]) AS d(thread_id, key)"
-                " WHERE t.thread_id = d.thread_id AND t.key = d.key",
-                [[p[0] for p in pairs], [p[1] for p in pairs]],
-            )
-        return
-    by_thread = defaultdict(list)
-    for thread_pk, key in pairs:
-        by_thread[thread_pk].append(key)
-    for thread_pk, keys in by_thread.items():
-        Tag.objects.filter(thread_id=thread_pk, key__in=keys)._raw_delete(Tag.objects.db)
-
-
 def _delete_threads(pks):
     """Delete threads and everything hanging off them, in SQL: no rows loaded."""
     db = Thread.objects.db
@@ -1001,11 +1041,11 @@ def _insert_threads(source, items):
     """Insert new threads, given by the source's ids (stored as thread_key()); return {source id: pk}."""
     if not items:
         return {}
-    ids = _reserve_ids(Thread, len(items))
+    ids = reserve_ids(Thread, len(items))
     if ids is not None:
         rows = [(pk, source.pk, thread_key(tid), 0, *(thread[f] for f in _THREAD_FIELDS))
                 for pk, (tid, thread) in zip(ids, items)]
-        _insert_rows(Thread, ("id", "source_id", "thread_id", "external_bytes", *_THREAD_FIELDS), rows)
+        insert_rows(Thread, ("id", "source_id", "thread_id", "external_bytes", *_THREAD_FIELDS), rows)
         return {tid: pk for pk, (tid, _) in zip(ids, items)}
     objs = [Thread(source=source, thread_id=thread_key(tid), **{f: thread[f] for f in _THREAD_FIELDS})
             for tid, thread in items]
@@ -1014,82 +1054,6 @@ def _insert_threads(source, items):
         return {source_thread_id(t): pk for t, pk in Thread.objects.filter(
             source=source, thread_id__in=[t.thread_id for t in objs]).values_list("thread_id", "pk")}
     return {source_thread_id(t.thread_id): t.pk for t in objs}
-
-
-def _reserve_ids(model, count):
-    """On PostgreSQL, `count` new primary keys from the table's sequence; None elsewhere.
-
-    Known up front, they let the rows go in by COPY and spare reading them
-    back to link other rows to them.
-    """
-    if connection.vendor != "postgresql":
-        return None
-    if not count:
-        return []
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-                       [model._meta.db_table, count])
-        return [r[0] for r in cursor.fetchall()]
-
-
-def _insert_rows(model, columns, rows):
-    """Insert plain tuples: COPY on PostgreSQL, bulk_create elsewhere."""
-    if not rows:
-        return
-    if connection.vendor != "postgresql":
-        model.objects.bulk_create([model(**dict(zip(columns, row))) for row in rows], batch_size=1000)
-        return
-    # COPY is several times faster than multi-row INSERT, and skips building
-    # model instances: it carries the initial sync of a large source.
-    json_columns = [i for i, c in enumerate(columns) if isinstance(model._meta.get_field(c), JSONField)]
-    table = model._meta.db_table
-    with connection.cursor() as cursor:
-        with cursor.connection.cursor() as raw, raw.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-            for row in rows:
-                if json_columns:
-                    row = list(row)
-                    for i in json_columns:
-                        row[i] = _json_text(row[i])
-                copy.write_row(row)
-
-
-def _update_rows(model, fields, rows):
-    """Update rows given as (pk, value per field) tuples.
-
-    On PostgreSQL one UPDATE ... FROM unnest(arrays) per call: Django's
-    bulk_update writes a CASE with a branch per row for every column, which
-    took 0.7 s for the 160 threads of an incremental sync (and grows with
-    the square of the rows on the server).
-    """
-    if not rows:
-        return
-    if connection.vendor != "postgresql":
-        objs = [model(pk=row[0], **dict(zip(fields, row[1:]))) for row in rows]
-        model.objects.bulk_update(objs, fields, batch_size=1000)
-        return
-    quote = connection.ops.quote_name
-    columns = [model._meta.get_field(f) for f in fields]
-    sets, arrays = [], []
-    for field in columns:
-        name = quote(field.column)
-        if isinstance(field, JSONField):  # sent as text, stored as jsonb
-            sets.append(f"{name} = v.{name}::jsonb")
-            arrays.append("%s::text[]")
-        else:
-            sets.append(f"{name} = v.{name}")
-            arrays.append(f"%s::{field.db_type(connection)}[]")
-    values = [list(column) for column in zip(*rows)]
-    for i, field in enumerate(columns, 1):
-        if isinstance(field, JSONField):
-            values[i] = [_json_text(v) for v in values[i]]
-    names = ", ".join(quote(f.column) for f in columns)
-    table = quote(model._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} AS t SET {', '.join(sets)} FROM unnest(%s::bigint[], {', '.join(arrays)})"
-            f" AS v(id, {names}) WHERE t.id = v.id",
-            values,
-        )
 
 
 def _references_for(uris, context):

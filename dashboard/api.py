@@ -175,7 +175,8 @@ def state(request):
     the namespace, the root one unless checkpoint_ns is given) and its values
     read from the source; DeltaChannel values are rebuilt as on the page.
     """
-    from dashboard.source_values import ReadError, read_values
+    from dashboard.snapshot_cache import read_values_cached
+    from dashboard.source_values import ReadError
 
     name, thread_id = request.GET.get("source"), request.GET.get("thread_id")
     if not name or thread_id is None:
@@ -195,7 +196,7 @@ def state(request):
         return _error(f"no {what} in namespace {ns!r} of thread {thread_id!r}", status=404)
     cp.thread = t
     try:
-        values = read_values(source, cp, limit=settings.DISPLAY_DECODE_LIMIT,
+        values = read_values_cached(source, cp, limit=settings.DISPLAY_DECODE_LIMIT,
                              aes_key=settings.LANGGRAPH_AES_KEY or None, digest=True)
     except ReadError as e:
         gone = "no longer in the source" in str(e)

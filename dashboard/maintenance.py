@@ -31,14 +31,16 @@ from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.module_loading import import_string
 from django.views.decorators.http import require_POST
 
+from checkpoints.jobs import JOBS, job, kinds
 from checkpoints.models import Run, Source
 from checkpoints.runs import fail_dead_runs
 from dashboard import run_summary
 from dashboard.access import viewer_required
 from dashboard.cluster import cluster_health
-from dashboard.maintenance_forms import PolicyForm, PruneForm, SweepForm
+from dashboard.maintenance_forms import PolicyForm
 from dashboard.models import SavedPolicy
 from dashboard.space import sources_space
 from dashboard.tasks import QueueError, busy_run, enqueue, fail_lost_runs, lost_after, new_queued_run, reap_runs
@@ -50,13 +52,10 @@ RUNS_PER_PAGE = 50
 PREVIEW_MAX_AGE = timedelta(hours=1)  # past that, what the operator saw is too old to confirm
 WAITING_HINT_AFTER = 10  # seconds queued before the page asks whether a cluster runs
 SKIPPED_SHOWN = 100
+# The audit log first (the jobs that change data), then each kind, audit kinds before routine ones.
 HISTORY_FILTERS = {
-    "maintenance": ("Prune, sweep, removal", ["prune", "sweep", "remove"]),
-    "prune": ("Prune", ["prune"]),
-    "sweep": ("Sweep", ["sweep"]),
-    "remove": ("Source removal", ["remove"]),
-    "sync": ("Sync", ["sync"]),
-    "refcheck": ("Reference check", ["refcheck"]),
+    "maintenance": ("Prune, sweep, removal", kinds(routine=False)),
+    **{kind: (job(kind).label, [kind]) for kind in kinds(routine=False) + kinds(routine=True)},
     "all": ("All", None),
 }
 DEFAULT_FILTER = "maintenance"
@@ -85,30 +84,39 @@ def index(request):
     return _render_index(request)
 
 
-def _render_index(request, *, prune_form=None, sweep_form=None, policy_forms=None, status=200):
+def _job_form(kind, data=None, **kwargs):
+    """The preview form of a previewed job (checkpoints/jobs.py names it); its prefix is the kind."""
+    return import_string(job(kind).form)(data, prefix=kind, **kwargs)
+
+
+def _render_index(request, *, forms=None, policy_forms=None, status=200):
     kind_key = request.GET.get("kind", DEFAULT_FILTER)
     if kind_key not in HISTORY_FILTERS:
         kind_key = DEFAULT_FILTER
-    kinds = HISTORY_FILTERS[kind_key][1]
+    shown = HISTORY_FILTERS[kind_key][1]
     runs = Run.objects.select_related("source", "requested_by").order_by("-created_at", "-id")
-    if kinds is not None:
-        runs = runs.filter(kind__in=kinds)
+    if shown is not None:
+        runs = runs.filter(kind__in=shown)
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     params = [(k, v) for k, v in request.GET.items()]
     sources = list(Source.objects.all())
     enabled = [s for s in sources if s.enabled]
-    policy_forms = policy_forms or {}
-    active = list(Run.objects.filter(kind__in=["prune", "sweep"], state__in=["queued", "running"]).select_related("source"))
+    forms, policy_forms = forms or {}, policy_forms or {}
+    previewed = kinds(previewed=True)
+    active = list(Run.objects.filter(kind__in=previewed, state__in=["queued", "running"]).select_related("source"))
     for run in active:
         run.progress_view = _progress(run)
     now = timezone.now()
     ctx = {
         "can_run": request.user.has_perm(MAINTENANCE_PERM),
         "sources": enabled,
-        "prune_form": prune_form or PruneForm(prefix="prune", initial={"source": enabled[0].pk if enabled else None}),
-        "sweep_form": sweep_form or SweepForm(prefix="sweep"),
-        "prune_policy_form": policy_forms.get("prune") or PolicyForm(prefix="policy", auto_id="prune_%s"),
-        "sweep_policy_form": policy_forms.get("sweep") or PolicyForm(prefix="policy", auto_id="sweep_%s"),
+        # Each previewed job's form and its policy form, laid out by the job's own partial.
+        "job_forms": [{
+            "job": job(kind),
+            "form": forms.get(kind) or _job_form(
+                kind, initial={"source": enabled[0].pk if enabled else None} if job(kind).needs_source else None),
+            "policy_form": policy_forms.get(kind) or PolicyForm(prefix="policy", auto_id=f"{kind}_%s"),
+        } for kind in previewed],
         "policies": [_policy_row(p) for p in SavedPolicy.objects.select_related("source", "last_run", "created_by")],
         "bucket": settings.S3_BUCKET_NAME,
         "prefix": settings.S3_PREFIX,
@@ -135,23 +143,15 @@ def _policy_row(policy):
         "parameters": run_summary.describe_parameters(policy.kind, policy.parameters),
         "interval": duration_text(policy.interval),
         "hidden": _hidden_fields(policy.kind, policy.source_id, policy.parameters),
+        "preview_url": job(policy.kind).preview_url,
     }
 
 
 def _hidden_fields(kind, source_id, params):
     """(name, value) of the form fields that preview these parameters again."""
-    if kind == "prune":
-        hidden = [("prune-source", source_id), ("prune-older_than", params.get("older_than", "")),
-                  ("prune-keep_last", params.get("keep_last", 1)), ("prune-tags", "\n".join(params.get("tags", ())))]
-        if params.get("threads"):
-            hidden.append(("prune-threads", "on"))
-        if params.get("vacuum"):
-            hidden.append(("prune-vacuum", "on"))
-        return hidden
-    hidden = [("sweep-grace", params.get("grace", ""))]
-    if params.get("force"):
-        hidden.append(("sweep-force", "on"))
-    return hidden
+    described = job(kind)
+    hidden = [(f"{kind}-source", source_id)] if described.needs_source else []
+    return hidden + [pair for param in described.params for pair in param.field(kind, params)]
 
 
 def _history_row(run):
@@ -168,25 +168,18 @@ def _history_row(run):
 
 @require_POST
 @operator_required
-def prune_preview(request):
-    form = PruneForm(request.POST, prefix="prune")
+def preview(request, kind):
+    """Queue a dry run of a previewed job (one route per kind: `maintenance-<kind>-preview`)."""
+    form = _job_form(kind, request.POST)
     if not form.is_valid():
-        return _render_index(request, prune_form=form, status=400)
-    source, policy = form.cleaned_data["source"], form.cleaned_data["policy"]
-    parameters = {**policy.as_parameters(), "now": timezone.now().isoformat()}
-    return _queue(request, "prune", source, parameters, dry_run=True, form=form, form_name="prune_form")
+        return _render_index(request, forms={kind: form}, status=400)
+    parameters = dict(form.cleaned_data["parameters"])
+    if job(kind).preview_clock:
+        parameters["now"] = timezone.now().isoformat()
+    return _queue(request, kind, form.cleaned_data.get("source"), parameters, dry_run=True, form=form)
 
 
-@require_POST
-@operator_required
-def sweep_preview(request):
-    form = SweepForm(request.POST, prefix="sweep")
-    if not form.is_valid():
-        return _render_index(request, sweep_form=form, status=400)
-    return _queue(request, "sweep", None, form.cleaned_data["parameters"], dry_run=True, form=form, form_name="sweep_form")
-
-
-def _queue(request, kind, source, parameters, *, dry_run, form, form_name):
+def _queue(request, kind, source, parameters, *, dry_run, form):
     with transaction.atomic():
         holder = busy_run(kind, source)
         if holder is None:
@@ -194,12 +187,12 @@ def _queue(request, kind, source, parameters, *, dry_run, form, form_name):
                                  requested_by=request.user, origin="page")
     if holder is not None:
         form.add_error(None, _busy_message(holder))
-        return _render_index(request, **{form_name: form}, status=409)
+        return _render_index(request, forms={kind: form}, status=409)
     try:
         enqueue(run)
     except QueueError as e:
         form.add_error(None, str(e))
-        return _render_index(request, **{form_name: form}, status=503)
+        return _render_index(request, forms={kind: form}, status=503)
     return redirect("maintenance-run", pk=run.pk)
 
 
@@ -235,9 +228,12 @@ def run_detail(request, pk):
         follow_up = Run.objects.filter(parameters__preview_run=run.pk).order_by("created_at").first()
     age = (timezone.now() - (run.finished_at or run.created_at)).total_seconds()
     can_run = request.user.has_perm(MAINTENANCE_PERM)
+    described = job(run.kind)
     ctx = {
         "run": run,
+        "job": described,
         "result": result,
+        "figures": run_summary.figures(run.kind, result, dry_run=run.dry_run),
         "vacuum_rows": run_summary.vacuum_rows(result.get("vacuum")),
         "parameters": run_summary.describe_parameters(run.kind, run.parameters),
         "finished": run.state in ("done", "failed"),
@@ -248,7 +244,7 @@ def run_detail(request, pk):
         "comparison": run_summary.compare(run.kind, preview.result, result) if preview and run.state == "done" else [],
         "changed": preview is not None and any(d for *_, d in run_summary.compare(run.kind, preview.result, result)),
         "follow_up": follow_up,
-        "confirmable": (can_run and run.dry_run and run.state == "done" and run.kind in ("prune", "sweep")
+        "confirmable": (can_run and run.dry_run and run.state == "done" and described.previewed
                         and follow_up is None and age <= PREVIEW_MAX_AGE.total_seconds()),
         "stale_preview": run.dry_run and run.state == "done" and follow_up is None and age > PREVIEW_MAX_AGE.total_seconds(),
         "preview_max_age": duration_text(PREVIEW_MAX_AGE),
@@ -257,11 +253,12 @@ def run_detail(request, pk):
         "skipped_total": len(result.get("skipped") or []),
         "freed": run_summary.freed_bytes(run.kind, result),
         "again": (_hidden_fields(run.kind, run.source_id, run.parameters)
-                  if can_run and run.kind in ("prune", "sweep") and (run.kind == "sweep" or run.source_id) else None),
+                  if can_run and described.previewed and (run.source_id or not described.needs_source) else None),
         "active_window": duration_text(settings.PRUNE_ACTIVE_WINDOW),
         "result_json": json.dumps(result, indent=2, sort_keys=True, default=str),
         "policy_id": run.parameters.get("policy_id"),
-        "removal": run_summary.removal_rows(result) if run.kind == "remove" else [],
+        # A run that counted before it changed anything keeps those counts as its result's "preview" (a removal).
+        "own_preview": run_summary.compare(run.kind, result["preview"], result) if "preview" in result else [],
     }
     return render(request, "maintenance/run.html", ctx)
 
@@ -269,7 +266,9 @@ def run_detail(request, pk):
 def _progress(run):
     done, total = run.progress_done, run.progress_total
     percent = min(100, round(100 * done / total)) if total else None
-    return {"done": done, "total": total, "percent": percent}
+    described = job(run.kind)
+    return {"done": done, "total": total, "percent": percent, "unit": described.progress_unit,
+            "listing": described.listing}
 
 
 @viewer_required
@@ -298,7 +297,7 @@ def run_confirm(request, pk):
     """Queue the real run of a finished preview, with the preview's parameters (and its `now`)."""
     with transaction.atomic():
         # The row lock makes a double click queue one run, not two.
-        preview = get_object_or_404(Run.objects.select_for_update(), pk=pk, dry_run=True, kind__in=["prune", "sweep"])
+        preview = get_object_or_404(Run.objects.select_for_update(), pk=pk, dry_run=True, kind__in=kinds(previewed=True))
         follow_up = Run.objects.filter(parameters__preview_run=preview.pk).first()
         if follow_up is not None:
             return redirect("maintenance-run", pk=follow_up.pk)
@@ -308,7 +307,7 @@ def run_confirm(request, pk):
         if timezone.now() - (preview.finished_at or preview.created_at) > PREVIEW_MAX_AGE:
             messages.error(request, "This preview is too old to confirm: preview again to see what goes now.")
             return redirect("maintenance-run", pk=preview.pk)
-        if preview.kind == "prune" and preview.source is None:
+        if job(preview.kind).needs_source and preview.source is None:
             messages.error(request, "The source of this preview no longer exists.")
             return redirect("maintenance-run", pk=preview.pk)
         holder = busy_run(preview.kind, preview.source)
@@ -332,17 +331,14 @@ def run_confirm(request, pk):
 @require_POST
 @operator_required
 def policy_new(request, kind):
-    form = PruneForm(request.POST, prefix="prune") if kind == "prune" else SweepForm(request.POST, prefix="sweep")
-    if kind not in ("prune", "sweep"):
+    if kind not in JOBS or not job(kind).previewed:
         raise Http404("no such kind of policy")
+    form = _job_form(kind, request.POST)
     policy_form = PolicyForm(request.POST, prefix="policy", auto_id=f"{kind}_%s")
     valid = form.is_valid()
     if not (policy_form.is_valid() and valid):
-        return _render_index(request, **{f"{kind}_form": form}, policy_forms={kind: policy_form}, status=400)
-    if kind == "prune":
-        source, parameters = form.cleaned_data["source"], form.cleaned_data["policy"].as_parameters()
-    else:
-        source, parameters = None, form.cleaned_data["parameters"]
+        return _render_index(request, forms={kind: form}, policy_forms={kind: policy_form}, status=400)
+    source, parameters = form.cleaned_data.get("source"), form.cleaned_data["parameters"]
     interval = policy_form.cleaned_data["interval"]
     policy = SavedPolicy.objects.create(
         name=policy_form.cleaned_data["name"], kind=kind, source=source, parameters=parameters, interval=interval,

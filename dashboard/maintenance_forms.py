@@ -1,8 +1,9 @@
 """Forms of the maintenance page: a prune, a sweep, a saved policy.
 
-Each form turns what an operator typed into the parameters the run functions
-take (PrunePolicy, a grace), with the same validation the commands apply, so
-a bad value is refused on the page with the command's own message.
+Each job form (named by its Job in checkpoints/jobs.py) turns what an
+operator typed into the run's `parameters` in its cleaned data (and its
+`source` when the job runs on one), with the same validation the command
+applies, so a bad value is refused on the page with the command's own message.
 """
 
 from datetime import timedelta
@@ -85,6 +86,7 @@ class PruneForm(forms.Form):
         except ValueError as e:
             raise forms.ValidationError(str(e).replace("--keep-last", "Keep last").replace("--threads", "whole threads")
                                         .replace("--older-than", "Older than")) from None
+        data["parameters"] = data["policy"].as_parameters()
         return data
 
 

@@ -130,7 +130,16 @@ def metrics(request):
     )
     out.gauge("checkpoint_size_limit_bytes", "CHECKPOINT_SIZE_LIMIT.", [({}, settings.CHECKPOINT_SIZE_LIMIT)])
     out.gauge("storage_quota_bytes", "STORAGE_QUOTA, when set.", [({}, settings.STORAGE_QUOTA)])
-    return HttpResponse(out.text(), content_type="text/plain; version=0.0.4; charset=utf-8")
+    return HttpResponse(out.text() + _counters(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _counters() -> str:
+    """The cache's hit, miss and error counters (dashboard.cachemetrics), in the same text format."""
+    from prometheus_client import generate_latest
+
+    from dashboard.cachemetrics import REGISTRY
+
+    return generate_latest(REGISTRY).decode()
 
 
 def _space_gauges(out, sources):

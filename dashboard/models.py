@@ -3,6 +3,8 @@ import hashlib
 from django.conf import settings
 from django.db import models
 
+from checkpoints.jobs import job, kinds
+
 
 class ApiToken(models.Model):
     """A bearer token for scripts; only its hash is stored."""
@@ -29,7 +31,7 @@ class SavedPolicy(models.Model):
     (origin "schedule") for each enabled policy whose `next_run_at` has come.
     """
 
-    KIND_CHOICES = [("prune", "Prune"), ("sweep", "Sweep")]
+    KIND_CHOICES = [(kind, job(kind).label) for kind in kinds(previewed=True)]  # the jobs previewed on the page
 
     name = models.CharField(max_length=100, unique=True, help_text="Name shown in the list and the run history.")
     kind = models.CharField(max_length=16, choices=KIND_CHOICES, help_text="What runs: a prune of one source or an orphan sweep.")

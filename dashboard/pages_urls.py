@@ -1,5 +1,6 @@
 from django.urls import path
 
+from checkpoints.jobs import kinds
 from dashboard import api, links, maintenance, metrics, sources, views  # noqa: F401 (links registers <thread_id:>)
 
 urlpatterns = [
@@ -10,8 +11,8 @@ urlpatterns = [
     path("threads/<slug:source>/", views.thread_by_query, name="thread-by-query"),
     path("checkpoints/<int:pk>/", views.checkpoint, name="checkpoint"),
     path("maintenance/", maintenance.index, name="maintenance"),
-    path("maintenance/prune/preview", maintenance.prune_preview, name="maintenance-prune-preview"),
-    path("maintenance/sweep/preview", maintenance.sweep_preview, name="maintenance-sweep-preview"),
+    *[path(f"maintenance/{kind}/preview", maintenance.preview, {"kind": kind}, name=f"maintenance-{kind}-preview")
+      for kind in kinds(previewed=True)],
     path("maintenance/runs/<int:pk>/", maintenance.run_detail, name="maintenance-run"),
     path("maintenance/runs/<int:pk>/progress", maintenance.run_progress, name="maintenance-run-progress"),
     path("maintenance/runs/<int:pk>/confirm", maintenance.run_confirm, name="maintenance-run-confirm"),

@@ -4,17 +4,11 @@ Pure functions over a run's kind, parameters and result dicts, so the
 history renders without loading anything else per row.
 """
 
-PRUNE_COUNTS = (("threads", "threads"), ("checkpoints", "checkpoints"), ("writes", "writes"), ("blobs", "blob rows"))
-SWEEP_COUNTS = (("objects_scanned", "scanned"), ("orphans", "orphans"), ("deleted", "deleted"), ("db_orphans", "db rows"))
-SYNC_COUNTS = (("added", "added"), ("updated", "updated"), ("removed", "removed"))
-REMOVE_COUNTS = (("threads", "threads"), ("checkpoints", "checkpoints"), ("writes", "writes"), ("blobs", "blob rows"))
-# What the preview and the real run are compared on (the rows that go).
-COMPARED = {
-    "prune": (("threads", "Threads"), ("checkpoints", "Checkpoints"), ("writes", "Writes"), ("blobs", "Blob rows"),
-              ("bytes", "Serialized bytes"), ("skipped", "Skipped threads")),
-    "sweep": (("orphans", "Orphan objects"), ("orphan_bytes", "Orphan bytes"), ("db_orphans", "Database orphan rows"),
-              ("dangling", "Dangling references")),
-}
+from django.contrib.humanize.templatetags.humanize import intcomma
+from django.utils.html import format_html
+
+from checkpoints.jobs import job
+from dashboard.templatetags.console import size
 
 
 def describe_parameters(kind: str, parameters: dict) -> str:
@@ -32,26 +26,11 @@ def describe_parameters(kind: str, parameters: dict) -> str:
     ''
     """
     parameters = parameters or {}
-    parts = []
-    if kind == "prune":
-        parts.append(f"older than {parameters.get('older_than', '?')}")
-        parts.append(f"keep last {parameters.get('keep_last', 1)}")
-        parts.extend(parameters.get("tags") or ())
-        if parameters.get("threads"):
-            parts.append("whole threads")
-        if parameters.get("vacuum"):
-            parts.append("VACUUM after")
-    elif kind == "sweep":
-        parts.append(f"grace {parameters.get('grace', '?')}")
-        if parameters.get("force"):
-            parts.append("force")
-    elif kind == "sync":
-        if parameters.get("full"):
-            parts.append("full")
-    elif kind == "remove":
-        parts.append(f"source {parameters.get('source', '?')}")
+    params = job(kind).params
+    if params:
+        parts = [word for param in params for word in param.words(parameters)]
     else:
-        parts.extend(f"{k} {v}" for k, v in parameters.items() if not isinstance(v, (dict, list)))
+        parts = [f"{k} {v}" for k, v in parameters.items() if not isinstance(v, (dict, list))]
     if parameters.get("policy"):
         parts.append(f"policy {parameters['policy']}")
     return " · ".join(str(p) for p in parts)
@@ -70,11 +49,11 @@ def counts(kind: str, result: dict) -> list:
     result = result or {}
     if not result:
         return []
-    table = {"prune": PRUNE_COUNTS, "sweep": SWEEP_COUNTS, "sync": SYNC_COUNTS, "remove": REMOVE_COUNTS}.get(kind)
-    if table is None:
+    described = job(kind)
+    if not described.counts:
         return [(v, k.replace("_", " ")) for k, v in result.items() if isinstance(v, int) and not isinstance(v, bool)][:4]
-    found = [(result[key], label) for key, label in table if isinstance(result.get(key), int)]
-    extra = {"prune": "skipped", "sweep": "dangling"}.get(kind)
+    found = [(result[key], label) for key, label in described.counts if isinstance(result.get(key), int)]
+    extra = described.listed
     if extra and result.get(extra):
         found.append((len(result[extra]), extra))
     return found
@@ -86,8 +65,8 @@ def freed_bytes(kind: str, result: dict):
     >>> freed_bytes("prune", {"bytes": 120}), freed_bytes("sweep", {"orphan_bytes": 5}), freed_bytes("sync", {"x": 1})
     (120, 5, None)
     """
-    key = {"prune": "bytes", "sweep": "orphan_bytes"}.get(kind)
-    if key is None or not result:
+    key = job(kind).freed
+    if not key or not result:
         return None
     return result.get(key)
 
@@ -105,7 +84,7 @@ def compare(kind: str, preview: dict, actual: dict) -> list:
     [('Threads', 2, 1, True), ('Checkpoints', 5, 5, False), ('Skipped threads', 0, 1, True)]
     """
     rows = []
-    for key, label in COMPARED.get(kind, ()):
+    for key, label in job(kind).compared:
         a, b = _value(preview or {}, key), _value(actual or {}, key)
         rows.append((label, a, b, a != b))
     return rows
@@ -139,14 +118,43 @@ def vacuum_rows(vacuum) -> list:
     return [("free pages", before["free_pages"], after["free_pages"])]
 
 
-def removal_rows(result: dict) -> list:
-    """(label, previewed, removed) for a source removal's run page.
+def _shown(value, unit):
+    """A figure's value as the page shows it (the template filters size and intcomma)."""
+    if unit == "bytes":
+        return size(value)
+    if unit == "text":
+        return value
+    return intcomma(value)
 
-    >>> removal_rows({"threads": 2, "preview": {"threads": 2}})[0]
-    ('Threads', 2, 2)
+
+def figures(kind: str, result: dict, *, dry_run: bool) -> list:
+    """The tiles of a finished run's page, from its Job's figures: {label, value, hint, alert}.
+
+    A missing count shows empty, as a template shows a missing value.
+
+    >>> tiles = figures("sweep", {"orphans": 1200, "grace": "1h", "orphan_bytes": 5, "dangling": ["u"]}, dry_run=True)
+    >>> [(f["label"], str(f["value"]), str(f["hint"]), f["alert"]) for f in tiles[1:3] + tiles[5:]]
+    [('Orphans', '1,200', 'older than 1h', False), ('Orphan bytes', '<span class="size" title="5 bytes">5 B</span>', '', False), ('Dangling references', '1', 'referenced, missing', True)]
+    >>> [(f["label"], f["hint"]) for f in figures("prune", {"bytes": 2}, dry_run=True)][4], figures("sync", {"added": 1}, dry_run=False)
+    (('Bytes to free', 'serialized'), [])
     """
-    from checkpoints.removal import COUNTS
-
     result = result or {}
-    preview = result.get("preview") or {}
-    return [(label, preview.get(key), result.get(key)) for key, label in COUNTS]
+    tiles = []
+    for figure in job(kind).figures:
+        value = result.get(figure.key, "")
+        if figure.unit == "items":
+            value = len(value or ())
+        hint = figure.hint
+        if figure.hint_key:
+            shown = result.get(figure.hint_key, "")
+            if (figure.hint_when == "set" and not shown) or (figure.hint_when == "real" and dry_run):
+                hint = ""
+            else:
+                hint = format_html(hint.replace("{}", "{0}"), _shown(shown, figure.hint_unit))
+        tiles.append({
+            "label": figure.dry_label if dry_run and figure.dry_label else figure.label,
+            "value": _shown(value, figure.unit),
+            "hint": hint,
+            "alert": figure.alert and bool(value),
+        })
+    return tiles

@@ -12,7 +12,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from checkpoints import units
 from checkpoints.dburl import parse_database_url, redact
-from storage.s3client import S3Settings
+from checkpoints.sources.registry import kind_of
+from checkpoints.s3client import S3Settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("CONSOLE_VAR_DIR", BASE_DIR / "var"))
@@ -55,6 +56,60 @@ def redis_with_timeouts(url, connect=2, read=10):
     query.setdefault("socket_connect_timeout", str(connect))
     query.setdefault("socket_timeout", str(read))
     return parts._replace(query=urlencode(query)).geturl()
+
+
+# The cache's socket timeouts (seconds): a cache server that is down or hangs
+# must cost a page a fraction of a second, once (dashboard.cachebackend).
+CACHE_CONNECT_TIMEOUT = 0.5
+CACHE_READ_TIMEOUT = 1.0
+
+
+def cache_config(url):
+    """The CACHES["default"] entry for a CACHE_URL; the local-memory cache when empty.
+
+    `valkey://` is Valkey's name for the Redis protocol (`valkeys://` with TLS).
+
+    >>> cache_config("")["BACKEND"]
+    'django.core.cache.backends.locmem.LocMemCache'
+    >>> c = cache_config("valkey://cache.internal:6380/2")
+    >>> c["BACKEND"], c["LOCATION"], c["OPTIONS"]["socket_timeout"]
+    ('dashboard.cachebackend.ResilientRedisCache', 'redis://cache.internal:6380/2', 1.0)
+    >>> cache_config("memcached://x:11211")
+    Traceback (most recent call last):
+    ...
+    ValueError: use redis://, rediss://, valkey:// or valkeys://, or leave it unset for the local-memory cache
+    >>> cache_config("redis://h:port/0")
+    Traceback (most recent call last):
+    ...
+    ValueError: the port is not a number
+    """
+    from urllib.parse import urlsplit
+
+    url = url.strip()
+    if not url:
+        # Per process: a page's second view in the same web process is served from it.
+        return {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "checkpoint-console",
+                "OPTIONS": {"MAX_ENTRIES": 500}}
+    schemes = {"redis": "redis", "rediss": "rediss", "valkey": "redis", "valkeys": "rediss"}
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in schemes:
+        raise ValueError("use redis://, rediss://, valkey:// or valkeys://, or leave it unset for the local-memory cache")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError("the port is not a number") from None
+    if not parts.hostname:
+        raise ValueError("no host")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"the database {db!r} is not a number")
+    return {
+        # RedisCache that serves a miss instead of an error when the server is down or slow.
+        "BACKEND": "dashboard.cachebackend.ResilientRedisCache",
+        "LOCATION": parts._replace(scheme=schemes[parts.scheme.lower()]).geturl(),
+        # Timeouts named in the URL's query (socket_timeout=...) take precedence in redis-py.
+        "OPTIONS": {"socket_connect_timeout": CACHE_CONNECT_TIMEOUT, "socket_timeout": CACHE_READ_TIMEOUT},
+    }
 
 
 def env_str(name, default=""):
@@ -253,7 +308,7 @@ AXES_CLIENT_IP_CALLABLE = "dashboard.throttle.client_address"
 AXES_LOCKOUT_CALLABLE = "dashboard.throttle.locked_out"
 
 # --- LangGraph sources -------------------------------------------------------
-CHECKPOINT_DATABASE_URL = _env("CHECKPOINT_DATABASE_URL", "", lambda raw: (parse_database_url(raw), raw.strip())[1])
+CHECKPOINT_DATABASE_URL = _env("CHECKPOINT_DATABASE_URL", "", lambda raw: (kind_of(raw), raw.strip())[1])
 SYNC_INTERVAL = env_duration("SYNC_INTERVAL", units.parse_duration("1m"))
 
 
@@ -285,7 +340,7 @@ PRUNE_ACTIVE_WINDOW = env_duration("PRUNE_ACTIVE_WINDOW", units.parse_duration("
 SWEEP_GRACE = env_duration("SWEEP_GRACE", units.parse_duration("24h"))
 
 # --- Blob stores -----------------------------------------------------------------
-# One reader for the console and the agent library (storage/s3client.py).
+# One reader for the console and the agent library (checkpoints/s3client.py).
 try:
     _S3 = S3Settings.from_env()
 except ValueError as e:
@@ -304,6 +359,16 @@ S3_CONNECT_TIMEOUT = _S3.connect_timeout
 S3_READ_TIMEOUT = _S3.read_timeout
 S3_MAX_ATTEMPTS = _S3.max_attempts
 OFFLOAD_THRESHOLD = env_size("OFFLOAD_THRESHOLD", 1_000_000)
+
+# --- Cache -------------------------------------------------------------------------
+# Decoded checkpoint values and previews of offloaded/external objects
+# (dashboard.snapshot_cache); also the tag browser's counts.
+CACHE_URL = _env("CACHE_URL", "", lambda raw: (cache_config(raw), raw.strip())[1])
+CACHES = {"default": cache_config(CACHE_URL)}
+SNAPSHOT_CACHE_TTL = env_duration("SNAPSHOT_CACHE_TTL", units.parse_duration("1h"))
+# Bytes of an object's content read for an inline preview (storage.previews); "show more" reads
+# storage.previews.MORE_FACTOR times as much. Never more than that is held in memory.
+PREVIEW_LIMIT = env_size("PREVIEW_LIMIT", 100_000)
 
 # --- Task queue --------------------------------------------------------------
 Q_BROKER = env_str("Q_BROKER", "")

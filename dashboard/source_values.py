@@ -38,9 +38,22 @@ def read_values(source, checkpoint, *, limit, aes_key=None, digest=False) -> Che
     # The source's own id: the mirror escapes NUL (checkpoints.ids.thread_key).
     key = (source_thread_id(checkpoint.thread.thread_id), checkpoint.checkpoint_ns, checkpoint.checkpoint_id)
     parent = checkpoint.parent_checkpoint_id or None
+    found = _kind(source).read_values(source.url, key, parent, limit=limit, aes_key=aes_key, digest=digest)
+    return CheckpointValues(**{f.name: getattr(found, f.name) for f in fields(StoredValues)})
+
+
+def read_writes(source, checkpoint, *, limit, aes_key=None, digest=False) -> list:
+    """The pending writes of a mirrored checkpoint, read now (they arrive after it); ReadError if it is gone.
+
+    What dashboard.snapshot_cache adds to the values it kept: a checkpoint
+    never changes, its writes may.
+    """
+    key = (source_thread_id(checkpoint.thread.thread_id), checkpoint.checkpoint_ns, checkpoint.checkpoint_id)
+    return _kind(source).read_writes(source.url, key, limit=limit, aes_key=aes_key, digest=digest)
+
+
+def _kind(source):
     try:
-        kind = registry.for_source(source)
+        return registry.for_source(source)
     except ValueError as e:
         raise ReadError(str(e)) from None
-    found = kind.read_values(source.url, key, parent, limit=limit, aes_key=aes_key, digest=digest)
-    return CheckpointValues(**{f.name: getattr(found, f.name) for f in fields(StoredValues)})

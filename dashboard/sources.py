@@ -22,8 +22,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from checkpoints.jobs import REMOVE, SYNC, job
 from checkpoints.models import Run, Source
-from checkpoints.removal import COUNTS, RemovalRefused, check_removable, release_slot, removal_preview
+from checkpoints.removal import RemovalRefused, check_removable, release_slot, removal_preview
 from checkpoints.sources import SourceError, first_line, open_reader
 from checkpoints.sources.registry import kind_of
 from dashboard import usage
@@ -55,7 +56,8 @@ def check_url(url) -> tuple[str, str]:
     try:
         with open_reader(url, connect_timeout=CHECK_TIMEOUT) as reader:
             layout = reader.layout()
-            reader.totals()  # the tables can be read, not only described
+            if kind != "s3":  # an S3 store's totals are a listing of the whole prefix: layout() has read it
+                reader.totals()  # the tables can be read, not only described
     except SourceError as e:
         raise forms.ValidationError(first_line(e)) from None
     return kind, layout
@@ -65,7 +67,8 @@ class SourceForm(forms.Form):
     name = forms.SlugField(max_length=50, help_text="Short name used in URLs and commands (letters, digits, - and _).")
     url = forms.CharField(
         label="Database URL", widget=forms.TextInput(attrs={"size": 60, "autocomplete": "off", "spellcheck": "false"}),
-        help_text="postgresql://user:password@host:5432/db or sqlite:////absolute/path.db; "
+        help_text="postgresql://user:password@host:5432/db, sqlite:////absolute/path.db or s3://bucket/prefix/ "
+        "(an S3Saver store, read with the console's S3 settings); "
         "opened read-only to check it before saving.",
     )
 
@@ -142,6 +145,8 @@ def index(request):
         row["lag"] = (now - s.last_success_started_at).total_seconds() if s.last_success_started_at else None
         row["env_owned"] = env_owned(s)
         row["space"] = source_space(s)
+        # What the last sync could not read (S3 stores: payloads missing or corrupt, objects not the saver's).
+        row["problems"] = (s.sync_state or {}).get("problems")
         slot = (s.sync_state or {}).get("slot_status") if s.capture == "logical" else None
         row["slot"] = slot
         row["slot_warn"] = bool(slot) and (slot.get("wal_status") == "lost"
@@ -219,9 +224,9 @@ def remove(request, pk):
         refused = str(e)
     if request.method == "POST" and refused is None:
         with transaction.atomic():
-            holder = busy_run("remove", source)
+            holder = busy_run(REMOVE, source)
             if holder is None:
-                run = new_queued_run("remove", source=source, parameters={"source": source.name},
+                run = new_queued_run(REMOVE, source=source, parameters={"source": source.name},
                                      dry_run=False, requested_by=request.user, origin="page")
         if holder is not None:
             return redirect("maintenance-run", pk=holder.pk)
@@ -233,8 +238,8 @@ def remove(request, pk):
     preview = removal_preview(source)
     ctx = {
         "source": source,
-        "counts": [(label, preview[key], key) for key, label in COUNTS],
+        "counts": [(label, preview[key], key) for key, label in job(REMOVE).compared],
         "refused": refused,
-        "runs": Run.objects.filter(source=source).exclude(kind="sync").count(),
+        "runs": Run.objects.filter(source=source).exclude(kind=SYNC).count(),
     }
     return render(request, "sources/remove.html", ctx, status=409 if refused and request.method == "POST" else 200)

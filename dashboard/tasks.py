@@ -38,7 +38,9 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
+from checkpoints.jobs import job
 from checkpoints.models import Run
 from checkpoints.prune import PruneBusy, PrunePolicy, run_prune
 from checkpoints.removal import RemovalRefused, remove_source
@@ -153,13 +155,10 @@ def run_queued(run_pk):
         # A redelivered task (the worker died, the broker retried) or a run
         # already failed by a reaper: never start it twice.
         return {"run": run_pk, "state": run.state, "note": "not queued, not started again"}
+    runner = job(run.kind).queued  # checkpoints/jobs.py: the function below that runs this kind
     try:
-        if run.kind == "prune":
-            run = _prune(run)
-        elif run.kind == "sweep":
-            run = _sweep(run)
-        elif run.kind == "remove":
-            run = _remove(run)
+        if runner:
+            run = import_string(runner)(run)
         else:
             run = finish_run(run, result={}, error=f"the queue does not run {run.kind} runs")
     except Exception as e:  # noqa: BLE001 - recorded on the Run by run_prune/run_sweep (or here)
@@ -171,7 +170,8 @@ def run_queued(run_pk):
     return {"run": run.pk, "kind": run.kind, "state": run.state, "error": run.error}
 
 
-def _prune(run):
+def queued_prune(run):
+    """A queued prune or prune preview: run_prune() with the Run's parameters and its clock."""
     if run.source is None:
         return finish_run(run, result={}, error="the source of this prune no longer exists")
     try:
@@ -188,7 +188,8 @@ def _prune(run):
         return _not_started(run, f"another prune of {run.source.name} is running")
 
 
-def _sweep(run):
+def queued_sweep(run):
+    """A queued sweep or sweep preview: run_sweep() with the Run's parameters."""
     params = run.parameters
     try:
         return run_sweep(
@@ -201,7 +202,8 @@ def _sweep(run):
         return _not_started(run, "another sweep is running")
 
 
-def _remove(run):
+def queued_removal(run):
+    """A queued source removal (from the sources page): remove_source()."""
     if run.source is None:
         return finish_run(run, result={}, error="the source no longer exists: nothing to remove")
     source = run.source
@@ -260,7 +262,7 @@ def run_due_policies(now=None) -> dict:
         claimed = SavedPolicy.objects.filter(pk=policy.pk, next_run_at=policy.next_run_at)
         if not claimed.update(next_run_at=now + policy.interval):
             continue
-        if policy.kind == "prune" and policy.source is None:
+        if job(policy.kind).needs_source and policy.source is None:
             failed.append(policy.name)
             continue
         holder = busy_run(policy.kind, policy.source)

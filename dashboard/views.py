@@ -357,9 +357,47 @@ def _link_delta_sources(values, same_ns):
         s.links = links
 
 
+def _content_previews(request, values, references):
+    """Offloaded and external objects named by the values, with their content for those who may download.
+
+    Previews read the objects (storage.previews): where a download needs the
+    operator's permission, so does seeing the content inline.
+    """
+    from dashboard import snapshot_cache
+    from storage import previews
+
+    found = [(v.name, v.value) for v in values.channels]
+    found += [(f"pending write {w['value'].name}", w["value"].value) for w in values.writes]
+    targets = previews.find_targets(found)
+    if not targets:
+        return [], False
+    can_download = request.user.has_perm(DOWNLOAD_PERM)
+    downloads = {
+        use.reference.uri: blob_download_url(use.reference.pk)
+        for use in references if can_download and use.reference.state in ("present", "unchecked")
+    }
+    # The ETag the reference check saw last (after each sync): a preview kept under it needs no request.
+    etags = {use.reference.uri: use.reference.etag for use in references if use.reference.exists and use.reference.etag}
+    more = request.GET.get("more", "")
+    rows = []
+    for index, target in enumerate(targets, 1):
+        preview, more_url = None, None
+        if can_download and index <= previews.MAX_TARGETS:
+            limit = settings.PREVIEW_LIMIT * (previews.MORE_FACTOR if more == target.uri else 1)
+            preview = previews.preview(target, limit=limit, aes_key=settings.LANGGRAPH_AES_KEY or None,
+                                       cache=snapshot_cache.PREVIEWS, known_etag=etags.get(target.uri, ""))
+            cut = not preview.complete and preview.status in ("text", "too large")
+            if cut and more != target.uri and (preview.size or 0) <= previews.VERIFY_MAX:
+                more_url = _query([], more=target.uri) + f"#content-{index}"
+        rows.append({"index": index, "target": target, "preview": preview, "more_url": more_url,
+                     "download": downloads.get(target.uri)})
+    return rows, can_download
+
+
 @viewer_required
 def checkpoint(request, pk):
-    from dashboard.source_values import ReadError, read_values
+    from dashboard.snapshot_cache import read_values_cached
+    from dashboard.source_values import ReadError
 
     cp = get_object_or_404(Checkpoint.objects.select_related("thread", "thread__source"), pk=pk)
     t = cp.thread
@@ -384,7 +422,7 @@ def checkpoint(request, pk):
 
     error, values = "", None
     try:
-        values = read_values(
+        values = read_values_cached(
             t.source, cp, limit=settings.DISPLAY_DECODE_LIMIT, aes_key=settings.LANGGRAPH_AES_KEY or None
         )
     except ReadError as e:
@@ -392,6 +430,8 @@ def checkpoint(request, pk):
     if values:
         _link_delta_sources(values, same_ns)
     diff = values.diff() if values else None
+    references = list(cp.reference_uses.select_related("reference").order_by("location"))
+    content, can_preview = _content_previews(request, values, references) if values else ([], False)
 
     ctx = {
         "cp": cp,
@@ -408,7 +448,10 @@ def checkpoint(request, pk):
         "internal_changes": [c.channel for c in diff or [] if is_internal(c.channel)],
         "error": error,
         "logical_delta": cp.logical_bytes - parent.logical_bytes if parent else None,
-        "references": cp.reference_uses.select_related("reference").order_by("location"),
+        "references": references,
+        "content": content,
+        "can_preview": can_preview,
+        "preview_limit": settings.PREVIEW_LIMIT,
         "limit": settings.CHECKPOINT_SIZE_LIMIT,
         "decode_limit": settings.DISPLAY_DECODE_LIMIT,
         "subgraphs": subgraphs,

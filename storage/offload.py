@@ -44,7 +44,7 @@ from pathlib import Path
 
 from checkpoints import units
 from checkpoints.uris import file_path_inside, parse_uri
-from storage.s3client import S3Settings, build_client
+from checkpoints.s3client import S3Settings, build_client
 from storage.size_limit import DelegatingSaver, env_value
 
 MARKER = "__offloaded__"

@@ -9,6 +9,7 @@ millions of objects belongs to a job, not to a page view.
 
 from django.db.models import Count, Exists, Max, OuterRef, Q, Sum
 
+from checkpoints.jobs import REFCHECK, SWEEP
 from checkpoints.models import BlobReference, ReferenceUse, Run
 from storage.sweep import store_labels
 
@@ -22,7 +23,7 @@ def last_sweep_of(label):
     Dry runs count: they list the same objects. A store whose listing failed
     or stopped early is skipped for an older complete one.
     """
-    for run in Run.objects.filter(kind="sweep", finished_at__isnull=False).order_by("-finished_at")[:20]:
+    for run in Run.objects.filter(kind=SWEEP, finished_at__isnull=False).order_by("-finished_at")[:20]:
         for stats in (run.result or {}).get("stores", []):
             if stats.get("store") == label and stats.get("complete"):
                 return run, stats
@@ -48,7 +49,7 @@ def reference_check(family):
     )
     totals["bytes"] = totals["bytes"] or 0
     totals["largest"] = list(refs.filter(exists=True, size__isnull=False).order_by("-size", "pk")[:LARGEST])
-    run = Run.objects.filter(kind="refcheck", finished_at__isnull=False).order_by("-finished_at").first()
+    run = Run.objects.filter(kind=REFCHECK, finished_at__isnull=False).order_by("-finished_at").first()
     totals["run"] = run
     return totals
 

@@ -16,6 +16,7 @@ from django.db import connection
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
+from checkpoints.jobs import REFCHECK
 from checkpoints.models import BlobReference, ReferenceUse, Thread
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
 from storage.stores import ForeignURI, S3Store, StoreError, StoreNotConfigured, StoreUnavailable, locate
@@ -222,7 +223,7 @@ def run_reference_check(*, source=None, only_unchecked=False, limit=None, origin
     """
     params = {"only_unchecked": only_unchecked, "limit": limit}
     try:
-        run = start_run("refcheck", source, parameters=params, requested_by=requested_by, origin=origin, wait=wait)
+        run = start_run(REFCHECK, source, parameters=params, requested_by=requested_by, origin=origin, wait=wait)
     except RunBusy as e:
         return {"checked": 0, "present": 0, "missing": 0, "unchecked": 0, "skipped": 0, "threads_updated": 0,
                 "seconds": 0.0, "error": f"skipped: {e}", "errors": [], "run": None}

@@ -22,7 +22,6 @@ import gzip
 import io
 import json
 import os
-import re
 import threading
 import time
 import uuid
@@ -30,7 +29,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import unquote
 
 import ormsgpack
 from langgraph.checkpoint.base import (
@@ -45,77 +43,32 @@ from langgraph.checkpoint.base import (
     writes_sort_key,
 )
 
-from storage.s3client import S3Settings, build_client
+from checkpoints.s3client import S3Settings, build_client
+# The layout is shared with the console's reader (docs/s3-layout.md).
+from checkpoints.s3layout import (  # noqa: F401 - re-exported: the saver's public names
+    DELTA_METADATA_KEYS,
+    FORMAT,
+    MANIFEST,
+    PAYLOAD,
+    WRITES,
+    S3CheckpointError,
+    decode_segment,
+    encode_segment,
+    invert_id,
+)
+from checkpoints.s3layout import Group as _Group
+from checkpoints.s3layout import groups as _groups
+from checkpoints.s3layout import stamp as _stamp
+from checkpoints.s3layout import unpack as _unpack_frame
 
-FORMAT = 1
 MB = 1024 * 1024
 DEFAULT_MULTIPART_THRESHOLD = 5 * MB
 DEFAULT_COMPRESS_THRESHOLD = 1024
 MAX_DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys per request
-MANIFEST = "manifest.json"
-PAYLOAD = "payload"
-WRITES = "writes/"
-# Metadata keys LangGraph's DeltaChannel writes (PostgresSaver checks the same two).
-DELTA_METADATA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
-
-_KEEP = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-:")
-_HEX_ID = re.compile(r"^[0-9a-f-]+$")
-_INVERT = str.maketrans("0123456789abcdef", "fedcba9876543210")
-
-
-class S3CheckpointError(Exception):
-    """A stored object is missing, corrupt or not ours; the message names it."""
 
 
 class CircuitOpenError(S3CheckpointError):
     """The breaker is open: S3 failed too often; no request was sent."""
-
-
-# --- keys -------------------------------------------------------------------------------
-
-
-def encode_segment(value: str) -> str:
-    """One key segment for a thread id, namespace or task id.
-
-    Letters, digits, '-' and ':' stay; every other UTF-8 byte is %XX
-    (so '/', '.', '_', '%', newlines and spaces never reach the key raw).
-    The empty string, which percent-encoding would leave empty, is "_".
-
-    >>> encode_segment(""), encode_segment("a/b c"), encode_segment("sub:1"), encode_segment("_")
-    ('_', 'a%2Fb%20c', 'sub:1', '%5F')
-    """
-    if value == "":
-        return "_"
-    return "".join(chr(b) if b in _KEEP else f"%{b:02X}" for b in value.encode("utf-8"))
-
-
-def decode_segment(segment: str) -> str:
-    """
-    >>> decode_segment("_"), decode_segment("a%2Fb%0A")
-    ('', 'a/b\\n')
-    """
-    return "" if segment == "_" else unquote(segment, errors="strict")
-
-
-def invert_id(checkpoint_id: str) -> str:
-    """The key form of a checkpoint id: each hex digit d becomes 15-d.
-
-    uuid6 ids sort by time, so inverted ids sort newest first and S3's
-    ascending listing returns a thread's latest checkpoint first. The
-    inversion is its own inverse.
-
-    >>> invert_id("1ef0-00"), invert_id(invert_id("1ef0-00"))
-    ('e10f-ff', '1ef0-00')
-    """
-    if not _HEX_ID.match(checkpoint_id):
-        raise ValueError(f"checkpoint id {checkpoint_id!r} is not a lowercase hex uuid (LangGraph writes uuid6 ids)")
-    return checkpoint_id.translate(_INVERT)
-
-
-def _stamp(now: float | None = None) -> str:
-    """Write time for change-index keys: sorts as text, UTC, microseconds."""
-    moment = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
-    return moment.strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 # --- circuit breaker -------------------------------------------------------------------
@@ -335,7 +288,7 @@ class S3Saver(BaseCheckpointSaver[str]):
     @classmethod
     def from_env(cls, environ=os.environ, **options) -> S3Saver:
         """S3_BUCKET_NAME, S3_PREFIX, AWS_REGION, S3_ENDPOINT_URL, S3_FORCE_PATH_STYLE (and the
-        timeouts, S3_MAX_ATTEMPTS and credentials) through storage.s3client."""
+        timeouts, S3_MAX_ATTEMPTS and credentials) through checkpoints.s3client."""
         settings = S3Settings.from_env(environ)
         if not settings.bucket:
             raise ValueError("S3_BUCKET_NAME is not set: the S3 checkpoint saver needs a bucket")
@@ -502,15 +455,7 @@ class S3Saver(BaseCheckpointSaver[str]):
 
     @staticmethod
     def _unpack(key: str, body: bytes, meta: dict) -> dict:
-        try:
-            if meta.get("encoding") == "gzip" or body[:2] == b"\x1f\x8b":
-                body = gzip.decompress(body)
-            frame = ormsgpack.unpackb(body)
-        except Exception as e:
-            raise S3CheckpointError(f"{key} is corrupt or not written by S3Saver: {e}") from None
-        if not isinstance(frame, dict) or frame.get("format") != FORMAT:
-            raise S3CheckpointError(f"{key} is not an S3Saver object of format {FORMAT}")
-        return frame
+        return _unpack_frame(key, body, meta)
 
     def _loads(self, typed) -> Any:
         type_, data = typed
@@ -904,76 +849,6 @@ class AsyncS3Saver(S3Saver):
 
 
 # --- listing helpers ------------------------------------------------------------------------
-
-
-class _Group:
-    """The objects of one checkpoint directory (`<inverted id>/`) seen in a listing."""
-
-    __slots__ = ("inv", "thread", "ns", "rel_dir", "manifest", "payload", "writes", "other", "sizes")
-
-    def __init__(self, inv, thread=None, ns="", rel_dir=""):
-        self.inv = inv
-        self.rel_dir = rel_dir
-        self.thread = thread
-        self.ns = ns
-        self.manifest = self.payload = False
-        self.writes = []
-        self.other = []
-        self.sizes = {}
-
-    def add(self, rel: str, obj: dict):
-        self.sizes[rel] = obj.get("Size", 0)
-        if rel == MANIFEST:
-            self.manifest = True
-        elif rel == PAYLOAD:
-            self.payload = True
-        elif rel.startswith(WRITES):
-            self.writes.append(rel)
-        else:
-            self.other.append(rel)
-
-    @property
-    def complete(self) -> bool:
-        # The manifest is written last: without it the checkpoint does not exist yet.
-        return self.manifest
-
-    def all_keys(self):
-        return list(self.sizes)
-
-    def full_prefix(self, listed_prefix: str) -> str:
-        """The checkpoint directory's key prefix, given the prefix the listing was under."""
-        return listed_prefix + self.rel_dir
-
-
-def _groups(objects, prefix: str, nested: bool | None = None) -> Iterator[_Group]:
-    """Group a key-ordered listing into checkpoint directories, lazily.
-
-    nested=None: the listing is under a namespace (`<inv>/...`); False: under a
-    thread (`<ns>/<inv>/...`); True: under threads/ (`<thread>/<ns>/<inv>/...`).
-    Keys that do not fit the layout are skipped (the console reports them).
-    """
-    depth = {None: 0, False: 1, True: 2}[nested]
-    current = None
-    current_id = None
-    for obj in objects:
-        rel = obj["Key"][len(prefix):]
-        parts = rel.split("/", depth + 1)
-        if len(parts) < depth + 2:
-            continue
-        gid = tuple(parts[:depth + 1])
-        if gid != current_id:
-            if current is not None:
-                yield current
-            inv = parts[depth]
-            if not _HEX_ID.match(inv):
-                current, current_id = None, None
-                continue
-            thread = decode_segment(parts[0]) if depth == 2 else None
-            ns = decode_segment(parts[depth - 1]) if depth >= 1 else ""
-            current, current_id = _Group(inv, thread, ns, "/".join(gid) + "/"), gid
-        current.add(parts[depth + 1], obj)
-    if current is not None:
-        yield current
 
 
 def _json_safe(value):

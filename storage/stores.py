@@ -24,7 +24,7 @@ from django.conf import settings
 
 from checkpoints.uris import classify, file_path_inside, parse_uri
 from storage.disposition import attachment_header
-from storage.s3client import S3Settings, build_client
+from checkpoints.s3client import S3Settings, build_client
 
 # S3 allows at most 1000 keys in one DeleteObjects request.
 DELETE_BATCH = 1000
@@ -105,7 +105,7 @@ _cache_lock = threading.Lock()
 
 def s3_settings() -> S3Settings:
     """The S3 settings the console runs with (Django settings, read from the
-    environment by storage.s3client at start; tests override them)."""
+    environment by checkpoints.s3client at start; tests override them)."""
     return S3Settings(
         bucket=settings.S3_BUCKET_NAME,
         prefix=settings.S3_PREFIX,
@@ -130,7 +130,7 @@ class S3Store:
         self.config = config
         self.bucket = config.bucket
         # One client serves every thread and request (botocore clients are
-        # thread-safe); built like the agent library's, in storage.s3client.
+        # thread-safe); built like the agent library's, in checkpoints.s3client.
         self.client = build_client(config)
 
     def __repr__(self):

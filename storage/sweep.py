@@ -57,6 +57,7 @@ from django.utils import timezone
 
 from checkpoints.dburl import parse_database_url, redact
 from checkpoints.ids import uuid6_floor
+from checkpoints.jobs import SWEEP
 from checkpoints.models import BlobReference, ReferenceUse, Source
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
 from checkpoints.sources import SourceError, first_line, open_reader
@@ -339,6 +340,26 @@ def _sqlite_path(url: str, mode: str) -> str:
     return f"{path.resolve().as_uri()}?mode={mode}"
 
 
+def _saver_prefixes(sources) -> list:
+    """(bucket, key prefixes) of each registered S3 checkpoint store: its objects are never swept."""
+    from checkpoints.sources.s3.reader import parse_url
+
+    found = []
+    for source in sources:
+        if source.kind == "s3":
+            _, bucket, prefix = parse_url(source.url)
+            found.append((bucket, tuple(prefix + p for p in ("threads/", "changes/", "delta-threads/"))))
+    return found
+
+
+def _saver_owned(bucket, key, saver_prefixes) -> bool:
+    """
+    >>> _saver_owned("b", "cp/threads/t/_/x/payload", [("b", ("cp/threads/",))]), _saver_owned("b", "cp/x", [("b", ("cp/threads/",))])
+    (True, False)
+    """
+    return any(b == bucket and key.startswith(prefixes) for b, prefixes in saver_prefixes)
+
+
 class _Recheck:
     """Searches every source for candidate keys, right before they are deleted.
 
@@ -367,6 +388,9 @@ class _Recheck:
         found = set()
         for source in self.sources:
             try:
+                if source.kind == "s3":
+                    found |= self._s3(source, scope.markers, needles)
+                    continue
                 if source.kind == "postgres":
                     found |= self._postgres(source, scope.markers, needles)
                 else:
@@ -406,6 +430,28 @@ class _Recheck:
         for (data,) in conn.execute(_sqlite_rows_sql(len(markers)), list(markers)):
             if data:
                 found |= needles.search(bytes(data), markers)
+        return found
+
+    def _s3(self, source, markers, needles):
+        """An S3 store: the values of the threads its change index names since the sync (every thread
+        when it cannot tell), searched; an encrypted one fails the batch (it cannot be searched)."""
+        found = set()
+        since = (source.sync_state or {}).get("watermark")
+        with open_reader(source.url) as reader:
+            changed = reader.changed_thread_ids(since, reader.watermark()) if since else None
+            ids = sorted(reader.thread_ids() if changed is None else changed)
+            for i in range(0, len(ids), 500):
+                for rows in reader.read_threads(ids[i : i + 500]):
+                    values = [v for c in rows.checkpoints for v in (c.inline_values or {}).values()]
+                    values += [(w.type, w.data) for w in rows.writes]
+                    for type_, data in values:
+                        if type_ and "+" in type_:
+                            raise SourceError(
+                                "encrypted values were written since the sync; they cannot be searched, so nothing "
+                                "is deleted (run the sweep again when the source is quiet)"
+                            )
+                        if data:
+                            found |= needles.search(bytes(data), markers)
         return found
 
     def _no_new_encrypted_rows(self, source):
@@ -477,6 +523,9 @@ def db_orphans(source, cutoff, *, dry_run: bool) -> dict:
     The count and the delete share their WHERE clause, so a dry run counts
     exactly what a real run on the same data removes.
     """
+    if source.kind == "s3":
+        # An S3 store has no rows to orphan: a checkpoint's objects are deleted with it by the saver.
+        return {"blobs": 0, "writes": 0, "thread_ids": []}
     with open_reader(source) as reader:
         reader.layout()  # refuses non-LangGraph and shallow schemas with a clear message
     floor = uuid6_floor(cutoff)
@@ -591,6 +640,7 @@ class _Sweep:
         if not sources:
             self.refuse("no source is registered: without references every object would look orphaned")
         scopes = _scopes()
+        self.saver_prefixes = _saver_prefixes(sources)
         for scope in scopes:
             if scope.family == "s3" and not scope.prefix:
                 self.result["warnings"].append(
@@ -707,6 +757,14 @@ class _Sweep:
                 break
             if not scope.inside(obj.key):
                 continue  # never swept: outside the prefix or the blob root
+            if scope.family == "s3" and _saver_owned(scope.bucket, obj.key, self.saver_prefixes):
+                # An S3 checkpoint store's own object (manifest, payload, write, change entry):
+                # its source owns it, never an orphan of the blob store.
+                stats.objects += 1
+                stats.referenced += 1
+                stats.referenced_bytes += obj.size or 0
+                r["objects_scanned"] += 1
+                continue
             stats.objects += 1
             size = obj.size or 0
             stats.bytes += size
@@ -852,7 +910,7 @@ def run_sweep(*, grace=None, force=False, dry_run=False, requested_by=None, orig
     grace = check_grace(grace, force)
     try:
         run = start_run(
-            "sweep", None, parameters={"grace": duration_text(grace), "force": bool(force)},
+            SWEEP, None, parameters={"grace": duration_text(grace), "force": bool(force)},
             requested_by=requested_by, origin=origin, dry_run=dry_run, run=run,
         )
     except RunBusy as e:

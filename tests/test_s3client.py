@@ -1,4 +1,4 @@
-"""storage.s3client: one environment reader and one client for the console and the agent library.
+"""checkpoints.s3client: one environment reader and one client for the console and the agent library.
 
 Requests are counted on the wire (a tiny local HTTP server), and the agent
 library's offload writer runs against SeaweedFS, which enforces signatures.
@@ -19,7 +19,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from storage import offload as offload_module
 from storage.offload import OffloadError, OffloadSerializer, S3Store, offload
-from storage.s3client import S3Settings, build_client
+from checkpoints.s3client import S3Settings, build_client
 from storage.stores import StoreUnavailable, store_for
 from tests.seaweed import seaweed_s3  # noqa: F401
 from tests.test_offload import cfg, count_calls, make_pdf, pdf_graph
@@ -215,8 +215,8 @@ def test_agent_offload_against_seaweedfs(seaweed_s3, monkeypatch, tmp_path):  # 
 def test_agent_library_imports_nothing_of_django(tmp_path):
     code = """
 import sys
-import storage.offload, storage.size_limit, storage.s3client
-from storage.s3client import S3Settings, build_client
+import storage.offload, storage.size_limit, checkpoints.s3client
+from checkpoints.s3client import S3Settings, build_client
 build_client(S3Settings(bucket="b", endpoint_url="http://127.0.0.1:9", access_key="a", secret_key="s"))
 storage.offload.S3Store("b", endpoint_url="http://127.0.0.1:9").client
 assert "django" not in sys.modules, sorted(m for m in sys.modules if m.startswith("django"))

@@ -1,7 +1,7 @@
 """S3Saver: object layout, requests on the wire, faults, the breaker, metrics, real graphs.
 
 Every test talks to a real S3 server over HTTP (moto's server, or SeaweedFS
-where signatures matter) through the client storage.s3client builds. Faults
+where signatures matter) through the client checkpoints.s3client builds. Faults
 are injected with botocore `before-send` hooks: the request never leaves and
 the hook answers as the server would (503 SlowDown), nothing is patched.
 """

@@ -508,3 +508,34 @@ def test_recheck_failure_at_a_source_deletes_nothing(pg_saver, pg_source_url, mo
     assert result["deleted"] == 0 and result["orphans"] == 2
     assert "re-check at source src failed" in result["error"] and "checkpoint_writes" in result["error"]
     assert bucket_keys(c, s3_bucket) == {"uploads/a.bin", "uploads/b.bin"}
+
+
+# --- An S3 checkpoint store (S3Saver) inside the swept prefix ----------------------
+
+
+def test_s3_store_objects_are_never_orphans_and_its_references_count(moto_s3, s3_bucket, blob_root):
+    from storage.s3saver import S3Saver
+
+    c = moto_s3.client()
+    # The saver writes under the very prefix the sweep lists (S3_PREFIX is uploads/).
+    saver = S3Saver(s3_bucket, "uploads/checkpoints/", client=c, metrics=False)
+    put(c, s3_bucket, ["uploads/f/kept.bin", "uploads/f/orphan.bin", "uploads/f/late.bin"])
+    attach(saver, "with-file", f"s3://{s3_bucket}/uploads/f/kept.bin")
+    make_source(f"s3://{s3_bucket}/uploads/checkpoints/")
+    saver_keys = {k for k in bucket_keys(c, s3_bucket) if k.startswith("uploads/checkpoints/")}
+    assert saver_keys
+
+    def write_after_the_sync(done, total):
+        if not written:
+            written.append(True)
+            attach(saver, "late", f"s3://{s3_bucket}/uploads/f/late.bin")
+
+    written = []
+    dry = sweep_now(dry_run=True, progress=write_after_the_sync)
+    assert dry["error"] is None and dry["orphans"] == 1 and dry["kept_by_recheck"] == 1
+    real = sweep_now()
+    assert real["error"] is None and real["orphans"] == real["deleted"] == 1
+    left = bucket_keys(c, s3_bucket)
+    assert saver_keys <= left  # every manifest, payload, write and change entry stays
+    assert {"uploads/f/kept.bin", "uploads/f/late.bin"} <= left and "uploads/f/orphan.bin" not in left
+    saver.close()

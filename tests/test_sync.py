@@ -504,7 +504,7 @@ def test_the_collector_is_paused_only_while_a_batch_job_runs():
 def test_rows_written_by_copy_come_back_exactly(db):
     from checkpoints.ids import uuid6_time
     from checkpoints.models import Tag
-    from checkpoints.sync import _insert_rows
+    from checkpoints.bulk import insert_rows as _insert_rows
 
     source = Source.objects.create(name="copy", url="sqlite:////nonexistent/c.db", kind="sqlite")
     thread = Thread.objects.create(source=source, thread_id="t", checkpoints=1, latest_checkpoint_id="x",

@@ -64,9 +64,59 @@ SELECT thread_id, sum(bytes) FROM (
 """
 
 
+def s3_rows(url: str):
+    """The rows source_truth() computes, from a listing of an S3Saver prefix and its manifests.
+
+    Written from docs/s3-layout.md, not with checkpoints.s3layout: keys split
+    by hand, sizes as listed. A checkpoint exists iff its manifest does; its
+    row = manifest + payload objects, its writes = the objects under writes/,
+    no blob rows; stored bytes = every object of its thread's checkpoints.
+    """
+    from urllib.parse import unquote, urlsplit
+
+    import boto3
+    from botocore.config import Config
+    from django.conf import settings
+
+    parts = urlsplit(url)
+    bucket, prefix = parts.netloc, parts.path.lstrip("/")
+    client = boto3.client(
+        "s3", endpoint_url=settings.S3_ENDPOINT_URL, region_name=settings.AWS_REGION,
+        aws_access_key_id=settings.AWS_ACCESS_KEY_ID, aws_secret_access_key=settings.AWS_SECRET_ACCESS_KEY,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+    dirs = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "threads/"):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(prefix + "threads/"):].split("/")
+            if len(rel) < 4:
+                continue
+            dirs.setdefault(tuple(rel[:3]), {})["/".join(rel[3:])] = obj["Size"]
+
+    def segment(text):
+        return "" if text == "_" else unquote(text)
+
+    rows, stored = [], {}
+    for (t, n, inv), objects in dirs.items():
+        if "manifest.json" not in objects:
+            continue
+        thread, ns = segment(t), segment(n)
+        cid = inv.translate(str.maketrans("0123456789abcdef", "fedcba9876543210"))
+        manifest = json.loads(client.get_object(Bucket=bucket, Key=f"{prefix}threads/{t}/{n}/{inv}/manifest.json")["Body"].read())
+        assert (manifest["thread_id"], manifest["checkpoint_ns"], manifest["checkpoint_id"]) == (thread, ns, cid)
+        row = objects["manifest.json"] + objects.get("payload", 0)
+        writes = [size for rel, size in objects.items() if rel.startswith("writes/")]
+        rows.append((thread, ns, cid, manifest.get("parent_checkpoint_id") or "", row, 0, sum(writes), len(writes), 0,
+                     manifest["metadata"]))
+        stored[thread] = stored.get(thread, 0) + row + sum(writes)
+    return rows, stored
+
+
 def source_truth(url: str) -> dict:
     """{"checkpoints": {(thread, ns, id): {...}}, "threads": {thread: {...}}}."""
-    if url.startswith("sqlite"):
+    if url.startswith(("s3:", "minio:")):
+        rows, stored = s3_rows(url)
+    elif url.startswith("sqlite"):
         conn = sqlite3.connect(url.removeprefix("sqlite:///"))
         try:
             rows = conn.execute(SQLITE_CHECKPOINTS).fetchall()

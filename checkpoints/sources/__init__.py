@@ -68,6 +68,14 @@ class CheckpointRow(NamedTuple):
     metadata_is_text: bool = False  # True on PostgreSQL, whose reader passes the JSON text on
 
 
+class TypedValues(dict):
+    """A checkpoint's channel values as the saver serialized them: {channel: (type, bytes)}.
+
+    The S3 store keeps each checkpoint's values in its own payload; the sync
+    searches each for references like a blob row.
+    """
+
+
 class BlobRow(NamedTuple):
     thread_id: str
     checkpoint_ns: str
@@ -98,6 +106,9 @@ class ThreadRows:
     checkpoints: list = field(default_factory=list)
     blobs: list = field(default_factory=list)
     writes: list = field(default_factory=list)
+    # What could not be read of a checkpoint, by (checkpoint_ns, checkpoint_id) (S3: a payload
+    # missing or corrupt): it is mirrored from what could be read and marked with this.
+    problems: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -133,5 +144,5 @@ def open_reader(source, *, connect_timeout: int = 10):
         raise SourceError(str(e)) from None
 
 
-__all__ = ["WHOLE_VALUE_LIMIT", "SCAN_WINDOW", "ScannedURIs", "SourceError", "first_line", "CheckpointRow", "BlobRow",
+__all__ = ["WHOLE_VALUE_LIMIT", "SCAN_WINDOW", "ScannedURIs", "TypedValues", "SourceError", "first_line", "CheckpointRow", "BlobRow",
            "WriteRow", "ThreadRows", "DeltaRows", "open_reader", "redact"]

@@ -285,6 +285,16 @@ class _PgOutput:
         (oid,) = struct.unpack_from(">I", data, 1)
         table, thread_col = self.relations.get(oid, (None, None))
         pos = 5
+        if kind != b"U" and thread_col is not None:
+            # An insert or a delete carries one tuple: read its thread id alone
+            # (one row per change; decoding whole tuples was most of a peek).
+            thread = _column(data, pos + 1, thread_col)
+            if thread is not None:
+                self.changes.threads.add(thread.decode("utf-8", "surrogatepass"))
+            self.changes.changes += 1
+            if kind == b"D" and table == "checkpoints":
+                self.changes.deleted_checkpoints += 1
+            return
         # An update may carry the old key ('K') or old row ('O') before the new one ('N');
         # every tuple's thread counts (an update could move a row to another thread).
         while pos < len(data):
@@ -300,6 +310,26 @@ class _PgOutput:
 def _cstring(data: bytes, pos: int):
     end = data.index(b"\x00", pos)
     return data[pos:end].decode(), end + 1
+
+
+def _column(data: bytes, pos: int, index: int):
+    r"""Column `index` of the TupleData at `pos`, skipping the columns before it.
+
+    >>> row = b"\x00\x02" + b"t\x00\x00\x00\x01a" + b"t\x00\x00\x00\x02bc"
+    >>> _column(row, 0, 1), _column(row, 0, 0), _tuple(row, 0)[0]
+    (b'bc', b'a', [b'a', b'bc'])
+    """
+    pos += 2
+    for _ in range(index):
+        if data[pos] in (0x74, 0x62):  # 't' text, 'b' binary: a length, then the value
+            (length,) = struct.unpack_from(">I", data, pos + 1)
+            pos += 5 + length
+        else:  # 'n' null, 'u' unchanged TOAST value
+            pos += 1
+    if data[pos] in (0x74, 0x62):
+        (length,) = struct.unpack_from(">I", data, pos + 1)
+        return data[pos + 5 : pos + 5 + length]
+    return None
 
 
 def _tuple(data: bytes, pos: int):

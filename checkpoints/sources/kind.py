@@ -135,6 +135,10 @@ class SourceKind(Protocol):
         store cannot be read or no longer holds it. `key` is the store's (thread_id, checkpoint_ns,
         checkpoint_id); values over `limit` bytes come as their size; `digest` adds bytes' sha256."""
 
+    def read_writes(self, url: str, key: tuple, *, limit: int, aes_key: bytes | None = None, digest: bool = False) -> list:
+        """The checkpoint's pending writes, read now (they may arrive after it; the page caches the rest),
+        decoded as in `read_values`; ReadError when the store no longer holds the checkpoint."""
+
     def maintenance(self, url: str) -> Maintenance:
         """The prune side of the store."""
 

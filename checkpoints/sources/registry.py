@@ -19,14 +19,15 @@ class Entry(NamedTuple):
     label: str  # shown on pages
     module: str  # holds KIND
     schemes: tuple  # URL schemes (lower case) of this kind's URLs
-    prefix: str  # the scheme as the error messages spell it
-    example: str  # a URL of this kind, for messages
+    prefix: str | None  # the scheme as the error messages spell it (None: not suggested)
+    example: str | None  # a URL of this kind, for messages (None: not suggested)
 
 
 KINDS = (
     Entry("postgres", "PostgreSQL", "checkpoints.sources.postgres",
           ("postgres", "postgresql", "postgresql+psycopg", "pgsql"), "postgresql://", "postgresql://user@host:port/db"),
     Entry("sqlite", "SQLite", "checkpoints.sources.sqlite", ("sqlite",), "sqlite:///", "sqlite:////absolute/path.db"),
+    Entry("s3", "S3", "checkpoints.sources.s3", ("s3", "minio"), None, None),
 )
 
 
@@ -60,8 +61,8 @@ def for_url(url: str):
 def kind_of(url: str) -> str:
     """The name of the kind that reads `url`, after that kind checked the URL (ValueError otherwise).
 
-    >>> kind_of("sqlite:////x.db"), kind_of("postgresql://h/d")
-    ('sqlite', 'postgres')
+    >>> kind_of("sqlite:////x.db"), kind_of("postgresql://h/d"), kind_of("minio://b/p/")
+    ('sqlite', 'postgres', 's3')
     >>> kind_of("mysql://x/y")
     Traceback (most recent call last):
     ...
@@ -84,8 +85,8 @@ def kind_of(url: str) -> str:
     if not scheme:
         if url.strip().startswith("/") and any(e.name == "sqlite" for e in KINDS):
             raise ValueError(f"a bare path: write sqlite:///{url.strip()} for a SQLite file")
-        raise ValueError(f"not a URL: use {_either(e.example for e in KINDS)}")
-    raise ValueError(f"unsupported database URL scheme {parts.scheme!r}: use {_either(e.prefix for e in KINDS)}")
+        raise ValueError(f"not a URL: use {_either(e.example for e in KINDS if e.example)}")
+    raise ValueError(f"unsupported database URL scheme {parts.scheme!r}: use {_either(e.prefix for e in KINDS if e.prefix)}")
 
 
 def _either(words) -> str:

@@ -3,7 +3,8 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from checkpoints.models import Source
-from checkpoints.removal import COUNTS, RemovalRefused, check_removable, removal_preview, remove_source
+from checkpoints.jobs import REMOVE, job
+from checkpoints.removal import RemovalRefused, check_removable, removal_preview, remove_source
 from checkpoints.runs import RunBusy
 
 
@@ -39,7 +40,7 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(result, default=str))
         else:
             verb = "would remove" if options["dry_run"] else "removed"
-            parts = ", ".join(f"{counts.get(k, 0)} {label.lower()}" for k, label in COUNTS)
+            parts = ", ".join(f"{counts.get(k, 0)} {label.lower()}" for k, label in job(REMOVE).compared)
             self.stdout.write(f"{source.name}: {verb} {parts}")
             if error:
                 self.stdout.write(f"{source.name}: REFUSED: {error}")

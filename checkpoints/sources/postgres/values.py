@@ -17,6 +17,7 @@ from checkpoints.sources.values import (
 
 CONNECT_TIMEOUT = 5
 STATEMENT_TIMEOUT_MS = 10_000
+GONE = "this checkpoint is no longer in the source (pruned or deleted since the last sync)"
 
 _VERSIONS = """
     SELECT checkpoint_id,
@@ -47,6 +48,9 @@ _BLOBS = """
     JOIN checkpoint_blobs b
       ON b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns AND b.channel = v.key AND b.version = v.value
     WHERE c.thread_id = %(thread)s AND c.checkpoint_ns = %(ns)s AND c.checkpoint_id = ANY(%(ids)s)
+"""
+_PG_EXISTS = """
+    SELECT 1 FROM checkpoints WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s AND checkpoint_id = %(id)s
 """
 _PG_WRITES = """
     SELECT task_id, idx, channel, type, coalesce(octet_length(blob), 0),
@@ -86,6 +90,23 @@ def read_values(url, key, parent, *, limit, aes_key=None, digest=False) -> Check
     except psycopg.Error as e:
         raise ReadError(f"cannot read {redact(url)}: {first_line(e)}") from None
     return out
+
+
+def read_writes(url, key, *, limit, aes_key=None, digest=False) -> list:
+    """SourceKind.read_writes: the checkpoint's pending writes, read now (they arrive after it)."""
+    thread, ns, cid = key
+    params = {"thread": thread, "ns": ns, "id": cid, "limit": limit}
+    try:
+        with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT, autocommit=False) as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            if conn.execute(_PG_EXISTS, params).fetchone() is None:
+                raise ReadError(GONE)
+            rows = conn.execute(_PG_WRITES, params).fetchall()
+            conn.rollback()
+    except psycopg.Error as e:
+        raise ReadError(f"cannot read {redact(url)}: {first_line(e)}") from None
+    return [decode_write(task, idx, channel, t, s, d, limit, aes_key, digest) for task, idx, channel, t, s, d in rows]
 
 
 def _postgres_values(versions, inline, blobs, writes, cid, parent, limit, aes_key, digest=False):

@@ -24,4 +24,10 @@ class SqliteKind:
         return read_values(url, key, parent, limit=limit, aes_key=aes_key, digest=digest)
 
 
+    def read_writes(self, url, key, *, limit, aes_key=None, digest=False):
+        from checkpoints.sources.sqlite.values import read_writes
+
+        return read_writes(url, key, limit=limit, aes_key=aes_key, digest=digest)
+
+
 KIND = SqliteKind()

@@ -19,6 +19,7 @@ from checkpoints.sources.values import CheckpointValues, ReadError, Value, apply
 # A SQLite checkpoint is one serialized value holding every channel: it is
 # read whole, up to this many times the per-value display limit.
 SQLITE_WHOLE_FACTOR = 8
+GONE = "this checkpoint is no longer in the source (pruned or deleted since the last sync)"
 
 # Sizes by byte_length(): a value above the limit is never loaded, not even for its size.
 _SQLITE_CHECKPOINTS = f"""
@@ -27,6 +28,7 @@ _SQLITE_CHECKPOINTS = f"""
            CAST(metadata AS TEXT)
     FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id IN (?, ?)
 """
+_SQLITE_EXISTS = "SELECT 1 FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?"
 _SQLITE_WRITES = f"""
     SELECT task_id, idx, channel, type, {byte_length('value')},
            CASE WHEN {byte_length('value')} <= ? THEN CAST(value AS BLOB) END
@@ -78,6 +80,26 @@ def read_values(url, key, parent, *, limit, aes_key=None, digest=False) -> Check
     except sqlite3.Error as e:
         raise ReadError(f"cannot read {url}: {e}") from None
     return out
+
+
+def read_writes(url, key, *, limit, aes_key=None, digest=False) -> list:
+    """SourceKind.read_writes: the checkpoint's pending writes, read now (they arrive after it)."""
+    thread, ns, cid = key
+    path = Path(parse_database_url(url)["NAME"])
+    if not path.is_file():
+        raise ReadError(f"{url}: no such SQLite file")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            conn.execute("BEGIN")
+            if conn.execute(_SQLITE_EXISTS, (thread, ns, cid)).fetchone() is None:
+                raise ReadError(GONE)
+            rows = conn.execute(_SQLITE_WRITES, (limit, thread, ns, cid)).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise ReadError(f"cannot read {url}: {e}") from None
+    return [decode_write(task, idx, channel, t, s, d, limit, aes_key, digest) for task, idx, channel, t, s, d in rows]
 
 
 def _raw_ext(code, data):

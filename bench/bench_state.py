@@ -1,0 +1,225 @@
+"""The checkpoint page of a checkpoint holding a 5 MB offloaded value: first view vs cached view.
+
+Target (issue 14): the cached view >= 10x faster than the first, measured in the same run.
+
+A real graph writes a 5 MB string through our offload() wrapper (gzip, into a
+bucket on moto's S3 server on loopback) into a PostgresSaver database (or
+SqliteSaver with --source sqlite); the real sync mirrors it into a throwaway
+console database (SQLite under a temp dir). Then the page is fetched as an
+operator through the full Django stack (test client, in process):
+
+  * first view: the cache emptied before each fetch, so the page reads the
+    checkpoint from the source, decodes it, HEADs the object, streams its
+    5 MB through gunzip and sha256 and keeps the first PREVIEW_LIMIT bytes;
+  * cached view: decoded values and the preview come from the cache (the
+    default local-memory cache; --cache-url for Redis); the page still reads
+    the pending writes from the source and HEADs the object (its ETag keys
+    the preview).
+
+    python3 bench/bench_state.py [--source postgres|sqlite] [--server-url postgresql://postgres@127.0.0.1:5432/postgres]
+                                 [--cache-url redis://127.0.0.1:6379/9] [--runs 15] [--json]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+VALUE_BYTES = 5_000_000
+TARGET_RATIO = 10.0
+
+
+def write_graph(saver, store, text):
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    from storage.offload import offload
+
+    class State(TypedDict, total=False):
+        report: str
+        step: int
+
+    g = StateGraph(State)
+    g.add_node("write", lambda s: {"report": text, "step": 1})
+    g.add_edge(START, "write")
+    g.add_edge("write", END)
+    graph = g.compile(checkpointer=offload(saver, store=store, compression="gzip"))
+    graph.invoke({"step": 0}, {"configurable": {"thread_id": "bench-5mb"}})
+
+
+def timed(fn, runs, before=None):
+    times = []
+    for _ in range(runs):
+        if before:
+            before()
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), min(times), max(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="PostgreSQL server on which a throwaway source database is created (and dropped)")
+    parser.add_argument("--cache-url", default="", help="CACHE_URL (default: the local-memory cache)")
+    parser.add_argument("--runs", type=int, default=15, help="timed fetches per figure (median reported)")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="print where a cached view spends its time")
+    args = parser.parse_args()
+
+    from tests.s3server import MotoS3
+
+    moto = MotoS3()
+    bucket = f"bench-{uuid.uuid4().hex[:8]}"
+    moto.client().create_bucket(Bucket=bucket)
+    for key, value in moto.env(bucket, prefix="offload/").items():
+        os.environ[key] = str(value).lower() if isinstance(value, bool) else value
+    var = tempfile.mkdtemp(prefix="bench-state-")
+    os.environ["CONSOLE_VAR_DIR"] = var
+    os.environ.pop("DATABASE_URL", None)
+    os.environ["CACHE_URL"] = args.cache_url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+
+    db_name, source_url = None, None
+    if args.source == "postgres":
+        import psycopg
+
+        from checkpoints.dburl import parse_database_url  # noqa: F401  (the URL helpers below)
+
+        db_name = f"bench_state_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(args.server_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{db_name}"')
+        source_url = args.server_url.rsplit("/", 1)[0] + "/" + db_name
+    else:
+        source_url = f"sqlite:///{var}/checkpoints.sqlite"
+
+    import django
+
+    django.setup()
+    from django.contrib.auth.models import Group, User
+    from django.core.cache import cache
+    from django.core.management import call_command
+    from django.test import Client
+    from django.test.utils import setup_test_environment
+
+    from checkpoints.sources.registry import kind_of
+    from checkpoints.models import Checkpoint, Source, Thread
+    from checkpoints.sync import sync_source
+    from storage.offload import S3Store
+
+    setup_test_environment()  # the test client's response.context
+    call_command("migrate", verbosity=0)
+    store = S3Store(bucket, "offload/", endpoint_url=moto.endpoint_url, region=moto.region, path_style=True,
+                    access_key=moto.access_key, secret_key=moto.secret_key)
+    text = os.urandom(VALUE_BYTES // 2).hex()  # 5 MB, incompressible as text goes: gzip keeps ~half
+    try:
+        if args.source == "postgres":
+            from langgraph.checkpoint.postgres import PostgresSaver
+
+            with PostgresSaver.from_conn_string(source_url) as saver:
+                saver.setup()
+                write_graph(saver, store, text)
+        else:
+            import sqlite3
+
+            from langgraph.checkpoint.sqlite import SqliteSaver
+
+            conn = sqlite3.connect(source_url.removeprefix("sqlite:///"), check_same_thread=False)
+            write_graph(SqliteSaver(conn), store, text)
+            conn.close()
+        source = Source.objects.create(name="bench", url=source_url, kind=kind_of(source_url))
+        result = sync_source(source, full=True)
+        assert result["error"] is None, result
+        thread = Thread.objects.get(thread_id="bench-5mb")
+        cp = Checkpoint.objects.get(thread=thread, checkpoint_ns="", checkpoint_id=thread.latest_checkpoint_id)
+        user = User.objects.create_user("bench-operator")
+        user.groups.add(Group.objects.get(name="operator"))
+        client = Client()
+        client.force_login(user)
+        path = f"/checkpoints/{cp.pk}/"
+
+        def fetch():
+            response = client.get(path)
+            assert response.status_code == 200
+            return response
+
+        cache.clear()
+        check = fetch()
+        (row,) = check.context["content"]
+        p = row["preview"]
+        assert (p.status, p.verified, p.size) == ("text", True, VALUE_BYTES), (p.status, p.note)
+        assert p.shown == text[: len(p.shown)]
+        fetch()  # warm the imports, the store's client, the template
+        first = timed(fetch, args.runs, before=cache.clear)
+        fetch()
+        cached = timed(fetch, args.runs)
+
+        # The part of the page the cache serves: the values (and the fresh read of the pending
+        # writes) and the preview, without the mirror's queries and the template.
+        from django.conf import settings
+
+        from dashboard import snapshot_cache
+        from storage import previews
+
+        target = row["target"]
+        etag = cp.reference_uses.select_related("reference").get(reference__uri=target.uri).reference.etag
+
+        def work():
+            snapshot_cache.read_values_cached(source, cp, limit=settings.DISPLAY_DECODE_LIMIT)
+            p = previews.preview(target, limit=settings.PREVIEW_LIMIT, cache=snapshot_cache.PREVIEWS, known_etag=etag)
+            assert p.status == "text"
+
+        cp.thread = thread
+        work_first = timed(work, args.runs, before=cache.clear)
+        work()
+        work_cached = timed(work, args.runs)
+        if args.profile:
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile()
+            profiler.runcall(lambda: [fetch() for _ in range(5)])
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(35)
+    finally:
+        if db_name:
+            import psycopg
+            from django.db import connections
+
+            connections.close_all()
+            with psycopg.connect(args.server_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        moto.stop()
+
+    ratio = first[0] / cached[0]
+    out = {
+        "source": args.source, "cache": args.cache_url or "local memory", "runs": args.runs,
+        "value_bytes": VALUE_BYTES, "first_view_ms": round(first[0], 1), "first_view_min_max_ms": [round(x, 1) for x in first[1:]],
+        "cached_view_ms": round(cached[0], 1), "cached_view_min_max_ms": [round(x, 1) for x in cached[1:]],
+        "ratio": round(ratio, 1), "target_ratio": TARGET_RATIO, "met": ratio >= TARGET_RATIO,
+        "values_and_preview_first_ms": round(work_first[0], 1), "values_and_preview_cached_ms": round(work_cached[0], 1),
+        "values_and_preview_ratio": round(work_first[0] / work_cached[0], 1),
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"checkpoint page, 5 MB offloaded value ({args.source} source, cache: {out['cache']}, median of {args.runs})")
+        print(f"  first view   {first[0]:8.1f} ms  (min {first[1]:.1f}, max {first[2]:.1f})")
+        print(f"  cached view  {cached[0]:8.1f} ms  (min {cached[1]:.1f}, max {cached[2]:.1f})")
+        print(f"  ratio        {ratio:8.1f}x  (target >= {TARGET_RATIO:.0f}x: {'met' if out['met'] else 'MISSED'})")
+        print(f"values + preview alone (no mirror queries, no template): first {work_first[0]:.1f} ms, "
+              f"cached {work_cached[0]:.1f} ms, {work_first[0] / work_cached[0]:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

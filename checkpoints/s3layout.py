@@ -1,0 +1,291 @@
+"""The S3 checkpoint store's object layout (docs/s3-layout.md), for the saver and its readers.
+
+Django-free and free of botocore: the agent-side saver (storage.s3saver)
+writes by these rules and the console's reader (checkpoints.sources.s3)
+reads by them, so the two sides cannot drift. Key segments, inverted ids,
+change-index keys, the grouping of a listing into checkpoint directories,
+and the decoding of a stored frame live here; requests do not.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import NamedTuple
+from urllib.parse import unquote
+
+import ormsgpack
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+PAYLOAD = "payload"
+WRITES = "writes/"
+THREADS = "threads/"
+CHANGES = "changes/"
+DELTA_THREADS = "delta-threads/"
+# Metadata keys LangGraph's DeltaChannel writes (PostgresSaver checks the same two).
+DELTA_METADATA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
+# Change-index operations (docs/s3-layout.md §4).
+CHANGE_OPS = ("put", "writes", "delete", "delete_thread")
+
+_KEEP = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-:")
+_HEX_ID = re.compile(r"^[0-9a-f-]+$")
+_INVERT = str.maketrans("0123456789abcdef", "fedcba9876543210")
+_STAMP = re.compile(r"^\d{8}T\d{6}\.\d{6}Z$")
+
+
+class S3CheckpointError(Exception):
+    """A stored object is missing, corrupt or not ours; the message names it."""
+
+
+# --- keys -------------------------------------------------------------------------------
+
+
+def encode_segment(value: str) -> str:
+    """One key segment for a thread id, namespace or task id.
+
+    Letters, digits, '-' and ':' stay; every other UTF-8 byte is %XX
+    (so '/', '.', '_', '%', newlines and spaces never reach the key raw).
+    The empty string, which percent-encoding would leave empty, is "_".
+
+    >>> encode_segment(""), encode_segment("a/b c"), encode_segment("sub:1"), encode_segment("_")
+    ('_', 'a%2Fb%20c', 'sub:1', '%5F')
+    """
+    if value == "":
+        return "_"
+    return "".join(chr(b) if b in _KEEP else f"%{b:02X}" for b in value.encode("utf-8"))
+
+
+def decode_segment(segment: str) -> str:
+    """
+    >>> decode_segment("_"), decode_segment("a%2Fb%0A")
+    ('', 'a/b\\n')
+    """
+    return "" if segment == "_" else unquote(segment, errors="strict")
+
+
+def invert_id(checkpoint_id: str) -> str:
+    """The key form of a checkpoint id: each hex digit d becomes 15-d.
+
+    uuid6 ids sort by time, so inverted ids sort newest first and S3's
+    ascending listing returns a thread's latest checkpoint first. The
+    inversion is its own inverse.
+
+    >>> invert_id("1ef0-00"), invert_id(invert_id("1ef0-00"))
+    ('e10f-ff', '1ef0-00')
+    """
+    if not _HEX_ID.match(checkpoint_id):
+        raise ValueError(f"checkpoint id {checkpoint_id!r} is not a lowercase hex uuid (LangGraph writes uuid6 ids)")
+    return checkpoint_id.translate(_INVERT)
+
+
+def is_inverted_id(segment: str) -> bool:
+    return bool(_HEX_ID.match(segment))
+
+
+def stamp(now: float | None = None) -> str:
+    """Write time for change-index keys: sorts as text, UTC, microseconds.
+
+    >>> stamp(0)
+    '19700101T000000.000000Z'
+    """
+    moment = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
+    return moment.strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def stamp_time(text: str) -> float:
+    """The POSIX time of a stamp.
+
+    >>> stamp_time(stamp(1234.5))
+    1234.5
+    """
+    return datetime.strptime(text, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def thread_prefix(prefix: str, thread_id) -> str:
+    return f"{prefix}{THREADS}{encode_segment(str(thread_id))}/"
+
+
+def ns_prefix(prefix: str, thread_id, ns: str) -> str:
+    return thread_prefix(prefix, thread_id) + encode_segment(ns) + "/"
+
+
+def checkpoint_prefix(prefix: str, thread_id, ns: str, checkpoint_id: str) -> str:
+    return ns_prefix(prefix, thread_id, ns) + invert_id(checkpoint_id) + "/"
+
+
+def delta_key(prefix: str, thread_id) -> str:
+    return f"{prefix}{DELTA_THREADS}{encode_segment(str(thread_id))}"
+
+
+def change_key(prefix: str, op: str, thread_id, ns: str | None = None, checkpoint_id: str | None = None,
+               *, when: str, rand: str) -> str:
+    """`<prefix>changes/<stamp>-<rand>/<op>/<T>[/<N>[/<id>]]`.
+
+    >>> change_key("p/", "put", "t 1", "", "1ef0", when=stamp(0), rand="00ff00ff")
+    'p/changes/19700101T000000.000000Z-00ff00ff/put/t%201/_/1ef0'
+    """
+    parts = [f"{prefix}{CHANGES}{when}-{rand}", op, encode_segment(str(thread_id))]
+    if ns is not None:
+        parts.append(encode_segment(ns))
+    if checkpoint_id is not None:
+        parts.append(checkpoint_id)
+    return "/".join(parts)
+
+
+class Change(NamedTuple):
+    """One change-index entry, decoded."""
+
+    stamp: str
+    op: str
+    thread_id: str
+    checkpoint_ns: str | None
+    checkpoint_id: str | None
+
+
+def parse_change_key(prefix: str, key: str) -> Change | None:
+    """The entry a change-index key stands for, or None when the key is not one of ours.
+
+    >>> parse_change_key("p/", "p/changes/19700101T000000.000000Z-00ff00ff/put/t%201/_/1ef0")
+    Change(stamp='19700101T000000.000000Z', op='put', thread_id='t 1', checkpoint_ns='', checkpoint_id='1ef0')
+    >>> parse_change_key("p/", "p/changes/19700101T000000.000000Z-00ff00ff/delete_thread/t")
+    Change(stamp='19700101T000000.000000Z', op='delete_thread', thread_id='t', checkpoint_ns=None, checkpoint_id=None)
+    >>> parse_change_key("p/", "p/changes/yesterday/put/t/_/1"), parse_change_key("p/", "p/changes/x")
+    (None, None)
+    """
+    base = prefix + CHANGES
+    if not key.startswith(base):
+        return None
+    parts = key[len(base):].split("/")
+    if len(parts) < 3:
+        return None
+    when, _, rand = parts[0].partition("-")
+    op = parts[1]
+    if not _STAMP.match(when) or len(rand) != 8 or op not in CHANGE_OPS:
+        return None
+    want = 1 if op == "delete_thread" else 3
+    if len(parts) - 2 != want:
+        return None
+    try:
+        thread = decode_segment(parts[2])
+        ns = decode_segment(parts[3]) if want == 3 else None
+    except UnicodeDecodeError:
+        return None
+    checkpoint_id = parts[4] if want == 3 else None
+    if checkpoint_id is not None and not _HEX_ID.match(checkpoint_id):
+        return None
+    return Change(when, op, thread, ns, checkpoint_id)
+
+
+# --- stored frames -----------------------------------------------------------------------
+
+
+def unpack(key: str, body: bytes, meta: dict) -> dict:
+    """A payload or write frame: gunzip when it says (or looks) so, then msgpack; format checked.
+
+    >>> unpack("k", ormsgpack.packb({"format": 1, "x": 2}), {})
+    {'format': 1, 'x': 2}
+    >>> unpack("bucket/k", b"\\xc1", {})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    checkpoints.s3layout.S3CheckpointError: bucket/k is corrupt or not written by S3Saver: ...
+    """
+    try:
+        if meta.get("encoding") == "gzip" or body[:2] == b"\x1f\x8b":
+            body = gzip.decompress(body)
+        frame = ormsgpack.unpackb(body)
+    except Exception as e:
+        raise S3CheckpointError(f"{key} is corrupt or not written by S3Saver: {e}") from None
+    if not isinstance(frame, dict) or frame.get("format") != FORMAT:
+        raise S3CheckpointError(f"{key} is not an S3Saver object of format {FORMAT}")
+    return frame
+
+
+# --- listings ------------------------------------------------------------------------------
+
+
+class Group:
+    """The objects of one checkpoint directory (`<inverted id>/`) seen in a listing."""
+
+    __slots__ = ("inv", "thread", "ns", "rel_dir", "manifest", "payload", "writes", "other", "sizes")
+
+    def __init__(self, inv, thread=None, ns="", rel_dir=""):
+        self.inv = inv
+        self.rel_dir = rel_dir
+        self.thread = thread
+        self.ns = ns
+        self.manifest = self.payload = False
+        self.writes = []
+        self.other = []
+        self.sizes = {}
+
+    def add(self, rel: str, obj: dict):
+        self.sizes[rel] = obj.get("Size", 0)
+        if rel == MANIFEST:
+            self.manifest = True
+        elif rel == PAYLOAD:
+            self.payload = True
+        elif rel.startswith(WRITES):
+            self.writes.append(rel)
+        else:
+            self.other.append(rel)
+
+    @property
+    def complete(self) -> bool:
+        # The manifest is written last: without it the checkpoint does not exist yet.
+        return self.manifest
+
+    @property
+    def checkpoint_id(self) -> str:
+        return invert_id(self.inv)
+
+    def all_keys(self):
+        return list(self.sizes)
+
+    def full_prefix(self, listed_prefix: str) -> str:
+        """The checkpoint directory's key prefix, given the prefix the listing was under."""
+        return listed_prefix + self.rel_dir
+
+
+def groups(objects, prefix: str, nested: bool | None = None, skipped: list | None = None) -> Iterator[Group]:
+    """Group a key-ordered listing into checkpoint directories, lazily.
+
+    nested=None: the listing is under a namespace (`<inv>/...`); False: under a
+    thread (`<ns>/<inv>/...`); True: under threads/ (`<thread>/<ns>/<inv>/...`).
+    Keys that do not fit the layout are skipped (appended to `skipped` when
+    given: the console reports them).
+    """
+    depth = {None: 0, False: 1, True: 2}[nested]
+    current = None
+    current_id = None
+    for obj in objects:
+        rel = obj["Key"][len(prefix):]
+        parts = rel.split("/", depth + 1)
+        if len(parts) < depth + 2 or not all(parts[: depth + 1]):
+            if skipped is not None:
+                skipped.append(obj)
+            continue
+        gid = tuple(parts[:depth + 1])
+        if gid != current_id:
+            if current is not None:
+                yield current
+            current, current_id = None, gid
+            inv = parts[depth]
+            if _HEX_ID.match(inv):
+                try:
+                    thread = decode_segment(parts[0]) if depth == 2 else None
+                    ns = decode_segment(parts[depth - 1]) if depth >= 1 else ""
+                except UnicodeDecodeError:
+                    pass
+                else:
+                    current = Group(inv, thread, ns, "/".join(gid) + "/")
+        if current is None:
+            if skipped is not None:
+                skipped.append(obj)
+            continue
+        current.add(parts[depth + 1], obj)
+    if current is not None:
+        yield current

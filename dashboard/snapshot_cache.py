@@ -1,0 +1,127 @@
+"""The cache of hot checkpoints: decoded values, and previews of objects.
+
+A checkpoint never changes once written, so its decoded values (channels,
+the parent's values for the diff, DeltaChannel reconstructions) are kept in
+Django's cache (CACHE_URL; the local-memory cache by default) for
+SNAPSHOT_CACHE_TTL. Its pending writes are not: writes arrive after their
+checkpoint, so every view reads them fresh, in the same request that checks
+the checkpoint is still at the source.
+
+Keys are the sha256 of their parts (ids may hold newlines or NULs, and
+memcached-style key rules must hold). A value's key names the source (name
+and URL), thread, namespace and checkpoint id, the decode options, and the
+mirror row's primary key: a sync or prune that removes a checkpoint removes
+its mirror row, and a row written again gets a new key, so a removed
+checkpoint's values are never served, in any process, whether the cache is
+per process or shared. A view that finds the checkpoint gone from the source
+deletes its key at once.
+
+Object previews are keyed by URI and ETag (storage.previews): an object
+replaced or deleted gets a new ETag, or none, and so is read again.
+
+Hits and misses are counted for /metrics (dashboard.cachemetrics); a cache
+server that is down or slow costs a miss, never an error
+(dashboard.cachebackend).
+"""
+
+import hashlib
+import json
+import logging
+import pickle
+
+from django.conf import settings
+from django.core.cache import cache
+
+from dashboard.cachemetrics import LOOKUPS
+from dashboard.source_values import ReadError, read_values, read_writes
+
+log = logging.getLogger(__name__)
+
+KEY_VERSION = "1"  # bumped when what is stored changes shape
+# Entries larger than this (pickled) are not cached: a few huge checkpoints
+# must not push every other one out, nor fill the server's memory.
+MAX_ENTRY_BYTES = 16_000_000
+_CACHED_KINDS = ("postgres", "sqlite")
+
+
+def key_for(kind, *parts) -> str:
+    """A cache key from any parts, safe for every backend.
+
+    >>> len(key_for("values", "src", "thread\\nwith\\x00odd", "", "1ef"))
+    81
+    >>> key_for("values", "a", "b") != key_for("values", "a\\x00b") != key_for("values", "ab")
+    True
+    """
+    digest = hashlib.sha256(json.dumps([str(p) for p in parts], ensure_ascii=True).encode()).hexdigest()
+    return f"console:{kind}:{KEY_VERSION}:{digest}"
+
+
+def values_key(source, checkpoint, *, limit, aes_key=None, digest=False) -> str:
+    key_hash = hashlib.sha256(aes_key.encode()).hexdigest() if aes_key else ""
+    return key_for(
+        "values", source.name, source.url, checkpoint.thread.thread_id, checkpoint.checkpoint_ns,
+        checkpoint.checkpoint_id, checkpoint.pk, limit, key_hash, bool(digest),
+    )
+
+
+def ttl_seconds() -> int:
+    return max(1, int(settings.SNAPSHOT_CACHE_TTL.total_seconds()))
+
+
+def get(kind, key):
+    """The cached object, or None; counted as a hit or a miss."""
+    raw = cache.get(key)
+    if raw is not None:
+        try:
+            value = pickle.loads(raw)
+        except Exception:  # written by another version of the console: a miss
+            value = None
+        if value is not None:
+            LOOKUPS.labels(kind, "hit").inc()
+            return value
+    LOOKUPS.labels(kind, "miss").inc()
+    return None
+
+
+def put(key, value):
+    raw = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    if len(raw) <= MAX_ENTRY_BYTES:
+        cache.set(key, raw, ttl_seconds())
+
+
+def forget(key):
+    cache.delete(key)
+
+
+def read_values_cached(source, checkpoint, *, limit, aes_key=None, digest=False):
+    """dashboard.source_values.read_values, through the cache; pending writes always read fresh."""
+    if source.kind not in _CACHED_KINDS:
+        return read_values(source, checkpoint, limit=limit, aes_key=aes_key, digest=digest)
+    key = values_key(source, checkpoint, limit=limit, aes_key=aes_key, digest=digest)
+    values = get("values", key)
+    if values is not None:
+        try:
+            values.writes = read_writes(source, checkpoint, limit=limit, aes_key=aes_key, digest=digest)
+        except ReadError as e:
+            if "no longer in the source" in str(e):
+                forget(key)
+            raise
+        return values
+    values = read_values(source, checkpoint, limit=limit, aes_key=aes_key, digest=digest)
+    writes, values.writes = values.writes, []
+    put(key, values)
+    values.writes = writes
+    return values
+
+
+class _PreviewCache:
+    """storage.previews' cache: previews of objects under their URI and ETag (key parts from there)."""
+
+    def get(self, parts):
+        return get("previews", key_for(*parts))
+
+    def put(self, parts, preview):
+        put(key_for(*parts), preview)
+
+
+PREVIEWS = _PreviewCache()

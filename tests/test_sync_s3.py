@@ -1,0 +1,349 @@
+"""The console mirrors an S3 checkpoint store written by S3Saver (real graphs, moto's S3 server).
+
+After each step the mirror is compared with what the bucket holds: a listing
+of the prefix and its manifests (tests/truth.py, written from
+docs/s3-layout.md, not with the reader's code).
+"""
+
+import uuid
+
+import pytest
+
+from checkpoints.models import BlobReference, Checkpoint, ReferenceUse, Run, Source, Thread
+from checkpoints.sources.s3 import reader as s3_reader
+from checkpoints.sync import sync_source
+from storage.s3saver import S3Saver
+from tests.graphs import chat_graph, config, run_scenarios
+from tests.mirror_data import operator, operator_client, static_settings, viewer, viewer_client  # noqa: F401
+from tests.truth import assert_mirror_matches
+
+pytestmark = pytest.mark.django_db
+
+PREFIX = "agents/prod/"
+
+
+@pytest.fixture
+def store(moto_s3, s3_bucket):
+    """(saver, url): an S3Saver under PREFIX in the test bucket, and its source URL."""
+    saver = S3Saver(s3_bucket, PREFIX, client=moto_s3.client(), metrics=False)
+    yield saver, f"s3://{s3_bucket}/{PREFIX}"
+    saver.close()
+
+
+def make_source(url, name="s3src"):
+    return Source.objects.create(name=name, url=url, kind="s3")
+
+
+def test_first_sync_mirrors_threads_checkpoints_tags_references_and_sizes(store):
+    saver, url = store
+    threads = run_scenarios(saver, file_uri=f"s3://{saver.bucket}/uploads/u1/report.pdf")
+    source = make_source(url)
+
+    result = sync_source(source)
+
+    assert result["error"] is None
+    truth = assert_mirror_matches(source, url)
+    assert result["added"] == len(truth["checkpoints"]) == result["checkpoints"]
+    assert result["threads"] == len(threads)
+    assert Checkpoint.objects.filter(source=source, checkpoint_ns__contains=":").exists()
+    assert Thread.objects.get(source=source, thread_id="t-chat2").tags == {"tenant": "globex", "user_id": "u2", "project": "demo"}
+    assert Thread.objects.get(source=source, thread_id="t-waiting").tags["urgent"] == "true"
+    # The file named in state is a reference of the thread that holds it, in the configured bucket.
+    ref = BlobReference.objects.get(uri=f"s3://{saver.bucket}/uploads/u1/report.pdf")
+    assert ref.store == "s3"
+    assert ReferenceUse.objects.filter(reference=ref, thread__thread_id="t-file").exists()
+    source.refresh_from_db()
+    assert source.layout == "s3-format-1" and not source.references_unknown
+    assert "problems" not in source.sync_state
+    # Stored bytes are the objects' sizes: the whole prefix's threads/ listing, summed.
+    listed = sum(o["Size"] for o in _objects(saver, "threads/"))
+    assert sum(Thread.objects.filter(source=source).values_list("stored_bytes", flat=True)) == listed
+
+
+def test_incremental_sync_lists_after_the_watermark_and_rereads_only_changed_threads(store, monkeypatch):
+    saver, url = store
+    run_scenarios(saver)
+    source = make_source(url)
+    assert sync_source(source)["error"] is None
+    # Entries stamped before the watermark are not listed again (the overlap covers late entries;
+    # none here, so none is needed for the test).
+    monkeypatch.setattr(s3_reader, "OVERLAP_SECONDS", 0)
+
+    chat = chat_graph(saver)
+    chat.invoke({"messages": ["again"]}, config("t-chat0", tenant="acme", user_id="u0", project="demo"))
+    chat.invoke({"messages": ["new"]}, config("t-new", tenant="hooli"))
+    result = sync_source(source)
+
+    assert result["error"] is None and result["added"] > 0
+    assert_mirror_matches(source, url)
+    run = Run.objects.filter(kind="sync", source=source).latest("pk")
+    assert run.progress_total == 2  # the two threads the change index names, not the store
+    assert Thread.objects.get(source=source, thread_id="t-new").tags == {"tenant": "hooli"}
+
+    quiet = sync_source(source)
+    assert quiet["error"] is None and (quiet["added"], quiet["updated"], quiet["removed"]) == (0, 0, 0)
+    assert Run.objects.filter(kind="sync", source=source).latest("pk").progress_total == 0
+
+
+def test_deleted_thread_and_pruned_checkpoints_leave_the_mirror(store):
+    saver, url = store
+    run_scenarios(saver)
+    source = make_source(url)
+    assert sync_source(source)["error"] is None
+    before = Checkpoint.objects.filter(source=source, thread__thread_id="t-chat1").count()
+
+    saver.delete_thread("t-chat1")
+    saver.prune(["t-chat2"], strategy="keep_latest")
+    result = sync_source(source)
+
+    assert result["error"] is None
+    assert result["removed"] >= before
+    assert not Thread.objects.filter(source=source, thread_id="t-chat1").exists()
+    assert Checkpoint.objects.filter(source=source, thread__thread_id="t-chat2").count() == 1
+    assert_mirror_matches(source, url)
+
+
+def test_odd_thread_ids_round_trip(store):
+    saver, url = store
+    chat = chat_graph(saver)
+    odd = ["a/b c", "100%", "_", "line\nbreak", "ünï çødé", "x:y"]
+    for t in odd:
+        chat.invoke({"messages": ["hi"]}, config(t, tenant="odd"))
+    source = make_source(url)
+
+    assert sync_source(source)["error"] is None
+    assert set(Thread.objects.filter(source=source).values_list("thread_id", flat=True)) == set(odd)
+    assert_mirror_matches(source, url)
+
+
+def test_foreign_objects_are_reported_and_the_rest_mirrored(store):
+    saver, url = store
+    run_scenarios(saver)
+    client = saver.client
+    for key in ("threads/notes.txt", "threads/t-chat0/_/not-an-id/payload", "threads/t-chat0/readme",
+                "changes/garbage"):
+        client.put_object(Bucket=saver.bucket, Key=PREFIX + key, Body=b"not ours")
+    cp_dir = next(o["Key"] for o in _objects(saver, "threads/t-chat1/_/") if o["Key"].endswith("/manifest.json"))
+    client.put_object(Bucket=saver.bucket, Key=cp_dir.replace("manifest.json", "stray.bin"), Body=b"x")
+    source = make_source(url)
+
+    result = sync_source(source)
+
+    assert result["error"] is None
+    source.refresh_from_db()
+    reported = {p["key"] for p in source.sync_state["problems"]["first"]}
+    assert f"s3://{saver.bucket}/{PREFIX}threads/notes.txt" in reported
+    assert f"s3://{saver.bucket}/{PREFIX}threads/t-chat0/_/not-an-id/payload" in reported
+    assert f"s3://{saver.bucket}/{cp_dir.replace('manifest.json', 'stray.bin')}" in reported
+    assert all("not written by S3Saver" in p["error"] for p in source.sync_state["problems"]["first"])
+    # The stray object sits in a checkpoint directory: the truth counts it, the mirror does not
+    # own it; compare the rest.
+    client.delete_object(Bucket=saver.bucket, Key=cp_dir.replace("manifest.json", "stray.bin"))
+    assert_mirror_matches(source, url)
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_a_manifest_whose_payload_is_missing_or_corrupt_is_marked_and_the_rest_mirrored(store, damage):
+    _damaged(store, damage)
+
+
+def _damaged(store, damage):
+    saver, url = store
+    run_scenarios(saver)
+    payload = next(o["Key"] for o in _objects(saver, "threads/t-chat0/_/") if o["Key"].endswith("/payload"))
+    if damage == "missing":
+        saver.client.delete_object(Bucket=saver.bucket, Key=payload)
+    else:
+        saver.client.put_object(Bucket=saver.bucket, Key=payload, Body=b"\x1f\x8bnot gzip at all")
+    source = make_source(url)
+
+    result = sync_source(source)
+
+    assert result["error"] is None
+    assert_mirror_matches(source, url)  # the checkpoint is mirrored from its manifest, sizes as listed
+    source.refresh_from_db()
+    assert source.references_unknown  # its values could not be searched
+    problems = source.sync_state["problems"]
+    assert problems["count"] >= 1
+    named = [p for p in problems["first"] if payload in p["error"]]
+    assert named and ("missing" if damage == "missing" else "corrupt") in named[0]["error"]
+
+    return source, payload
+
+
+def test_sources_page_says_what_could_not_be_read(store, operator_client):
+    saver, url = store
+    source, payload = _damaged(store, "missing")
+    page = operator_client.get("/sources/").content.decode()
+    assert "could not be read by the last sync" in page and payload in page
+    assert "s3://" in operator_client.get("/maintenance/").content.decode()
+
+
+def test_empty_prefix_and_missing_bucket_are_errors_not_an_empty_source(store):
+    saver, url = store
+    empty = sync_source(make_source(f"s3://{saver.bucket}/nothing-here/", name="empty"))
+    assert "holds no S3Saver objects" in empty["error"]
+    missing = sync_source(make_source(f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}/p/", name="nobucket"))
+    assert "NoSuchBucket" in missing["error"] and "no-such-bucket" in missing["error"]
+
+
+def _objects(saver, rel):
+    out = []
+    for page in saver.client.get_paginator("list_objects_v2").paginate(Bucket=saver.bucket, Prefix=PREFIX + rel):
+        out.extend(page.get("Contents", []))
+    return out
+
+
+def test_pages_api_and_state_api_read_the_s3_store(store, viewer_client):
+    from tests.test_state_api import check_plain_graphs, state
+
+    saver, url = store
+    run_scenarios(saver)
+    source = make_source(url, name="s3")
+    assert sync_source(source)["error"] is None
+
+    # /api/state/ gives get_state's values for every checkpoint of the shared scenarios.
+    check_plain_graphs(viewer_client, "s3", saver)
+    waiting = state(viewer_client, "s3", "t-waiting").json()
+    assert any(w["channel"] == "__interrupt__" for w in waiting["pending_writes"])
+    assert viewer_client.get("/api/threads/", {"tag": "tenant:acme"}).json()["count"] >= 1
+    summary = {s["name"]: s for s in viewer_client.get("/api/summary/").json()["sources"]}
+    assert summary["s3"]["checkpoints"] == Checkpoint.objects.filter(source=source).count()
+    for path in ("/", "/threads/", "/threads/s3/t-chat0/", "/maintenance/", "/metrics"):
+        assert viewer_client.get(path).status_code == 200, path
+    page = viewer_client.get(f"/checkpoints/{Checkpoint.objects.filter(source=source, thread__thread_id='t-file').latest('checkpoint_id').pk}/")
+    assert page.status_code == 200 and "report.pdf" in page.content.decode()
+
+
+def test_checkpoint_page_names_a_missing_payload(store, viewer_client):
+    saver, url = store
+    run_scenarios(saver)
+    source = make_source(url, name="s3")
+    assert sync_source(source)["error"] is None
+    latest = Checkpoint.objects.filter(source=source, thread__thread_id="t-chat0", checkpoint_ns="").latest("checkpoint_id")
+    payload = saver.payload_key("t-chat0", "", latest.checkpoint_id)
+    saver.client.delete_object(Bucket=saver.bucket, Key=payload)
+
+    page = viewer_client.get(f"/checkpoints/{latest.pk}/").content.decode()
+    assert f"{PREFIX}threads/t-chat0/_/" in page and "is missing" in page
+
+
+def test_prune_dry_run_selects_what_the_real_run_deletes_by_the_savers_rules(store):
+    from datetime import timedelta
+
+    from django.test import override_settings
+    from django.utils import timezone
+
+    from checkpoints.prune import PrunePolicy, prune
+
+    saver, url = store
+    threads = run_scenarios(saver)
+    source = make_source(url)
+    assert sync_source(source)["error"] is None
+    states = {t: chat_graph(saver).get_state(config(t)).values for t in threads}
+    now = timezone.now() + timedelta(days=1)
+    policy = PrunePolicy(timedelta(hours=1), keep_last=1)
+    dry, real = [], []
+    with override_settings(PRUNE_ACTIVE_WINDOW=timedelta(0)):
+        dry_result = prune(source, policy, dry_run=True, now=now, on_selection=dry.append)
+        assert _objects(saver, "threads/") and not [o for o in _objects(saver, "changes/") if "/delete/" in o["Key"]]
+        real_result = prune(source, policy, dry_run=False, now=now, on_selection=real.append)
+
+    assert [vars(s) for s in dry] == [vars(s) for s in real]
+    assert dry_result["checkpoints"] == real_result["checkpoints"] > 0
+    assert {s["reason"] for s in real_result["skipped"]} == {"pending_writes"}
+    # The saver's rules: a delete entry per checkpoint, every object of it gone, the latest state unchanged.
+    deleted = {(s.thread_id, ns, cid) for s in real if s.skip is None for ns, cid in s.checkpoints}
+    entries = {o["Key"] for o in _objects(saver, "changes/") if "/delete/" in o["Key"]}
+    assert len(entries) == len(deleted)
+    for thread_id, ns, cid in deleted:
+        assert saver.get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}) is None
+    assert {t: chat_graph(saver).get_state(config(t)).values for t in threads} == states
+    # The next sync follows the change index to the same mirror the bucket describes.
+    assert sync_source(source)["error"] is None
+    assert_mirror_matches(source, url)
+
+
+class FlakyProxy:
+    """An HTTP proxy in front of moto that answers 503 SlowDown once `budget` requests went through.
+
+    A real server on loopback: the reader's own botocore client talks to it, nothing is patched.
+    """
+
+    def __init__(self, upstream):
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        target = urlsplit(upstream)
+        proxy = self
+        self.budget = None  # None: forward everything
+        self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy.lock:
+                    fail = proxy.budget is not None and proxy.budget <= 0
+                    if proxy.budget is not None:
+                        proxy.budget -= 1
+                if fail:
+                    message = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(message)))
+                    self.end_headers()
+                    self.wfile.write(message)
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for k, v in response.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_s3_throttling_mid_sync_is_a_clear_error_and_loses_nothing(store, settings, moto_s3):
+    saver, url = store
+    run_scenarios(saver)
+    source = make_source(url)
+    assert sync_source(source)["error"] is None
+    mirrored = sorted(Checkpoint.objects.filter(source=source).values_list("checkpoint_id", "row_bytes"))
+    watermark = Source.objects.get(pk=source.pk).sync_state["watermark"]
+    chat_graph(saver).invoke({"messages": ["more"]}, config("t-chat0", tenant="acme", user_id="u0", project="demo"))
+
+    proxy = FlakyProxy(moto_s3.endpoint_url)
+    try:
+        settings.S3_ENDPOINT_URL = proxy.url
+        settings.S3_MAX_ATTEMPTS = 1
+        proxy.budget = 3  # the layout check and the change listing pass, the thread reads hit SlowDown
+        failed = sync_source(source)
+        assert failed["error"] and "SlowDown" in failed["error"] and f"s3://{saver.bucket}/{PREFIX}" in failed["error"]
+        source.refresh_from_db()
+        assert source.sync_state["watermark"] == watermark  # the next sync repeats this one's work
+        assert sorted(Checkpoint.objects.filter(source=source).values_list("checkpoint_id", "row_bytes")) == mirrored
+
+        proxy.budget = None
+        assert sync_source(source)["error"] is None
+        assert_mirror_matches(source, url)
+    finally:
+        proxy.close()
