@@ -153,6 +153,12 @@ class Checkpoint(models.Model):
     write_count = models.IntegerField(default=0, help_text="Number of its pending-write rows.")
     logical_bytes = models.BigIntegerField(default=0, help_text="row + blobs + writes.")
     new_bytes = models.BigIntegerField(default=0, help_text="row + writes + blob rows its parent does not name.")
+    problem = models.TextField(
+        # A database default too: rows written by COPY without this column (older code, tools) get "".
+        blank=True, default="", db_default="",
+        help_text="What the last sync could not read of it (S3: its payload missing or corrupt), naming the object; "
+                  "empty when it was read whole.",
+    )
 
     class Meta:
         constraints = [

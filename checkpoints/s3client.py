@@ -84,7 +84,7 @@ connect_timeout=5, read_timeout=30, max_attempts=5)
         return self.endpoint_url or f"AWS S3 ({self.region})"
 
 
-def build_client(settings: S3Settings):
+def build_client(settings: S3Settings, *, max_pool_connections: int = 10):
     """A botocore S3 client for `settings` (thread-safe; build one and share it).
 
     SigV4 with the explicit region (presigned URLs need both); standard
@@ -93,7 +93,9 @@ def build_client(settings: S3Settings):
     key counts retries and would send one request more); checksums only when
     an operation requires them, because S3-compatible servers (MinIO,
     SeaweedFS, older Ceph) do not all accept the CRC trailers botocore adds
-    by default since 1.36.
+    by default since 1.36. `max_pool_connections` is the size of the client's
+    HTTP connection pool (botocore's default, 10, unless a caller sends more
+    requests at once, as the S3 checkpoint saver does).
     """
     import boto3
     from botocore.config import Config
@@ -105,6 +107,7 @@ def build_client(settings: S3Settings):
         retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
+        max_pool_connections=max_pool_connections,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )

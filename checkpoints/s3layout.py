@@ -10,6 +10,7 @@ and the decoding of a stored frame live here; requests do not.
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -202,6 +203,25 @@ def unpack(key: str, body: bytes, meta: dict) -> dict:
     if not isinstance(frame, dict) or frame.get("format") != FORMAT:
         raise S3CheckpointError(f"{key} is not an S3Saver object of format {FORMAT}")
     return frame
+
+
+def parse_manifest(where: str, body: bytes) -> dict:
+    """A manifest.json body (docs/s3-layout.md §2): JSON object of our format, else an error naming it.
+
+    >>> parse_manifest("k", b'{"format": 1, "checkpoint_id": "x"}')["checkpoint_id"]
+    'x'
+    >>> parse_manifest("s3://b/k", b'{"format": 2}')
+    Traceback (most recent call last):
+    ...
+    checkpoints.s3layout.S3CheckpointError: s3://b/k is not an S3Saver manifest of format 1
+    """
+    try:
+        manifest = json.loads(body)
+    except ValueError as e:
+        raise S3CheckpointError(f"{where} is not JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise S3CheckpointError(f"{where} is not an S3Saver manifest of format {FORMAT}")
+    return manifest
 
 
 # --- listings ------------------------------------------------------------------------------

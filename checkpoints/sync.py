@@ -617,10 +617,11 @@ def _compute_thread(context, rows, known):
     records = []
     for c in rows.checkpoints:
         record, found = _checkpoint_record(context, c, versions_of, blob_size, blob_refs, writes_by_ckpt)
+        record["problem"] = rows.problems.get((c.checkpoint_ns, c.checkpoint_id), "")
         records.append(record)
         refs.extend(found)
         refs.extend(_value_references(context, c, known))
-        if (c.checkpoint_ns, c.checkpoint_id) in rows.problems:  # partly unreadable: its references are unknown
+        if record["problem"]:  # partly unreadable: its references are unknown
             context.undecodable += 1
     thread = _thread_fields(records, rows) if records else None
     return thread, records, refs
@@ -811,7 +812,7 @@ def _parse_ts(ts):
         return None
 
 
-_CHANGE_FIELDS = ("parent_checkpoint_id", "created_at", "step", "origin", "metadata", "row_bytes", "blob_bytes",
+_CHANGE_FIELDS = ("parent_checkpoint_id", "created_at", "step", "origin", "metadata", "problem", "row_bytes", "blob_bytes",
                   "write_bytes", "write_count", "logical_bytes", "new_bytes")
 _THREAD_FIELDS = ("checkpoints", "first_checkpoint_at", "last_checkpoint_at", "latest_checkpoint_id", "logical_bytes",
                   "checkpoint_bytes", "blob_bytes", "write_bytes", "stored_bytes", "blob_rows", "write_rows", "tags")
@@ -992,7 +993,7 @@ def _write_references(context, live, pks, old_threads, ckpt_pk):
     ])
 
 
-_RECORD_FIELDS = ("checkpoint_ns", "checkpoint_id", "parent_checkpoint_id", "created_at", "step", "origin",
+_RECORD_FIELDS = ("checkpoint_ns", "checkpoint_id", "parent_checkpoint_id", "created_at", "step", "origin", "problem",
                   "metadata", "row_bytes", "blob_bytes", "write_bytes", "write_count", "logical_bytes", "new_bytes")
 _record_values = operator.itemgetter(*_RECORD_FIELDS)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import io
 import json
 import os
 import threading
@@ -55,6 +54,7 @@ from checkpoints.s3layout import (  # noqa: F401 - re-exported: the saver's publ
     decode_segment,
     encode_segment,
     invert_id,
+    parse_manifest,
 )
 from checkpoints.s3layout import Group as _Group
 from checkpoints.s3layout import groups as _groups
@@ -157,6 +157,16 @@ def _is_service_fault(error: Exception) -> bool:
     return isinstance(error, (BotoCoreError, OSError))
 
 
+def _is_precondition_failed(error: Exception) -> bool:
+    """A conditional PUT found the key taken (412), or lost a race for it (409)."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(error, ClientError):
+        return False
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412")
+
+
 def _is_not_found(error: Exception) -> bool:
     from botocore.exceptions import ClientError
 
@@ -219,7 +229,7 @@ class S3Saver(BaseCheckpointSaver[str]):
 
     Options (README.md, "S3 checkpoint saver"):
       compression        "gzip" (default) or None; values under compress_threshold bytes stay plain
-      multipart_threshold payloads above it (default 5 MB) go up in parts (boto3 TransferConfig)
+      multipart_threshold objects above it (default 5 MB) go up in parts (multipart upload)
       sse, sse_kms_key_id "AES256" or "aws:kms" (+ key id) server-side encryption
       max_attempts       requests per call incl. retries (botocore standard mode, backoff + jitter)
       breaker_failures, breaker_reset  the circuit breaker (CircuitBreaker)
@@ -261,7 +271,11 @@ class S3Saver(BaseCheckpointSaver[str]):
         self.bucket = bucket
         self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
         self.settings = (settings or S3Settings(bucket=bucket, prefix=self.prefix)).replace(max_attempts=max_attempts)
-        self.client = client if client is not None else build_client(self.settings)
+        # Up to max_workers requests of a call run at once, plus the list() loads
+        # around them: a pool of 2 * max_workers connections keeps every one open.
+        self.client = client if client is not None else build_client(
+            self.settings, max_pool_connections=max(10, 2 * max_workers)
+        )
         self.compression = compression
         self.compress_threshold = compress_threshold
         self.multipart_threshold = multipart_threshold
@@ -388,30 +402,58 @@ class S3Saver(BaseCheckpointSaver[str]):
                 extra["SSEKMSKeyId"] = self.sse_kms_key_id
         return extra
 
-    def _put_object(self, key: str, body: bytes, *, metadata: dict | None = None, content_type="application/octet-stream"):
+    def _put_object(self, key: str, body: bytes, *, metadata: dict | None = None, content_type="application/octet-stream",
+                    if_absent: bool = False):
         extra = {**self._extra(), "ContentType": content_type}
         if metadata:
             extra["Metadata"] = metadata
+        if if_absent:
+            extra["IfNoneMatch"] = "*"
         if len(body) > self.multipart_threshold:
-            self._upload_multipart(key, body, extra)
+            response = self._upload_multipart(key, body, extra)
         else:
-            self._request("put_object", Bucket=self.bucket, Key=key, Body=body, **extra)
+            response = self._request("put_object", Bucket=self.bucket, Key=key, Body=body, **extra)
         self._count_bytes("out", len(body))
+        return response
 
     def _upload_multipart(self, key, body, extra):
-        from boto3.s3.transfer import TransferConfig
+        """CreateMultipartUpload, the parts (up to 4 at a time), CompleteMultipartUpload; each
+        through _request (breaker, retries, metrics). A failure aborts the upload, so no parts
+        stay billed. Conditional (IfNoneMatch) uploads HEAD first and ask the completion to be
+        conditional too; the transfer manager supports neither, hence no upload_fileobj."""
+        if_none_match = extra.pop("IfNoneMatch", None)
+        if if_none_match and self._head(key) is not None:
+            from botocore.exceptions import ClientError
 
-        self.breaker.before()
-        config = TransferConfig(multipart_threshold=self.multipart_threshold, multipart_chunksize=max(self.multipart_threshold, 5 * MB))
+            raise ClientError({"Error": {"Code": "PreconditionFailed", "Message": f"{key} exists"}}, "PutObject")
+        part_size = max(self.multipart_threshold, 5 * MB)
+        upload = self._request("create_multipart_upload", Bucket=self.bucket, Key=key, **extra)
+        upload_id = upload["UploadId"]
+        offsets = list(range(0, len(body), part_size))
+
+        def send(numbered):
+            number, offset = numbered
+            response = self._request(
+                "upload_part", Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                Body=body[offset:offset + part_size],
+            )
+            return {"PartNumber": number, "ETag": response["ETag"]}
+
         try:
-            self.client.upload_fileobj(io.BytesIO(body), self.bucket, key, ExtraArgs=extra, Config=config)
-        except Exception as e:
-            (self.breaker.failure if _is_service_fault(e) else self.breaker.neutral)()
+            # A pool of its own: this may run inside a worker of self._pool.
+            with ThreadPoolExecutor(max_workers=min(4, len(offsets)), thread_name_prefix="s3saver-part") as parts_pool:
+                parts = list(parts_pool.map(send, enumerate(offsets, start=1)))
+            complete = {"IfNoneMatch": if_none_match} if if_none_match else {}
+            return self._request(
+                "complete_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": parts}, **complete,
+            )
+        except BaseException:
+            try:
+                self._request("abort_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except Exception:
+                pass  # the lifecycle rule for incomplete uploads (lifecycle_rules) is the backstop
             raise
-        self.breaker.success()
-        m = self._metrics
-        if m and m.requests is not None:
-            m.safely(lambda: m.requests.labels("multipart_upload").inc())
 
     def _get_object(self, key: str, version_id: str | None = None) -> tuple[bytes, dict]:
         kwargs = {"Bucket": self.bucket, "Key": key}
@@ -460,6 +502,12 @@ class S3Saver(BaseCheckpointSaver[str]):
     def _loads(self, typed) -> Any:
         type_, data = typed
         return self.serde.loads_typed((type_, data))
+
+    def _manifest(self, key: str, version_id: str | None = None) -> dict:
+        return self._parse_manifest(key, self._get_object(key, version_id)[0])
+
+    def _parse_manifest(self, key: str, body: bytes) -> dict:
+        return parse_manifest(f"s3://{self.bucket}/{key}", body)
 
     # --- put --------------------------------------------------------------------------------
     def put(self, config, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions):
@@ -518,9 +566,13 @@ class S3Saver(BaseCheckpointSaver[str]):
         ]
         if delta and thread_id not in self._delta_marked:
             first.append(lambda: self._put_object(self._delta_key(thread_id), b""))
-        self._parallel(lambda f: f(), first)
+        payload_response = self._parallel(lambda f: f(), first)[0] or {}
         if delta:
             self._delta_marked.add(thread_id)
+        if payload_response.get("VersionId") and payload_response["VersionId"] != "null":
+            # With versioning on, the manifest names the exact payload it was written with,
+            # so loading an old manifest version loads its own payload (get_tuple_version).
+            manifest["payload"]["version_id"] = payload_response["VersionId"]
         self._put_object(
             self.manifest_key(thread_id, ns, checkpoint_id),
             json.dumps(manifest, separators=(",", ":"), ensure_ascii=False).encode(),
@@ -537,6 +589,11 @@ class S3Saver(BaseCheckpointSaver[str]):
         ns = configurable.get("checkpoint_ns", "") or ""
         checkpoint_id = configurable["checkpoint_id"]
         base = self._cp_prefix(thread_id, ns, checkpoint_id) + WRITES + encode_segment(str(task_id)) + "/"
+        # PostgresSaver's rule: a call made only of special writes (idx < 0: error,
+        # interrupt, resume, scheduled) upserts; any other call inserts and keeps a
+        # (task_id, idx) write that is already there. Keeping is a conditional PUT
+        # (If-None-Match: *), so two racing writers cannot both win.
+        overwrite = all(channel in WRITES_IDX_MAP for channel, _ in writes)
         objects = {}
         for idx, (channel, value) in enumerate(writes):
             widx = WRITES_IDX_MAP.get(channel, idx)
@@ -545,13 +602,20 @@ class S3Saver(BaseCheckpointSaver[str]):
                 "format": FORMAT, "task_id": str(task_id), "task_path": task_path, "idx": widx,
                 "channel": channel, "value": [type_, data],
             }
-            # One key per (task_id, idx): a repeated call overwrites the same
-            # objects (LangGraph repeats writes only with the same values).
             objects[base + str(widx)] = self._pack(frame)
         if not objects:
             return
-        jobs = [lambda k=k, p=p: self._put_object(k, p[0], metadata={"format": str(FORMAT), "encoding": p[1]})
-                for k, p in objects.items()]
+
+        def put(key, packed):
+            try:
+                self._put_object(key, packed[0], metadata={"format": str(FORMAT), "encoding": packed[1]},
+                                 if_absent=not overwrite)
+            except Exception as e:
+                if not _is_precondition_failed(e):
+                    raise
+                # The write is already there: kept, as PostgresSaver's ON CONFLICT DO NOTHING.
+
+        jobs = [lambda k=k, p=p: put(k, p) for k, p in objects.items()]
         jobs.append(lambda: self._put_object(self._change_key("writes", thread_id, ns, checkpoint_id), b""))
         self._parallel(lambda f: f(), jobs)
 
@@ -581,7 +645,11 @@ class S3Saver(BaseCheckpointSaver[str]):
     def _load(self, thread_id, ns, prefix, group: _Group) -> CheckpointTuple:
         keys = [prefix + PAYLOAD] + [prefix + rel for rel in group.writes]
         results = self._parallel(lambda k: (k, *self._get_object(k)), keys)
-        (pkey, pbody, pmeta), writes = results[0], results[1:]
+        return self._decode(thread_id, ns, results[0], results[1:])
+
+    def _decode(self, thread_id, ns, payload, writes) -> CheckpointTuple:
+        """A CheckpointTuple from fetched (key, body, object metadata) of a payload and its writes."""
+        pkey, pbody, pmeta = payload
         frame = self._unpack(pkey, pbody, pmeta)
         try:
             checkpoint = self._loads(frame["checkpoint"])
@@ -665,14 +733,19 @@ class S3Saver(BaseCheckpointSaver[str]):
         batch_size = min(limit, 16) if limit else 16
         batch = []
 
+        wanted_metadata = _json_safe(filter) if filter else None
+
+        def fetch(c):
+            # With a filter, the manifest decides (its metadata is the checkpoint's, as JSON);
+            # only a match costs the payload and writes.
+            if wanted_metadata:
+                manifest = self._manifest(c[2] + MANIFEST)
+                if not _metadata_matches(manifest.get("metadata"), wanted_metadata):
+                    return None
+            return self._load(c[0], c[1], c[2], c[3])
+
         def flush(batch):
-            loaded = list(self._load_pool.map(lambda c: self._load(c[0], c[1], c[2], c[3]), batch))
-            out = []
-            for tup in loaded:
-                if filter and not all(tup.metadata.get(k) == v for k, v in filter.items()):
-                    continue
-                out.append(tup)
-            return out
+            return [tup for tup in self._load_pool.map(fetch, batch) if tup is not None]
 
         for c in candidates:
             if not wanted(c):
@@ -694,6 +767,244 @@ class S3Saver(BaseCheckpointSaver[str]):
                 remaining -= 1
                 if remaining <= 0:
                     return
+
+    # --- batch save and delete -----------------------------------------------------------
+    def put_many(self, items) -> list[dict]:
+        """Batch save: `items` are (config, checkpoint, metadata, new_versions) as for put();
+        they are written in parallel (each with its own change entry, payload before
+        manifest). Returns the configs put() would return, in order. The first failure is
+        raised after the others finished; checkpoints already written stay (each is whole)."""
+        items = list(items)
+        return self._measured("put_many", self._put_many, items)
+
+    def _put_many(self, items):
+        from concurrent.futures import wait
+
+        # Each put fans out on self._pool; the batch runs on the other pool (see __init__).
+        futures = [self._load_pool.submit(self._put, *item) for item in items]
+        wait(futures)
+        return [f.result() for f in futures]
+
+    def delete_checkpoints(self, configs) -> int:
+        """Batch delete of single checkpoints (with their writes), each config naming
+        thread_id, checkpoint_ns and checkpoint_id: one listing per checkpoint, one `delete`
+        change entry each, then DeleteObjects (manifests first). Returns the objects deleted."""
+        return self._measured("delete_checkpoints", self._delete_checkpoints, list(configs))
+
+    def _delete_checkpoints(self, configs):
+        targets = []
+        for config in configs:
+            c = config["configurable"]
+            if not c.get("checkpoint_id"):
+                raise ValueError("delete_checkpoints needs a checkpoint_id in every config")
+            targets.append((str(c["thread_id"]), c.get("checkpoint_ns", "") or "", c["checkpoint_id"]))
+        found = self._parallel(lambda t: (t, [o["Key"] for o in self._list(self._cp_prefix(*t))]), targets)
+        found = [(t, ks) for t, ks in found if ks]
+        self._parallel(lambda t: self._put_object(self._change_key("delete", *t), b""), [t for t, _ in found])
+        return self.delete_keys([k for _, ks in found for k in ks])
+
+    # --- versioning ------------------------------------------------------------------------
+    def versioning(self) -> str | None:
+        """The bucket's versioning status: "Enabled", "Suspended", or None (never enabled)."""
+        return self._request("get_bucket_versioning", Bucket=self.bucket).get("Status")
+
+    def enable_versioning(self) -> None:
+        """Turn versioning on for the bucket (it applies to the whole bucket, not only the prefix)."""
+        self._request("put_bucket_versioning", Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"})
+
+    def checkpoint_versions(self, config) -> list[dict]:
+        """The stored versions of one checkpoint (its manifest), newest first:
+        {"version_id", "last_modified", "latest", "deleted", "bytes"}; a delete marker
+        is a version with deleted=True. Empty when the checkpoint never existed."""
+        thread_id, ns, checkpoint_id = self._address(config)
+        key = self.manifest_key(thread_id, ns, checkpoint_id)
+        out = []
+        for kind, entry in self._versions(key):
+            if entry["Key"] != key:
+                continue
+            out.append({
+                "version_id": entry["VersionId"], "last_modified": entry["LastModified"],
+                "latest": entry.get("IsLatest", False), "deleted": kind == "DeleteMarkers",
+                "bytes": entry.get("Size", 0),
+            })
+        # S3 lists a key's versions newest first, but LastModified has whole seconds:
+        # the latest goes first, then by time, ties kept in the server's order (stable sort).
+        out.sort(key=lambda v: (not v["latest"], -v["last_modified"].timestamp()))
+        return out
+
+    def get_tuple_version(self, config, version_id: str) -> CheckpointTuple:
+        """Load one stored version of a checkpoint (see checkpoint_versions), also after the
+        checkpoint was deleted or overwritten. The manifest version names its payload version
+        (else: the newest payload version not after it); each write is its key's newest
+        version older than the next rewrite of the manifest (writes come after their
+        checkpoint, so a deleted checkpoint gets the writes it had when it was deleted)."""
+        from botocore.exceptions import ClientError
+
+        thread_id, ns, checkpoint_id = self._address(config)
+        prefix = self._cp_prefix(thread_id, ns, checkpoint_id)
+        mkey = prefix + MANIFEST
+        entries = list(self._versions(prefix))
+        mine = [e for kind, e in entries if e["Key"] == mkey and e["VersionId"] == version_id]
+        if not mine:
+            raise S3CheckpointError(f"s3://{self.bucket}/{mkey} has no version {version_id!r}")
+        if any(kind == "DeleteMarkers" for kind, e in entries if e is mine[0]):
+            raise S3CheckpointError(f"s3://{self.bucket}/{mkey} version {version_id!r} is a delete marker")
+        written = mine[0]["LastModified"]
+        rewrites = [e["LastModified"] for kind, e in entries
+                    if kind == "Versions" and e["Key"] == mkey and e["LastModified"] > written]
+        until = min(rewrites) if rewrites else None
+        try:
+            manifest = self._parse_manifest(mkey, self._get_object(mkey, version_id)[0])
+        except ClientError as e:
+            raise S3CheckpointError(f"s3://{self.bucket}/{mkey} version {version_id!r} could not be read: {e}") from e
+        pkey = prefix + PAYLOAD
+        payload_version = manifest.get("payload", {}).get("version_id")
+        if not payload_version:
+            older = [e for kind, e in entries if kind == "Versions" and e["Key"] == pkey and e["LastModified"] <= written]
+            if not older:
+                raise S3CheckpointError(f"s3://{self.bucket}/{pkey} has no version as old as manifest version {version_id}")
+            payload_version = max(older, key=lambda e: e["LastModified"])["VersionId"]
+        writes = {}
+        for kind, e in entries:
+            if kind != "Versions" or not e["Key"].startswith(prefix + WRITES):
+                continue
+            if until is not None and e["LastModified"] >= until:
+                continue
+            if e["Key"] not in writes or e["LastModified"] > writes[e["Key"]]["LastModified"]:
+                writes[e["Key"]] = e
+        fetch = [(pkey, payload_version)] + [(k, e["VersionId"]) for k, e in sorted(writes.items())]
+        results = self._parallel(lambda kv: (kv[0], *self._get_object(kv[0], kv[1])), fetch)
+        return self._decode(thread_id, ns, results[0], results[1:])
+
+    def _versions(self, prefix: str):
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            response = self._request("list_object_versions", **kwargs)
+            for kind in ("Versions", "DeleteMarkers"):
+                for entry in response.get(kind, []):
+                    yield kind, entry
+            if not response.get("IsTruncated"):
+                return
+            kwargs["KeyMarker"] = response["NextKeyMarker"]
+            if response.get("NextVersionIdMarker"):
+                kwargs["VersionIdMarker"] = response["NextVersionIdMarker"]
+
+    def _address(self, config) -> tuple[str, str, str]:
+        c = config["configurable"]
+        checkpoint_id = get_checkpoint_id(config)
+        if not checkpoint_id:
+            raise ValueError("this call needs a checkpoint_id in the config")
+        return str(c["thread_id"]), c.get("checkpoint_ns", "") or "", checkpoint_id
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def _rule_id(self, name: str) -> str:
+        return f"s3saver:{self.prefix}:{name}"
+
+    def lifecycle_rules(
+        self,
+        *,
+        expire_days: int | None = None,
+        archive_days: int | None = None,
+        archive_storage_class: str = "GLACIER",
+        intelligent_tiering_days: int | None = None,
+        changes_expire_days: int | None = None,
+        abort_multipart_days: int | None = 7,
+    ) -> list[dict]:
+        """The saver's lifecycle rules for its prefix (S3 LifecycleConfiguration rules):
+
+        expire_days: checkpoints (every object under `<prefix>threads/`) are deleted that many
+        days after they were written; archive_days: moved to `archive_storage_class`
+        (GLACIER, DEEP_ARCHIVE, GLACIER_IR, STANDARD_IA, ONEZONE_IA); intelligent_tiering_days:
+        moved to INTELLIGENT_TIERING; changes_expire_days: the change index entries are
+        deleted (keep it above every reader's sync interval); abort_multipart_days: unfinished
+        multipart uploads are aborted. None leaves a rule out. Rule IDs are
+        `s3saver:<prefix>:<name>`, so they are found and replaced again (docs/s3-layout.md §7).
+        """
+        for name, days in (("expire_days", expire_days), ("archive_days", archive_days),
+                           ("intelligent_tiering_days", intelligent_tiering_days),
+                           ("changes_expire_days", changes_expire_days), ("abort_multipart_days", abort_multipart_days)):
+            if days is not None and (not isinstance(days, int) or isinstance(days, bool) or days < 0):
+                raise ValueError(f"{name}={days!r}: a whole number of days, 0 or more")
+        if expire_days is not None and expire_days < 1:
+            raise ValueError("expire_days must be at least 1")
+        if archive_storage_class not in ("GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "STANDARD_IA", "ONEZONE_IA"):
+            raise ValueError(f"archive_storage_class={archive_storage_class!r} is not an S3 archive class")
+        if expire_days is not None:
+            for name, days in (("archive_days", archive_days), ("intelligent_tiering_days", intelligent_tiering_days)):
+                if days is not None and days >= expire_days:
+                    raise ValueError(f"{name}={days} must be fewer than expire_days={expire_days}")
+        threads = {"Prefix": f"{self.prefix}threads/"}
+        rules = []
+        if expire_days is not None:
+            rules.append({"ID": self._rule_id("expire"), "Filter": threads, "Status": "Enabled",
+                          "Expiration": {"Days": expire_days}})
+        if archive_days is not None:
+            rules.append({"ID": self._rule_id("archive"), "Filter": threads, "Status": "Enabled",
+                          "Transitions": [{"Days": archive_days, "StorageClass": archive_storage_class}]})
+        if intelligent_tiering_days is not None:
+            rules.append({"ID": self._rule_id("tiering"), "Filter": threads, "Status": "Enabled",
+                          "Transitions": [{"Days": intelligent_tiering_days, "StorageClass": "INTELLIGENT_TIERING"}]})
+        if changes_expire_days is not None:
+            rules.append({"ID": self._rule_id("changes"), "Filter": {"Prefix": f"{self.prefix}changes/"},
+                          "Status": "Enabled", "Expiration": {"Days": max(1, changes_expire_days)}})
+        if abort_multipart_days is not None:
+            rules.append({"ID": self._rule_id("multipart"), "Filter": {"Prefix": self.prefix}, "Status": "Enabled",
+                          "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": max(1, abort_multipart_days)}})
+        return rules
+
+    def lifecycle(self) -> list[dict]:
+        """The bucket's lifecycle rules that are this saver's (by rule ID); [] when none."""
+        return [r for r in self._bucket_rules() if str(r.get("ID", "")).startswith(self._rule_id(""))]
+
+    def lifecycle_configuration(self, **policy) -> dict:
+        """The whole bucket lifecycle configuration apply_lifecycle(**policy) would put:
+        the bucket's rules of other prefixes as they are, this saver's replaced by
+        lifecycle_rules(**policy). A preview; nothing is changed."""
+        mine = self._rule_id("")
+        kept = [r for r in self._bucket_rules() if not str(r.get("ID", "")).startswith(mine)]
+        return {"Rules": kept + self.lifecycle_rules(**policy)}
+
+    def apply_lifecycle(self, **policy) -> dict:
+        """Put lifecycle_configuration(**policy) on the bucket; returns what was put. With no
+        rules left at all, the bucket's lifecycle configuration is deleted."""
+        configuration = self.lifecycle_configuration(**policy)
+        if configuration["Rules"]:
+            self._request("put_bucket_lifecycle_configuration", Bucket=self.bucket, LifecycleConfiguration=configuration)
+        else:
+            self._request("delete_bucket_lifecycle", Bucket=self.bucket)
+        return configuration
+
+    def _bucket_rules(self) -> list[dict]:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self._request("get_bucket_lifecycle_configuration", Bucket=self.bucket).get("Rules", [])
+        except ClientError as e:
+            if str(e.response.get("Error", {}).get("Code")) == "NoSuchLifecycleConfiguration":
+                return []
+            raise
+
+    # --- signed URLs -----------------------------------------------------------------------
+    def presigned_url(self, config, part: str = "payload", expires: int = 300) -> str:
+        """A presigned GET URL of one checkpoint's `payload` or `manifest` (stored form: the
+        payload may be gzip, see docs/s3-layout.md §2), valid `expires` seconds (1..604800).
+        Without a checkpoint_id in the config, the latest checkpoint of the thread and
+        namespace (one listing). Signing itself sends no request."""
+        if part not in (PAYLOAD, "manifest"):
+            raise ValueError(f"part={part!r}: use 'payload' or 'manifest'")
+        if not isinstance(expires, int) or not 1 <= expires <= 604800:
+            raise ValueError(f"expires={expires!r}: seconds from 1 to 604800 (7 days)")
+        c = config["configurable"]
+        thread_id, ns = str(c["thread_id"]), c.get("checkpoint_ns", "") or ""
+        checkpoint_id = get_checkpoint_id(config)
+        if not checkpoint_id:
+            ns_prefix = self._ns_prefix(thread_id, ns)
+            latest = next((g for g in _groups(self._list(ns_prefix, page_size=100), ns_prefix) if g.complete), None)
+            if latest is None:
+                raise S3CheckpointError(f"no checkpoint under s3://{self.bucket}/{ns_prefix}")
+            checkpoint_id = invert_id(latest.inv)
+        key = self.payload_key(thread_id, ns, checkpoint_id) if part == PAYLOAD else self.manifest_key(thread_id, ns, checkpoint_id)
+        return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires)
 
     # --- delete, copy, prune --------------------------------------------------------------
     def delete_thread(self, thread_id: str) -> None:
@@ -847,8 +1158,37 @@ class AsyncS3Saver(S3Saver):
     async def aprune(self, thread_ids, *, strategy="keep_latest"):
         return await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
 
+    async def aput_many(self, items):
+        return await asyncio.to_thread(self.put_many, items)
+
+    async def adelete_checkpoints(self, configs):
+        return await asyncio.to_thread(self.delete_checkpoints, configs)
+
 
 # --- listing helpers ------------------------------------------------------------------------
+
+
+def _metadata_matches(metadata, wanted: dict) -> bool:
+    """PostgresSaver's `metadata @> filter` (jsonb containment) on the manifest's JSON metadata.
+
+    >>> _metadata_matches({"source": "loop", "step": 1, "parents": {"": "x"}}, {"step": 1})
+    True
+    >>> _metadata_matches({"step": 1}, {"step": True}), _metadata_matches({"step": 1}, {"step": 1.0})
+    (False, True)
+    >>> _metadata_matches({"tags": ["a", "b"], "p": {"x": 1, "y": 2}}, {"tags": ["b"], "p": {"x": 1}})
+    True
+    """
+    return isinstance(metadata, dict) and _contains(metadata, wanted)
+
+
+def _contains(have, want) -> bool:
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(k in have and _contains(have[k], v) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and all(any(_contains(h, w) for h in have) for w in want)
+    if isinstance(want, bool) or isinstance(have, bool):
+        return type(want) is type(have) and want == have
+    return want == have
 
 
 def _json_safe(value):

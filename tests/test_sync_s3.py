@@ -167,6 +167,8 @@ def _damaged(store, damage):
     assert problems["count"] >= 1
     named = [p for p in problems["first"] if payload in p["error"]]
     assert named and ("missing" if damage == "missing" else "corrupt") in named[0]["error"]
+    marked = Checkpoint.objects.filter(source=source).exclude(problem="")
+    assert marked.count() == 1 and payload in marked.get().problem  # the console marks that checkpoint
 
     return source, payload
 
@@ -226,6 +228,11 @@ def test_checkpoint_page_names_a_missing_payload(store, viewer_client):
 
     page = viewer_client.get(f"/checkpoints/{latest.pk}/").content.decode()
     assert f"{PREFIX}threads/t-chat0/_/" in page and "is missing" in page
+    # The next full sync marks it in the mirror too, and the page says so.
+    assert sync_source(source, full=True)["error"] is None
+    latest.refresh_from_db()
+    assert payload in latest.problem
+    assert "could not read all of this checkpoint" in viewer_client.get(f"/checkpoints/{latest.pk}/").content.decode()
 
 
 def test_prune_dry_run_selects_what_the_real_run_deletes_by_the_savers_rules(store):

@@ -1,0 +1,125 @@
+"""S3Saver against PostgresSaver, same run: time of a step's put + put_writes, requests on the wire.
+
+    TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test python bench/bench_s3saver.py [--steps 200] [--long 10000]
+
+Time: `put` of a typical step (a few channels, a message list of ~2 KB) followed by `put_writes`
+of two writes, on a local SeaweedFS (tests/seaweed.py, `weed mini`, signatures enforced) and on
+the local PostgreSQL (a fresh database), median per step. Requests: counted on the wire with
+botocore's `before-send` event (fired once per HTTP request actually sent, retries included) for
+get_tuple of a thread of 10 and of `--long` checkpoints, a put, and list(limit=10).
+"""
+
+import argparse
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg  # noqa: E402
+from langgraph.checkpoint.base import empty_checkpoint  # noqa: E402
+from langgraph.checkpoint.postgres import PostgresSaver  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from storage.s3saver import S3Saver  # noqa: E402
+from tests.pg import server_url, url_for_database  # noqa: E402
+from tests.seaweed import SeaweedS3  # noqa: E402
+
+
+def step_items(thread_id, i, parent):
+    cp = empty_checkpoint()
+    cp["channel_values"] = {
+        "messages": [{"role": "user" if j % 2 else "assistant", "content": f"message {j} " + "x" * 200} for j in range(8)],
+        "count": i,
+        "plan": {"next": "tool", "args": {"q": "weather", "n": i}},
+    }
+    cp["channel_versions"] = {"messages": i + 1, "count": i + 1, "plan": i + 1}
+    config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    if parent:
+        config["configurable"]["checkpoint_id"] = parent
+    return config, cp, {"source": "loop", "step": i, "tenant": "acme"}, dict(cp["channel_versions"])
+
+
+def time_steps(saver, steps):
+    thread_id = f"bench-{uuid.uuid4().hex[:8]}"
+    parent = None
+    times = []
+    for i in range(steps):
+        config, cp, md, versions = step_items(thread_id, i, parent)
+        started = time.perf_counter()
+        stored = saver.put(config, cp, md, versions)
+        saver.put_writes(stored, [("messages", {"role": "assistant", "content": "ok"}), ("count", i + 1)], f"task-{i}")
+        times.append(time.perf_counter() - started)
+        parent = stored["configurable"]["checkpoint_id"]
+    return statistics.median(times)
+
+
+class Wire:
+    def __init__(self, client):
+        self.n = 0
+        client.meta.events.register("before-send.s3", self._sent, unique_id="bench-wire")
+
+    def _sent(self, **kwargs):
+        self.n += 1
+
+    def take(self):
+        n, self.n = self.n, 0
+        return n
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--long", type=int, default=10000)
+    args = parser.parse_args()
+
+    seaweed = SeaweedS3()
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        bucket = f"bench-{uuid.uuid4().hex[:8]}"
+        seaweed.client().create_bucket(Bucket=bucket)
+        s3 = S3Saver(bucket, "bench/", client=seaweed.client(), registry=CollectorRegistry())
+        with PostgresSaver.from_conn_string(url_for_database(name)) as pg:
+            pg.setup()
+            time_steps(pg, 10)
+            time_steps(s3, 10)  # warm both
+            pg_t, s3_t = [], []
+            for _ in range(3):  # interleaved rounds: load on the machine hits both alike
+                pg_t.append(time_steps(pg, args.steps // 3))
+                s3_t.append(time_steps(s3, args.steps // 3))
+            pg_med, s3_med = statistics.median(pg_t), statistics.median(s3_t)
+            print(f"put+put_writes per step: PostgresSaver {pg_med * 1000:.2f} ms, S3Saver/SeaweedFS {s3_med * 1000:.2f} ms, "
+                  f"ratio {s3_med / pg_med:.2f}x")
+
+        # Requests on the wire.
+        for thread, n in (("short", 10), ("long", args.long)):
+            items, parent = [], None
+            for i in range(n):
+                item = step_items(thread, i, parent)
+                items.append(item)
+                parent = item[1]["id"]
+            for start in range(0, n, 500):
+                s3.put_many(items[start:start + 500])
+        wire = Wire(s3.client)
+        for thread, n in (("short", 10), ("long", args.long)):
+            s3.get_tuple({"configurable": {"thread_id": thread, "checkpoint_ns": ""}})
+            print(f"get_tuple, thread of {n} checkpoints: {wire.take()} requests")
+        latest = s3.get_tuple({"configurable": {"thread_id": "long", "checkpoint_ns": ""}})
+        wire.take()
+        s3.put(*step_items("long", args.long, latest.checkpoint["id"]))
+        print(f"put: {wire.take()} requests")
+        listed = list(s3.list({"configurable": {"thread_id": "long", "checkpoint_ns": ""}}, limit=10))
+        assert len(listed) == 10
+        print(f"list(limit=10), thread of {args.long + 1}: {wire.take()} requests")
+    finally:
+        seaweed.stop()
+        with psycopg.connect(server_url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
