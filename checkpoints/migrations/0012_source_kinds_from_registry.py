@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('checkpoints', '0010_dead_runs_and_prune_marks'),
+        ('checkpoints', '0011_checkpoint_problem'),
     ]
 
     operations = [
