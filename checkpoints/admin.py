@@ -3,7 +3,7 @@
 from django.contrib import admin, messages
 
 from checkpoints.models import BlobReference, Checkpoint, DailyUsage, PruneMark, Run, Source, Thread
-from checkpoints.sync import sync_source
+from checkpoints.tasks import SYNC_ONE
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -40,12 +40,17 @@ def mode(run):
 
 @admin.action(description="Sync selected sources now")
 def sync_now(modeladmin, request, queryset):
+    # Queued, not run in the request: a sync can outlast any proxy's timeout.
+    # The run history shows its outcome, as for a scheduled sync.
+    from django_q.tasks import async_task
+
     for source in queryset:
-        result = sync_source(source, requested_by=request.user, origin="admin", wait=0)
-        if result["error"]:
-            messages.error(request, f"{source.name}: {result['error']}")
+        try:
+            async_task(SYNC_ONE, source.name, request.user.pk, task_name=f"sync {source.name}", group="sync")
+        except Exception as e:  # the broker refused: say so, the other sources may still queue
+            messages.error(request, f"{source.name}: could not queue the sync: {type(e).__name__}: {e}")
         else:
-            messages.success(request, f"{source.name}: +{result['added']} ~{result['updated']} -{result['removed']} checkpoints")
+            messages.success(request, f"{source.name}: sync queued; the run history shows its outcome.")
 
 
 @admin.register(Source)
@@ -60,7 +65,8 @@ class SourceAdmin(admin.ModelAdmin):
 
         obj.kind = kind_of(obj.url)
         if change and "url" in form.changed_data:
-            obj.sync_state = {}  # another database: the old watermark means nothing there
+            for field, value in Source.repointed(obj.url).items():  # another store: drop the old watermark
+                setattr(obj, field, value)
         super().save_model(request, obj, form, change)
 
 

@@ -514,3 +514,87 @@ def _bytes_marker(data, digest=False) -> dict:
     if digest:
         marker["sha256"] = hashlib.sha256(data).hexdigest()
     return marker
+
+
+# --- Delta snapshots and legacy checkpoints, told from serialized bytes --------
+#
+# Prune reads these without decoding (a thread with a DeltaChannel is never
+# pruned, a legacy checkpoint keeps its parent's writes).
+
+# Metadata keys that mark a DeltaChannel thread (the second is LangGraph.js's).
+DELTA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
+
+# The header of an ormsgpack extension value of type 7 (_DeltaSnapshot):
+# fixext 1/2/4/8/16, or ext 8/16/32 with a length before the type byte.
+_EXT7_RE = re.compile(rb"[\xd4-\xd8]\x07|\xc7.\x07|\xc8..\x07|\xc9....\x07", re.DOTALL)
+
+
+def is_delta_snapshot_head(head: bytes | None) -> bool:
+    """Whether a msgpack value (its first bytes suffice) is a _DeltaSnapshot (ext 7).
+
+    >>> is_delta_snapshot_head(ormsgpack.packb(ormsgpack.Ext(7, b"\\x91\\x90")))
+    True
+    >>> is_delta_snapshot_head(ormsgpack.packb(ormsgpack.Ext(7, b"x" * 300)))
+    True
+    >>> is_delta_snapshot_head(ormsgpack.packb(ormsgpack.Ext(5, b"x"))), is_delta_snapshot_head(b"\\x07")
+    (False, False)
+    """
+    if not head:
+        return False
+    return bool(_EXT7_RE.match(bytes(head[:6])))
+
+
+def contains_delta_snapshot(data: bytes | None) -> bool:
+    """Whether a msgpack value holds a _DeltaSnapshot anywhere (SQLite keeps them inside the checkpoint).
+
+    A byte search rules out nearly everything; a match is confirmed by
+    decoding with a hook that only notes extension codes (it imports and
+    builds nothing).
+
+    >>> snap = ormsgpack.Ext(7, ormsgpack.packb([["a"]]))
+    >>> contains_delta_snapshot(ormsgpack.packb({"channel_values": {"m": snap, "n": 1}}))
+    True
+    >>> contains_delta_snapshot(ormsgpack.packb({"channel_values": {"m": "\\xd4\\x07 text"}}))
+    False
+    """
+    if not data or not _EXT7_RE.search(data):
+        return False
+    found = []
+
+    def hook(code, payload):
+        if code == 7:
+            found.append(code)
+        elif not found:
+            ormsgpack.unpackb(payload, ext_hook=hook, option=ormsgpack.OPT_NON_STR_KEYS)
+        return None
+
+    try:
+        ormsgpack.unpackb(data, ext_hook=hook, option=ormsgpack.OPT_NON_STR_KEYS)
+    except (ValueError, TypeError, RecursionError):
+        # Unreadable: the byte pattern is all we know, so stay on the safe side.
+        return True
+    return bool(found)
+
+
+def is_legacy_msgpack_checkpoint(data: bytes | None) -> bool:
+    """Whether a serialized SQLite checkpoint predates format v4, read from its leading `"v"` key.
+
+    LangGraph writes `v` first; anything else is taken as current.
+
+    >>> is_legacy_msgpack_checkpoint(ormsgpack.packb({"v": 1, "id": "x"}))
+    True
+    >>> is_legacy_msgpack_checkpoint(ormsgpack.packb({"v": 4})), is_legacy_msgpack_checkpoint(b"")
+    (False, False)
+    """
+    if not data:
+        return False
+    if 0x80 <= data[0] <= 0x8F:
+        offset = 1
+    elif data[0] == 0xDE:
+        offset = 3
+    else:
+        return False
+    if data[offset:offset + 2] != b"\xa1v" or len(data) <= offset + 2:
+        return False
+    v = data[offset + 2]
+    return v < 4  # a positive fixint; other encodings are not small versions

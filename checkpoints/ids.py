@@ -1,6 +1,7 @@
 """LangGraph checkpoint ids: uuid6, time-ordered."""
 
-import uuid
+import functools
+import re
 from datetime import UTC, datetime, timedelta
 
 _GREGORIAN = datetime(1582, 10, 15, tzinfo=UTC)
@@ -30,20 +31,64 @@ def uuid6_time(checkpoint_id: str) -> datetime | None:
     return _GREGORIAN + timedelta(microseconds=ticks // 10)
 
 
+@functools.lru_cache(maxsize=64)
 def uuid6_floor(moment: datetime) -> str:
-    """The smallest uuid6 text at `moment`: ids below it were created earlier.
+    """The smallest uuid6 id created at `moment`: ids below it were created earlier.
 
+    Exact to the microsecond, which is uuid6_time's resolution: the ticks are
+    counted with integer division (a float of the ticks since 1582 has too few
+    bits). Cached: prune compares every checkpoint with the floors of a few
+    cut-offs, and the sweep's SQL takes one per run.
+
+    >>> cid = "1f1e6e2a-b5b9-61ec-8000-7c6582e2e662"
+    >>> uuid6_time(uuid6_floor(uuid6_time(cid))) == uuid6_time(cid), uuid6_floor(uuid6_time(cid)) <= cid
+    (True, True)
+    >>> uuid6_floor(uuid6_time(cid) + timedelta(microseconds=1)) > cid
+    True
     >>> t = uuid6_time("1f0c8a6e-1d2c-6f3e-8001-0242ac120002")
-    >>> uuid6_floor(t) <= "1f0c8a6e-1d2c-6f3e-8001-0242ac120002"
-    True
-    >>> uuid6_time(uuid6_floor(t)) == t
-    True
+    >>> uuid6_floor(t), is_uuid6(uuid6_floor(t))
+    ('1f0c8a6e-1d2c-6f38-8000-000000000000', True)
     """
-    # Integer division: a float quotient is off by a microsecond about half the time.
     ticks = (moment - _GREGORIAN) // timedelta(microseconds=1) * 10
-    high, low = ticks >> 12, ticks & 0xFFF
-    value = (high << 80) | (0x6 << 76) | (low << 64) | (0x8 << 60)
-    return str(uuid.UUID(int=value))
+    value = ((ticks >> 12) << 80) | (0x6 << 76) | ((ticks & 0xFFF) << 64) | (0x8 << 60)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# Which ids have a time: lowercase RFC 9562 uuid6 text (version 6, variant
+# 10xx). Prune (in Python) and the sweep (in SQL: the PostgreSQL regex or the
+# SQLite GLOB) use these same forms, so they agree on which ids are old; a
+# test holds the regex and the GLOB to the same answers.
+UUID6_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-6[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+_HEX = "[0-9a-f]"
+UUID6_GLOB = f"{_HEX * 8}-{_HEX * 4}-6{_HEX * 3}-[89ab]{_HEX * 3}-{_HEX * 12}"
+_UUID6_MATCH = re.compile(UUID6_PATTERN.removesuffix("$") + r"\Z").match
+
+
+def is_uuid6(checkpoint_id) -> bool:
+    """Whether an id is lowercase RFC uuid6 text (UUID6_PATTERN).
+
+    >>> is_uuid6("1f0c8a6e-1d2c-6f3e-8001-0242ac120002"), is_uuid6("1f0c8a6e-1d2c-6f3e-c001-0242ac120002")
+    (True, False)
+    >>> is_uuid6("1F0C8A6E-1D2C-6F3E-8001-0242AC120002"), is_uuid6("1f0c8a6e-1d2c-6f3e-8001-0242ac120002\\n")
+    (False, False)
+    """
+    return isinstance(checkpoint_id, str) and _UUID6_MATCH(checkpoint_id) is not None
+
+
+def version_text(value):
+    """A channel version as PostgreSQL's jsonb_each_text renders it (the blob table's `version`).
+
+    >>> version_text("00000000000000000000000000000002.0.1"), version_text(3), version_text(True), version_text(None)
+    ('00000000000000000000000000000002.0.1', '3', 'true', None)
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return None
+    return str(value)
 
 
 # Thread ids come from end users and SQLite stores any text, NUL included,

@@ -12,6 +12,7 @@ from django.db.models import Q
 from checkpoints import jobs
 from checkpoints.dburl import redact
 from checkpoints.sources import registry
+from checkpoints.sources.registry import kind_of
 
 
 class Source(models.Model):
@@ -60,6 +61,19 @@ class Source(models.Model):
     @property
     def display_url(self):
         return redact(self.url)
+
+    @staticmethod
+    def repointed(url) -> dict:
+        """The fields to set when a source is pointed at `url`, another store.
+
+        Its kind follows the URL, and the sync's watermark is dropped: a
+        watermark of the old store means nothing in the new one. Callers add
+        what they know besides (the layout a check found, a cleared error).
+
+        >>> Source.repointed("sqlite:///tmp/a.db")
+        {'url': 'sqlite:///tmp/a.db', 'kind': 'sqlite', 'sync_state': {}}
+        """
+        return {"url": url, "kind": kind_of(url), "sync_state": {}}
 
 
 class Thread(models.Model):

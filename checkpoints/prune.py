@@ -32,32 +32,30 @@ key), and a row changed under us raises a serialization failure, on which the
 thread is retried from a fresh snapshot.
 """
 
-import functools
 import random
-import re
 import sqlite3
 import threading
 import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
-import ormsgpack
 from django.conf import settings
 from django.utils import timezone
 
 from checkpoints.dburl import parse_database_url, redact
-from checkpoints.ids import source_thread_id, thread_key, uuid6_time
+from checkpoints.decode import DELTA_KEYS, contains_delta_snapshot, is_delta_snapshot_head, is_legacy_msgpack_checkpoint
+from checkpoints.ids import is_uuid6, source_thread_id, thread_key, uuid6_floor, uuid6_time, version_text
 from checkpoints.jobs import PRUNE
 from checkpoints.models import PruneMark, Thread
-from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
+from checkpoints.runs import RunBusy, finish_run, start_run, throttled_progress
 from checkpoints.sources import SourceError, first_line, open_reader
 from checkpoints.sync import refresh_threads
 from checkpoints.tags import MAX_VALUE, split_tag, tag_value
-from checkpoints.units import parse_duration
+from checkpoints.units import duration_text, parse_duration
 
 SKIP_REASONS = ("delta_channel", "pending_writes", "active")
 ATTEMPTS = 5  # per thread, on serialization failures, deadlocks and SQLite lock timeouts
@@ -65,8 +63,6 @@ SAMPLE_THREADS = 50  # threads described in the preview's "what goes" sample
 SAMPLE_CHECKPOINTS = 5  # checkpoint keys shown per sampled thread
 MARK_AHEAD = 500  # threads marked (PruneMark) in one commit before any of them is pruned
 TASKS = "__pregel_tasks"
-# Metadata keys that mark a DeltaChannel thread (the second is LangGraph.js's).
-DELTA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
 CONTRACT_KEYS = (
     "dry_run", "threads", "checkpoints", "writes", "blobs", "bytes",
     "disk_bytes_before", "disk_bytes_after", "skipped",
@@ -148,7 +144,7 @@ class PrunePolicy:
         True
         """
         parameters = {
-            "older_than": _duration_text(self.older_than),
+            "older_than": duration_text(self.older_than),
             "keep_last": self.keep_last,
             "tags": [f"{k}={v}" for k, v in self.tags],
             "threads": self.whole_threads,
@@ -156,19 +152,6 @@ class PrunePolicy:
         if self.vacuum:
             parameters["vacuum"] = True
         return parameters
-
-
-def _duration_text(age: timedelta) -> str:
-    """The duration in the largest unit that divides it (what parse_duration reads back).
-
-    >>> _duration_text(timedelta(days=30)), _duration_text(timedelta(minutes=90)), _duration_text(timedelta(0))
-    ('30d', '90m', '0s')
-    """
-    seconds = int(age.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 # --- One thread's rows and what goes ------------------------------------------
@@ -258,7 +241,7 @@ def select(snapshot: ThreadSnapshot, policy: PrunePolicy, *, cut, active_after):
     old_below = uuid6_floor(cut)
     active_from = uuid6_floor(active_after + timedelta(microseconds=1))
     activity = [c.id for c in snapshot.checkpoints] + [cid for _, cid in snapshot.writes]
-    idle = policy.whole_threads and all(cid < old_below and _is_uuid6(cid) for cid in activity)
+    idle = policy.whole_threads and all(cid < old_below and is_uuid6(cid) for cid in activity)
     if idle:
         removed = {(c.ns, c.id) for c in snapshot.checkpoints}
         write_keys = set(snapshot.writes)
@@ -277,7 +260,7 @@ def select(snapshot: ThreadSnapshot, policy: PrunePolicy, *, cut, active_after):
         skip = "delta_channel"
     elif latest_root is not None and ("", latest_root) in snapshot.writes:
         skip = "pending_writes"
-    elif any(cid >= active_from and _is_uuid6(cid) for cid in activity):
+    elif any(cid >= active_from and is_uuid6(cid) for cid in activity):
         skip = "active"
 
     parents = sorted(
@@ -313,7 +296,7 @@ def _trimmed(snapshot, keep_last, old_below):
         rows.sort(key=lambda c: c.id, reverse=True)
         kept = rows[:keep_last]
         for c in rows[keep_last:]:
-            if c.id < old_below and _is_uuid6(c.id):
+            if c.id < old_below and is_uuid6(c.id):
                 removed.add((ns, c.id))
             else:
                 kept.append(c)
@@ -329,31 +312,6 @@ def _trimmed(snapshot, keep_last, old_below):
         if ":" in c.ns and c.root is not None and c.root in removed_roots:
             removed.add((c.ns, c.id))
     return removed
-
-
-_GREGORIAN = datetime(1582, 10, 15, tzinfo=UTC)
-
-
-@functools.lru_cache(maxsize=64)
-def uuid6_floor(moment) -> str:
-    """The smallest uuid6 id created at `moment`: ids below it were created earlier.
-
-    Exact to the microsecond (integer arithmetic: a float of the ticks since
-    1582 has too few bits, and ids.uuid6_floor is off by one half the time).
-
-    >>> cid = "1f1e6e2a-b5b9-61ec-8000-7c6582e2e662"
-    >>> uuid6_time(uuid6_floor(uuid6_time(cid))) == uuid6_time(cid), uuid6_floor(uuid6_time(cid)) <= cid
-    (True, True)
-    >>> uuid6_floor(uuid6_time(cid) + timedelta(microseconds=1)) > cid
-    True
-    """
-    ticks = (moment - _GREGORIAN) // timedelta(microseconds=1) * 10
-    value = ((ticks >> 12) << 80) | (0x6 << 76) | ((ticks & 0xFFF) << 64) | (0x8 << 60)
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-_is_uuid6 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-6[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z").match
 
 
 def _garbage_blobs(snapshot, removed):
@@ -372,7 +330,7 @@ def _garbage_blobs(snapshot, removed):
             continue
         target = freed if (c.ns, c.id) in removed else referenced
         for channel, version in c.versions.items():
-            target.add((c.ns, channel, version if type(version) is str else _version_text(version)))
+            target.add((c.ns, channel, version if type(version) is str else version_text(version)))
     return (freed - referenced) & snapshot.blobs.keys()
 
 
@@ -391,93 +349,6 @@ def _tags_match(metadata, tags) -> bool:
         if text is None or text[:MAX_VALUE] != value:
             return False
     return True
-
-
-# --- Delta snapshots in serialized bytes ---------------------------------------
-
-# The header of an ormsgpack extension value of type 7 (_DeltaSnapshot):
-# fixext 1/2/4/8/16, or ext 8/16/32 with a length before the type byte.
-_EXT7_RE = re.compile(rb"[\xd4-\xd8]\x07|\xc7.\x07|\xc8..\x07|\xc9....\x07", re.DOTALL)
-
-
-def is_delta_snapshot_head(head: bytes | None) -> bool:
-    """Whether a msgpack value (its first bytes suffice) is a _DeltaSnapshot (ext 7).
-
-    >>> is_delta_snapshot_head(ormsgpack.packb(ormsgpack.Ext(7, b"\\x91\\x90")))
-    True
-    >>> is_delta_snapshot_head(ormsgpack.packb(ormsgpack.Ext(7, b"x" * 300)))
-    True
-    >>> is_delta_snapshot_head(ormsgpack.packb(ormsgpack.Ext(5, b"x"))), is_delta_snapshot_head(b"\\x07")
-    (False, False)
-    """
-    if not head:
-        return False
-    return bool(_EXT7_RE.match(bytes(head[:6])))
-
-
-def contains_delta_snapshot(data: bytes | None) -> bool:
-    """Whether a msgpack value holds a _DeltaSnapshot anywhere (SQLite keeps them inside the checkpoint).
-
-    A byte search rules out nearly everything; a match is confirmed by
-    decoding with a hook that only notes extension codes (it imports and
-    builds nothing).
-
-    >>> snap = ormsgpack.Ext(7, ormsgpack.packb([["a"]]))
-    >>> contains_delta_snapshot(ormsgpack.packb({"channel_values": {"m": snap, "n": 1}}))
-    True
-    >>> contains_delta_snapshot(ormsgpack.packb({"channel_values": {"m": "\\xd4\\x07 text"}}))
-    False
-    """
-    if not data or not _EXT7_RE.search(data):
-        return False
-    found = []
-
-    def hook(code, payload):
-        if code == 7:
-            found.append(code)
-        elif not found:
-            ormsgpack.unpackb(payload, ext_hook=hook, option=ormsgpack.OPT_NON_STR_KEYS)
-        return None
-
-    try:
-        ormsgpack.unpackb(data, ext_hook=hook, option=ormsgpack.OPT_NON_STR_KEYS)
-    except (ValueError, TypeError, RecursionError):
-        # Unreadable: the byte pattern is all we know, so stay on the safe side.
-        return True
-    return bool(found)
-
-
-def is_legacy_msgpack_checkpoint(data: bytes | None) -> bool:
-    """Whether a serialized SQLite checkpoint predates format v4, read from its leading `"v"` key.
-
-    LangGraph writes `v` first; anything else is taken as current.
-
-    >>> is_legacy_msgpack_checkpoint(ormsgpack.packb({"v": 1, "id": "x"}))
-    True
-    >>> is_legacy_msgpack_checkpoint(ormsgpack.packb({"v": 4})), is_legacy_msgpack_checkpoint(b"")
-    (False, False)
-    """
-    if not data:
-        return False
-    if 0x80 <= data[0] <= 0x8F:
-        offset = 1
-    elif data[0] == 0xDE:
-        offset = 3
-    else:
-        return False
-    if data[offset:offset + 2] != b"\xa1v" or len(data) <= offset + 2:
-        return False
-    v = data[offset + 2]
-    return v < 4  # a positive fixint; other encodings are not small versions
-
-
-def _version_text(value):
-    """A channel version as jsonb_each_text renders it (the blob table's `version`)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 # --- PostgreSQL ---------------------------------------------------------------
@@ -1063,16 +934,8 @@ def run_prune(source, policy, *, dry_run, requested_by=None, origin="command", n
         )
     except RunBusy:
         raise PruneBusy(f"a prune of {source.name} is already running") from None
-    last = [0.0]
-
-    def progress(done, total):
-        # The progress bar needs a few updates a second, not one per thread.
-        if done == total or time.monotonic() - last[0] > 0.5:
-            last[0] = time.monotonic()
-            heartbeat(run, done=done, total=total)
-
     try:
-        result = prune(source, policy, dry_run=dry_run, now=now, progress=progress, run=run)
+        result = prune(source, policy, dry_run=dry_run, now=now, progress=throttled_progress(run), run=run)
     except SourceError as e:
         return finish_run(run, result={}, error=str(e))
     except Exception as e:

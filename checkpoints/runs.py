@@ -208,6 +208,23 @@ def heartbeat(run, done=None, total=None):
     Run.objects.filter(pk=run.pk).update(**fields)
 
 
+def throttled_progress(run, interval=0.5):
+    """A `progress(done, total)` callback for a job: heartbeats `run` a few times a second at most.
+
+    The progress bar needs a few updates a second, not one per thread or
+    object; the last one (done == total) is always written.
+    """
+    last = [0.0]
+
+    def progress(done, total):
+        now = time.monotonic()
+        if done == total or now - last[0] > interval:
+            last[0] = now
+            heartbeat(run, done=done, total=total)
+
+    return progress
+
+
 def finish_run(run, *, result=None, error=""):
     _stop_heartbeats(run.pk)
     run.state = "failed" if error else "done"

@@ -30,6 +30,7 @@ from django.utils import timezone
 from checkpoints import decode, usage
 from checkpoints.bulk import JsonText, delete_pairs, insert_rows, json_value, reserve_ids, update_rows
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
+from checkpoints.ids import version_text as _version_text
 from checkpoints.jobs import PRUNE, SYNC
 from checkpoints.models import BlobReference, Checkpoint, DailyUsage, PruneMark, ReferenceUse, Run, Source, Tag, Thread
 from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
@@ -95,7 +96,7 @@ def register_default_source():
     fields = {}
     if source.url != url:
         # Another database: its watermark means nothing there.
-        fields.update(url=url, kind=kind_of(url), sync_state={}, enabled=True, disabled_reason="")
+        fields.update(Source.repointed(url), enabled=True, disabled_reason="")
     if not source.registered_by_env:
         # Set again after being unset (or a source of that name made by hand): the variable owns it now.
         fields.update(registered_by_env=True, enabled=True, disabled_reason="")
@@ -590,17 +591,6 @@ def gc_paused():
     finally:
         if paused:
             gc.enable()
-
-
-def _version_text(value):
-    """A channel version as PostgreSQL's jsonb_each_text renders it."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return None
-    return str(value)
 
 
 def _compute_thread(context, rows, known):

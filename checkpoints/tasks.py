@@ -11,6 +11,7 @@ from checkpoints.runs import fail_dead_runs
 from checkpoints.sync import sync_sources
 
 SYNC_SCHEDULE = "sync checkpoints"
+SYNC_ONE = "checkpoints.tasks.sync_one"
 TRIM_SCHEDULE = "trim run history"
 
 
@@ -18,6 +19,24 @@ def sync_all():
     """The scheduled sync: skip a source whose previous sync still runs."""
     fail_dead_runs()
     return sync_sources(origin="schedule", wait=0)
+
+
+def sync_one(name, user_pk=None):
+    """Sync one source now, for the admin's "sync now" (queued, so never in a request).
+
+    By name, so a task queued for a source removed since does nothing; and
+    without waiting for a sync of it already running (that one is as fresh).
+    """
+    from django.contrib.auth import get_user_model
+
+    from checkpoints.models import Source
+    from checkpoints.sync import sync_source
+
+    source = Source.objects.filter(name=name).first()
+    if source is None:
+        return None
+    user = get_user_model().objects.filter(pk=user_pk).first() if user_pk is not None else None
+    return sync_source(source, requested_by=user, origin="admin", wait=0)
 
 
 def trim_run_history():

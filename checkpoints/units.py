@@ -85,6 +85,26 @@ def parse_bool(text: str) -> bool:
 _BYTE_UNITS = (("B", 1), ("KB", 1000), ("MB", 1000**2), ("GB", 1000**3), ("TB", 1000**4))
 
 
+def duration_text(td: timedelta) -> str:
+    """The duration in the largest unit that divides it: what parse_duration reads back.
+
+    Whole days, hours or minutes; seconds otherwise (a fraction of a second is
+    dropped, as no setting or form carries one).
+
+    >>> duration_text(timedelta(hours=24)), duration_text(timedelta(minutes=90)), duration_text(timedelta(seconds=61))
+    ('1d', '90m', '61s')
+    >>> duration_text(timedelta(days=30)), duration_text(timedelta(0)), duration_text(timedelta(weeks=2))
+    ('30d', '0s', '14d')
+    >>> all(parse_duration(duration_text(timedelta(seconds=n))) == timedelta(seconds=n) for n in (1, 59, 60, 3599, 3600, 86400, 90061))
+    True
+    """
+    seconds = int(td.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def byte_unit(n) -> tuple[str, int]:
     """The unit format_bytes shows `n` in, and its size: charts scale their axes by it.
 

@@ -15,7 +15,6 @@ from django.shortcuts import render
 from dashboard.tokens import bearer_token, user_for_token
 
 VIEW_PERM = "checkpoints.view_thread"
-DOWNLOAD_PERM = "storage.download_blob"
 
 
 def viewer_required(view):

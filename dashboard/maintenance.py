@@ -37,6 +37,7 @@ from django.views.decorators.http import require_POST
 from checkpoints.jobs import JOBS, job, kinds
 from checkpoints.models import Run, Source
 from checkpoints.runs import fail_dead_runs
+from checkpoints.units import duration_text
 from dashboard import run_summary
 from dashboard.access import viewer_required
 from dashboard.cluster import cluster_health
@@ -45,7 +46,6 @@ from dashboard.models import SavedPolicy
 from dashboard.space import sources_space
 from dashboard.tasks import QueueError, busy_run, enqueue, fail_lost_runs, lost_after, new_queued_run, reap_runs
 from dashboard.views import _page_links, _query
-from storage.sweep import duration_text
 
 MAINTENANCE_PERM = "checkpoints.run_maintenance"
 RUNS_PER_PAGE = 50

@@ -14,8 +14,8 @@ from django.conf import settings
 from checkpoints.models import Source
 from checkpoints.prune import PrunePolicy
 from checkpoints.tags import split_tag
-from checkpoints.units import parse_duration
-from storage.sweep import SweepRefused, check_grace, duration_text
+from checkpoints.units import duration_text, parse_duration
+from storage.sweep import SweepRefused, check_grace
 
 MIN_INTERVAL = timedelta(minutes=10)
 

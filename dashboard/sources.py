@@ -183,7 +183,7 @@ def edit(request, pk):
             if slot_note:
                 messages.info(request, slot_note)
             kind, layout = form.checked
-            fields.update(url=form.cleaned_data["url"], kind=kind, layout=layout, sync_state={}, last_sync_ok=None,
+            fields.update(Source.repointed(form.cleaned_data["url"]), kind=kind, layout=layout, last_sync_ok=None,
                           last_error="")
         for k, v in fields.items():
             setattr(source, k, v)

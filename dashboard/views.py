@@ -21,11 +21,12 @@ from checkpoints.decode import plain
 from checkpoints.models import BlobReference, Checkpoint, Source, Tag, Thread
 from checkpoints.tags import redact_metadata, split_tag
 from dashboard import browse, charts, usage
-from dashboard.access import DOWNLOAD_PERM, viewer_required
+from dashboard.access import viewer_required
 from dashboard.cluster import cluster_health
 from dashboard.forecast import forecast
 from dashboard.links import thread_path, thread_pattern
 from dashboard.state_json import is_internal
+from storage.models import DOWNLOAD_PERM
 
 THREADS_PER_PAGE = 50
 TIMELINE_PER_PAGE = 100

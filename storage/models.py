@@ -3,6 +3,9 @@ from django.db import models
 
 from checkpoints.models import BlobReference
 
+# Whom the download links are for: the permission Download.Meta declares, as has_perm names it.
+DOWNLOAD_PERM = "storage.download_blob"
+
 
 class Download(models.Model):
     """Every download of an externalized file, with who and when."""

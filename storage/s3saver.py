@@ -364,16 +364,22 @@ class S3Saver(BaseCheckpointSaver[str]):
         try:
             response = getattr(self.client, name)(**kwargs)
         except Exception as e:
+            # A request that failed after retries carries its retry count too: count those.
+            failed = getattr(e, "response", None)
+            self._count_retries(failed.get("ResponseMetadata", {}).get("RetryAttempts", 0) if isinstance(failed, dict) else 0)
             if _is_service_fault(e):
                 self.breaker.failure()
             else:
                 self.breaker.neutral()
             raise
         self.breaker.success()
-        retries = (response or {}).get("ResponseMetadata", {}).get("RetryAttempts", 0) if isinstance(response, dict) else 0
+        self._count_retries((response or {}).get("ResponseMetadata", {}).get("RetryAttempts", 0) if isinstance(response, dict) else 0)
+        return response
+
+    def _count_retries(self, retries):
+        m = self._metrics
         if retries and m and m.retries is not None:
             m.safely(lambda: m.retries.inc(retries))
-        return response
 
     def _count_bytes(self, direction: str, n: int):
         m = self._metrics

@@ -56,13 +56,14 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from checkpoints.dburl import parse_database_url, redact
-from checkpoints.ids import uuid6_floor
+from checkpoints.decode import DELTA_KEYS
+from checkpoints.ids import UUID6_GLOB, UUID6_PATTERN, uuid6_floor
 from checkpoints.jobs import SWEEP
 from checkpoints.models import BlobReference, ReferenceUse, Source
-from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run
+from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run, throttled_progress
 from checkpoints.sources import SourceError, first_line, open_reader
 from checkpoints.sync import refresh_threads, register_default_source, sync_source
-from checkpoints.units import parse_duration
+from checkpoints.units import duration_text, parse_duration
 from checkpoints.uris import file_path_inside, parse_uri
 from storage.stores import FileStore, StoreError, StoreUnavailable, store_for
 
@@ -74,11 +75,6 @@ BATCH = 1000  # candidates re-checked, then deleted, together: S3's DeleteObject
 LIST_PAGE = 1000
 MAX_LISTED_ERRORS = 1000  # the count of all of them is in `errors_total`
 SAMPLE = 100  # orphans described in the result (the page's "what goes")
-# Metadata keys that mark a DeltaChannel thread (the second is LangGraph.js's).
-DELTA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
-_UUID6_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-6[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$"
-_HEX = "[0-9a-f]"
-_UUID6_GLOB = f"{_HEX * 8}-{_HEX * 4}-6{_HEX * 3}-{_HEX * 4}-{_HEX * 12}"
 
 
 class SweepRefused(Exception):
@@ -94,19 +90,6 @@ class _RecheckFailed(Exception):
 
 
 # --- Parameters -----------------------------------------------------------------
-
-
-def duration_text(td: timedelta) -> str:
-    """The shortest DURATION text for a timedelta.
-
-    >>> duration_text(timedelta(hours=24)), duration_text(timedelta(minutes=90)), duration_text(timedelta(seconds=61))
-    ('1d', '90m', '61s')
-    """
-    seconds = int(td.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def check_grace(grace=None, force=False) -> timedelta:
@@ -530,7 +513,7 @@ def db_orphans(source, cutoff, *, dry_run: bool) -> dict:
         reader.layout()  # refuses non-LangGraph and shallow schemas with a clear message
     floor = uuid6_floor(cutoff)
     if source.kind == "postgres":
-        params = {"uuid6": _UUID6_RE, "floor": floor, "delta": list(DELTA_KEYS)}
+        params = {"uuid6": UUID6_PATTERN, "floor": floor, "delta": list(DELTA_KEYS)}
         with psycopg.connect(source.url, connect_timeout=10) as conn:
             if dry_run:
                 (blobs,) = conn.execute(f"SELECT count(*) {_PG_ORPHAN_BLOBS}", params).fetchone()
@@ -546,7 +529,7 @@ def db_orphans(source, cutoff, *, dry_run: bool) -> dict:
                 ).fetchone()
         return {"blobs": blobs, "writes": writes, "thread_ids": sorted(set(t1) | set(t2))}
 
-    params = [_UUID6_GLOB, floor, *(k.encode() for k in DELTA_KEYS)]
+    params = [UUID6_GLOB, floor, *(k.encode() for k in DELTA_KEYS)]
     conn = sqlite3.connect(_sqlite_path(source.url, "rw"), uri=True, timeout=30, isolation_level=None)
     try:
         if dry_run:
@@ -915,17 +898,9 @@ def run_sweep(*, grace=None, force=False, dry_run=False, requested_by=None, orig
         )
     except RunBusy as e:
         raise SweepBusy(str(e)) from None
-    last = [0.0]
-
-    def progress(done, total):
-        # The progress bar needs a few updates a second, not one per object.
-        if time.monotonic() - last[0] > 0.5:
-            last[0] = time.monotonic()
-            heartbeat(run, done=done, total=total)
-
     try:
         result = sweep(grace=grace, force=force, dry_run=dry_run, requested_by=requested_by, origin=origin,
-                       progress=progress, sync=sync, now=now)
+                       progress=throttled_progress(run), sync=sync, now=now)
     except Exception as e:
         finish_run(run, result={}, error=f"{type(e).__name__}: {e}")
         raise

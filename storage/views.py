@@ -13,10 +13,8 @@ from checkpoints.models import BlobReference
 from checkpoints.uris import parse_uri
 from storage import bucket as bucket_facts
 from storage.disposition import attachment_header
-from storage.models import Download
+from storage.models import DOWNLOAD_PERM, Download
 from storage.stores import FileStore, ForeignURI, PathRefused, StoreError, locate, store_for
-
-DOWNLOAD_PERM = "storage.download_blob"
 READ_PERM = "checkpoints.view_blobreference"
 STREAM_SALT = "storage.blob-stream"
 

@@ -47,3 +47,35 @@ def _request(user):
     request = RequestFactory().get("/admin/")
     request.user = user
     return request
+
+
+def test_sync_now_in_the_admin_queues_a_sync_and_does_not_run_it(admin_client, admin_user, sqlite_saver,
+                                                                   sqlite_source_url, monkeypatch, settings):
+    from django_q.conf import Conf
+    from django_q.models import OrmQ
+
+    from checkpoints.models import Checkpoint, Run, Source
+    from checkpoints.tasks import sync_one
+    from tests.graphs import chat_graph, config
+
+    settings.CHECKPOINT_DATABASE_URL = ""
+    chat_graph(sqlite_saver).invoke({"messages": ["hello"]}, config("t-admin"))
+    source = Source.objects.create(name="local", url=sqlite_source_url, kind="sqlite")
+    monkeypatch.setattr(Conf, "SYNC", False)  # the tests run tasks inline; here the queue is the point
+    response = admin_client.post(
+        reverse("admin:checkpoints_source_changelist"),
+        {"action": "sync_now", "_selected_action": [source.pk]}, follow=True,
+    )
+    assert [m.message for m in response.context["messages"]] == ["local: sync queued; the run history shows its outcome."]
+    # Nothing ran in the request: no run, nothing mirrored, the source never synced.
+    source.refresh_from_db()
+    assert not Run.objects.exists() and not Checkpoint.objects.exists() and source.last_sync_at is None
+    (queued,) = OrmQ.objects.all()
+    task = queued.task
+    assert task["func"] == "checkpoints.tasks.sync_one" and tuple(task["args"]) == ("local", admin_user.pk)
+    # What a worker runs from it syncs that source, on the admin's behalf.
+    result = sync_one(*task["args"])
+    run = Run.objects.get(kind="sync")
+    assert not result["error"] and result["added"] == Checkpoint.objects.count() > 0
+    assert (run.kind, run.state, run.requested_by, run.origin) == ("sync", "done", admin_user, "admin")
+    assert sync_one("removed since", admin_user.pk) is None

@@ -358,3 +358,19 @@ def test_a_failed_part_aborts_the_upload_and_leaves_no_manifest(moto_s3):
 def test_the_saver_pools_a_connection_per_concurrent_request(moto_s3):
     assert saver_on(moto_s3, max_workers=12).client.meta.config.max_pool_connections == 24
     assert saver_on(moto_s3, max_workers=2).client.meta.config.max_pool_connections == 10
+
+
+def test_retries_of_a_request_that_failed_in_the_end_are_counted(moto_s3):
+    registry = CollectorRegistry()
+    saver = saver_on(moto_s3, max_attempts=3, registry=registry)
+    stored = put_chain(saver, "t", 1)
+
+    def always_slow(request, **kwargs):
+        body = b"<Error><Code>SlowDown</Code><Message>slow</Message></Error>"
+        return AWSResponse(request.url, 503, {"Content-Type": "application/xml"}, _Body(body))
+
+    saver.client.meta.events.register("before-send.s3.GetObject", always_slow, unique_id="always-slow")
+    with pytest.raises(Exception, match="SlowDown"):
+        saver.get_tuple(stored)
+    assert registry.get_sample_value("s3saver_retries_total") == 2
+    assert registry.get_sample_value("s3saver_operations_total", {"operation": "get_tuple", "outcome": "error"}) == 1

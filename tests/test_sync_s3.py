@@ -178,7 +178,29 @@ def test_sources_page_says_what_could_not_be_read(store, operator_client):
     source, payload = _damaged(store, "missing")
     page = operator_client.get("/sources/").content.decode()
     assert "could not be read by the last sync" in page and payload in page
-    assert "s3://" in operator_client.get("/maintenance/").content.decode()
+    maintenance = operator_client.get("/maintenance/").content.decode()
+    assert "s3://" in maintenance and "Versioning" in maintenance
+
+
+def test_bucket_panel_shows_versioning_lifecycle_and_encryption(store, operator_client):
+    saver, url = store
+    run_scenarios(saver)
+    client = saver.client
+    client.put_bucket_versioning(Bucket=saver.bucket, VersioningConfiguration={"Status": "Enabled"})
+    client.put_bucket_encryption(Bucket=saver.bucket, ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
+    client.put_bucket_lifecycle_configuration(Bucket=saver.bucket, LifecycleConfiguration={"Rules": [
+        {"ID": f"s3saver:{PREFIX}:expire", "Status": "Enabled", "Filter": {"Prefix": PREFIX + "threads/"},
+         "Expiration": {"Days": 30}},
+        {"ID": "someone-else", "Status": "Enabled", "Filter": {"Prefix": "other/"}, "Expiration": {"Days": 1}}]})
+    source = make_source(url)
+    assert sync_source(source)["error"] is None
+    source.refresh_from_db()
+    space = source.sync_state["space"]
+    assert (space["versioning"], space["encryption"]) == ("Enabled", "AES256")
+    assert [r["id"] for r in space["lifecycle"]] == [f"s3saver:{PREFIX}:expire"]
+    page = operator_client.get("/maintenance/").content.decode()
+    assert f"s3saver:{PREFIX}:expire" in page and "expire after 30 days" in page and "AES256" in page
 
 
 def test_empty_prefix_and_missing_bucket_are_errors_not_an_empty_source(store):

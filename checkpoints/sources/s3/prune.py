@@ -89,7 +89,8 @@ class S3Prune:
 
     @staticmethod
     def _read(conn, thread_id):
-        from checkpoints.prune import DELTA_KEYS, Row, ThreadSnapshot, WriteGroup
+        from checkpoints.decode import DELTA_KEYS
+        from checkpoints.prune import Row, ThreadSnapshot, WriteGroup
 
         groups = conn._thread_groups(thread_id)
         checkpoints, writes, keys = [], {}, {}

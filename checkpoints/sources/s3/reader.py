@@ -160,12 +160,40 @@ class S3Reader:
 
     def space(self) -> dict:
         """The prefix's objects and bytes when this sync listed them all (a full sync); the bucket's name always."""
-        found = {"kind": "s3", "bucket": self.bucket, "prefix": self.prefix}
+        found = {"kind": "s3", "bucket": self.bucket, "prefix": self.prefix, **self._bucket_features()}
         if self._listing is not None:
             groups = [g for gs in self._listing.values() for g in gs]
             found["objects"] = sum(len(g.sizes) for g in groups)
             found["bytes"] = sum(sum(g.sizes.values()) for g in groups)
         return found
+
+    def _bucket_features(self) -> dict:
+        """Versioning, the saver's lifecycle rules (IDs `s3saver:<prefix>:`) and default encryption, as far as
+        the console may read them; each is "unknown (...)" when the server refuses."""
+        out = {}
+        try:
+            out["versioning"] = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status") or "off"
+        except Exception as e:  # noqa: BLE001 - a panel figure, never a sync failure
+            out["versioning"] = f"unknown ({_code(e) or first_line(e)})"
+        try:
+            rules = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket).get("Rules", [])
+            mine = [r for r in rules if str(r.get("ID", "")).startswith(f"s3saver:{self.prefix}:")]
+            out["lifecycle"] = [{"id": r.get("ID"), "status": r.get("Status"),
+                                 "expiration_days": (r.get("Expiration") or {}).get("Days"),
+                                 "transitions": [(t.get("Days"), t.get("StorageClass")) for t in r.get("Transitions", [])]}
+                                for r in mine]
+        except Exception as e:  # noqa: BLE001
+            out["lifecycle"] = []
+            if _code(e) != "NoSuchLifecycleConfiguration":
+                out["lifecycle_error"] = f"unknown ({_code(e) or first_line(e)})"
+        try:
+            rules = self.client.get_bucket_encryption(Bucket=self.bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+            out["encryption"] = ", ".join(
+                str((r.get("ApplyServerSideEncryptionByDefault") or {}).get("SSEAlgorithm")) for r in rules) or "none"
+        except Exception as e:  # noqa: BLE001
+            code = _code(e)
+            out["encryption"] = "none" if code == "ServerSideEncryptionConfigurationNotFoundError" else f"unknown ({code or first_line(e)})"
+        return out
 
     def watermark(self) -> dict:
         """This sync's start on the reader's clock, as a change-index stamp.
