@@ -10,6 +10,12 @@ rows mean (selection, policy, orchestration, decoding) stays with the callers;
 what the rows are, how they are read consistently and deleted safely, is the
 kind's.
 
+Status: `check_url`, `reader`, `read_values` and `read_writes` are what every kind
+implements and what the callers use. `maintenance`, `orphans` and `recheck`
+are the interface prune and the sweep move to; until then prune picks its
+backend (already of the `Maintenance` shape) by `Source.kind`, and the sweep
+holds its re-check and orphan SQL itself (docs/architecture.md, "Source kinds").
+
 Errors: a store that cannot be opened or read raises `SourceError` (its
 message names the store, never a password); `read_values` raises `ReadError`.
 Maintenance methods let driver errors through: prune decides which to retry by
