@@ -113,7 +113,7 @@ def main():
     from django.test import Client
     from django.test.utils import setup_test_environment
 
-    from checkpoints.dburl import kind_of
+    from checkpoints.sources.registry import kind_of
     from checkpoints.models import Checkpoint, Source, Thread
     from checkpoints.sync import sync_source
     from storage.offload import S3Store

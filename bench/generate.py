@@ -64,7 +64,8 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import Command, interrupt
 
-from checkpoints.dburl import kind_of, parse_database_url, redact
+from checkpoints.dburl import parse_database_url, redact
+from checkpoints.sources.registry import kind_of
 from checkpoints.ids import uuid6_time
 
 TEMPLATE_PREFIX = "bench-template/"

@@ -61,7 +61,7 @@ class SourceAdmin(admin.ModelAdmin):
     actions = [sync_now]
 
     def save_model(self, request, obj, form, change):
-        from checkpoints.dburl import kind_of
+        from checkpoints.sources.registry import kind_of
 
         obj.kind = kind_of(obj.url)
         if change and "url" in form.changed_data:

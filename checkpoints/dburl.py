@@ -1,7 +1,7 @@
 """Database URLs: `postgresql://user:pass@host:port/db` and `sqlite:////abs/path.db`.
 
 Pure parsing shared by the settings module (the console's own database) and
-the source readers (LangGraph checkpoint databases).
+the PostgreSQL and SQLite source kinds (checkpoints/sources/postgres/, sqlite/).
 """
 
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -96,18 +96,3 @@ def redact(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
-
-
-def kind_of(url: str) -> str:
-    """`postgres`, `sqlite` or `s3` (`s3://bucket/prefix/`, `minio://bucket/prefix/`).
-
-    >>> kind_of("sqlite:////x.db"), kind_of("postgresql://h/d"), kind_of("minio://b/p/")
-    ('sqlite', 'postgres', 's3')
-    """
-    if urlsplit(url).scheme.lower() in ("s3", "minio"):
-        from checkpoints.sources.s3.reader import parse_url
-
-        parse_url(url)
-        return "s3"
-    engine = parse_database_url(url)["ENGINE"]
-    return "postgres" if engine.endswith("postgresql") else "sqlite"

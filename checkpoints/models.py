@@ -10,11 +10,14 @@ from django.db import models
 from django.db.models import Q
 
 from checkpoints import jobs
-from checkpoints.dburl import kind_of, redact
+from checkpoints.dburl import redact
+from checkpoints.sources import registry
+from checkpoints.sources.registry import kind_of
 
 
 class Source(models.Model):
-    KIND_CHOICES = [("postgres", "PostgreSQL"), ("sqlite", "SQLite")]
+    # One per kind of store (checkpoints.sources.registry): a new kind needs no migration.
+    KIND_CHOICES = registry.choices
 
     name = models.SlugField(unique=True, help_text="Short name used in URLs and commands.")
     url = models.TextField(help_text="Database URL of the LangGraph checkpoint store (read-only for syncing).")

@@ -745,7 +745,7 @@ def prune(source, policy: PrunePolicy, *, dry_run: bool, now=None, progress=None
     now = now or timezone.now()
     cut = now - policy.older_than
     active_after = now - settings.PRUNE_ACTIVE_WINDOW
-    with open_reader(source.url) as reader:
+    with open_reader(source) as reader:
         reader.layout()  # refuses non-LangGraph and shallow schemas with a clear message
     if source.kind == "s3":
         from checkpoints.sources.s3 import settings_for

@@ -29,13 +29,13 @@ from django.utils import timezone
 
 from checkpoints import decode, usage
 from checkpoints.bulk import JsonText, delete_pairs, insert_rows, json_value, reserve_ids, update_rows
-from checkpoints.dburl import kind_of
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
 from checkpoints.ids import version_text as _version_text
 from checkpoints.jobs import PRUNE, SYNC
 from checkpoints.models import BlobReference, Checkpoint, DailyUsage, PruneMark, ReferenceUse, Run, Source, Tag, Thread
 from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
 from checkpoints.sources import ScannedURIs, SourceError, TypedValues, first_line, open_reader
+from checkpoints.sources.registry import kind_of
 from checkpoints.sources.capture import Capture, new_slot_name
 from checkpoints.tags import extract_tags
 from checkpoints.uris import classify
@@ -293,7 +293,7 @@ def _sync(source, full, stats, run, touched):
         if previous and "threads" in previous:
             return _Unchanged(threads=previous["threads"], checkpoints=previous["checkpoints"])
         return _Unchanged(usage.thread_totals(source))
-    with open_reader(source.url) as reader:
+    with open_reader(source) as reader:
         if changes is not None:
             # Read in a snapshot that sees every transaction the slot reported.
             reader.cover_transactions(changes.xids)
@@ -488,7 +488,7 @@ def refresh_threads(source, thread_ids):
     """
     aes_key = settings.LANGGRAPH_AES_KEY.encode() if settings.LANGGRAPH_AES_KEY else None
     stats = {"added": 0, "updated": 0, "removed": 0}
-    with open_reader(source.url) as reader:
+    with open_reader(source) as reader:
         context = _Context(source, None, None, aes_key, stats)
         _process(reader, context, sorted(set(thread_ids)), None)
     usage.capture(source)

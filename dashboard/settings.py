@@ -11,7 +11,8 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from checkpoints import units
-from checkpoints.dburl import kind_of, parse_database_url, redact
+from checkpoints.dburl import parse_database_url, redact
+from checkpoints.sources.registry import kind_of
 from checkpoints.s3client import S3Settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent

@@ -22,11 +22,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from checkpoints.dburl import kind_of
 from checkpoints.jobs import REMOVE, SYNC, job
 from checkpoints.models import Run, Source
 from checkpoints.removal import RemovalRefused, check_removable, release_slot, removal_preview
 from checkpoints.sources import SourceError, first_line, open_reader
+from checkpoints.sources.registry import kind_of
 from dashboard import usage
 from dashboard.access import viewer_required
 from dashboard.space import source_space

@@ -439,7 +439,7 @@ class _Recheck:
 
     def _no_new_encrypted_rows(self, source):
         since = (source.sync_state or {}).get("watermark")
-        with open_reader(source.url) as reader:
+        with open_reader(source) as reader:
             changed = reader.changed_thread_ids(since, reader.watermark()) if since else None
         if changed is not None and not changed:
             return
@@ -509,7 +509,7 @@ def db_orphans(source, cutoff, *, dry_run: bool) -> dict:
     if source.kind == "s3":
         # An S3 store has no rows to orphan: a checkpoint's objects are deleted with it by the saver.
         return {"blobs": 0, "writes": 0, "thread_ids": []}
-    with open_reader(source.url) as reader:
+    with open_reader(source) as reader:
         reader.layout()  # refuses non-LangGraph and shallow schemas with a clear message
     floor = uuid6_floor(cutoff)
     if source.kind == "postgres":

@@ -182,7 +182,7 @@ def _write_daily_usage(source, threads, today, days):
 
 def synced_source(url, name="real"):
     """Register a LangGraph database as a source and run the real sync on it."""
-    from checkpoints.dburl import kind_of
+    from checkpoints.sources.registry import kind_of
     from checkpoints.sync import sync_source
 
     source = Source.objects.create(name=name, url=url, kind=kind_of(url))

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import psycopg
 
-from checkpoints.dburl import kind_of, parse_database_url
+from checkpoints.dburl import parse_database_url
+from checkpoints.sources.registry import kind_of
 from checkpoints.models import Source
 from checkpoints.sync import sync_source
 from tests.clock import OLD, written_ago

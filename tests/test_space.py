@@ -139,7 +139,7 @@ def test_sqlite_pages_and_free_pages(sqlite_saver, sqlite_source_url, viewer_cli
 
 def test_a_source_whose_figures_cannot_be_read_still_syncs(pg_saver, pg_source_url, monkeypatch, viewer_client):
     from checkpoints.sources import SourceError
-    from checkpoints.sources.postgres import PostgresReader
+    from checkpoints.sources.postgres.reader import PostgresReader
 
     run_scenarios(pg_saver)
 

@@ -22,7 +22,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from checkpoints.dburl import kind_of, parse_database_url
+from checkpoints.dburl import parse_database_url
+from checkpoints.sources.registry import kind_of
 from checkpoints.models import BlobReference, Run, Source
 from checkpoints.sync import sync_source
 from storage.stores import store_for

@@ -422,7 +422,7 @@ def test_scheduled_sync_runs_every_source(backend, settings):
 def test_rows_written_since_a_snapshot_by_xmin_across_a_wraparound(db, lo, xmax, expected):
     from django.db import connection
 
-    from checkpoints.sources.postgres import _written_since
+    from checkpoints.sources.postgres.reader import _written_since
 
     where, params = _written_since({"all": False, "lo": lo}, {"xmax": xmax})
     xids = [10, 30, 99, 100, 149, 4_000_000_000, 2**32 - 10, 2**32 - 5, 2**32 - 1]

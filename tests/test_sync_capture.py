@@ -235,7 +235,7 @@ def test_a_quiet_source_still_moves_its_slot_so_it_holds_back_no_wal(saver, logi
 
 def test_a_scan_of_a_quiet_server_skips_the_scans_and_counts_yet_sees_the_next_write(saver, logical_url, monkeypatch):
     """Scan mode: no transaction id handed out since the last sync proves nothing changed."""
-    from checkpoints.sources.postgres import PostgresReader
+    from checkpoints.sources.postgres.reader import PostgresReader
 
     with psycopg.connect(logical_url, autocommit=True) as conn:  # nothing else may hand out ids meanwhile
         for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):

@@ -1,8 +1,12 @@
-"""Readers of LangGraph checkpoint databases, one per schema.
+"""The only code that reads or writes a LangGraph store's own data: one package per kind.
 
-A reader opens the source read-only, detects its layout from the columns
-(never guesses, never creates tables) and reads whole threads in batches
-within one consistent snapshot. Sizes come from SQL on the source (docs/architecture.md
+Each kind (postgres/, sqlite/) implements `kind.SourceKind`; `registry`
+picks one by `Source.kind`, or by the scheme of a URL not yet saved. This
+module holds what every kind shares: the rows a sync reads, the errors.
+
+A reader opens the source read-only, detects its layout (never guesses,
+never creates tables) and reads whole threads in batches within one
+consistent snapshot. Sizes come from SQL on the source (docs/architecture.md
 §3); values are only fetched where they may hold a blob URI, so a sync never
 drags every blob of a large database through Python.
 """
@@ -10,7 +14,7 @@ drags every blob of a large database through Python.
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from checkpoints.dburl import kind_of, redact
+from checkpoints.dburl import redact
 
 
 # Values larger than this are never fetched whole: the reader gets their size,
@@ -41,7 +45,7 @@ def first_line(error) -> str:
 
 # Named tuples whose fields follow the readers' SELECT lists: PostgreSQL's
 # driver builds them straight from each result row (see
-# postgres._rows_as), with no Python call per row.
+# postgres.reader._rows_as), with no Python call per row.
 class CheckpointRow(NamedTuple):
     thread_id: str
     checkpoint_ns: str
@@ -126,23 +130,18 @@ class DeltaRows:
     problems: dict = field(default_factory=dict)
 
 
-def open_reader(url: str, *, connect_timeout: int = 10):
-    """A reader for the database at `url` (use it as a context manager)."""
+def open_reader(source, *, connect_timeout: int = 10):
+    """A read-only reader (use it as a context manager) of a Source, by its kind, or of a URL, by its scheme."""
+    from checkpoints.sources import registry
+
     try:
-        kind = kind_of(url)
+        if isinstance(source, str):
+            return registry.for_url(source).reader(source, connect_timeout=connect_timeout)
+        kind = registry.for_source(source)
+        kind.check_url(source.url)
+        return kind.reader(source.url, connect_timeout=connect_timeout)
     except ValueError as e:
         raise SourceError(str(e)) from None
-    if kind == "s3":
-        from checkpoints.sources.s3 import KIND
-
-        return KIND.reader(url, connect_timeout=connect_timeout)
-    if kind == "postgres":
-        from checkpoints.sources.postgres import PostgresReader
-
-        return PostgresReader(url, connect_timeout=connect_timeout)
-    from checkpoints.sources.sqlite import SqliteReader
-
-    return SqliteReader(url)
 
 
 __all__ = ["WHOLE_VALUE_LIMIT", "SCAN_WINDOW", "ScannedURIs", "TypedValues", "SourceError", "first_line", "CheckpointRow", "BlobRow",

@@ -6,7 +6,8 @@ path style, credentials, timeouts and attempts are the console's S3 settings
 docs/s3-layout.md, read through checkpoints.s3layout, the module the saver
 writes by.
 
-reader.py: the sync's reads, incremental through the saver's change index.
+reader.py: the sync's reads, incremental through the saver's change index;
+values.py: one checkpoint's values for display; prune.py: prune.
 """
 
 from checkpoints.sources.s3.reader import S3Reader, parse_url
@@ -36,6 +37,17 @@ class S3Kind:
 
     def reader(self, url, *, connect_timeout=10):
         return S3Reader(url, settings_for(url))
+
+
+    def read_values(self, url, key, parent, *, limit, aes_key=None, digest=False):
+        from checkpoints.sources.s3.values import read_values
+
+        return read_values(url, key, parent, limit=limit, aes_key=aes_key, digest=digest)
+
+    def read_writes(self, url, key, *, limit, aes_key=None, digest=False):
+        from checkpoints.sources.s3.values import read_writes
+
+        return read_writes(url, key, limit=limit, aes_key=aes_key, digest=digest)
 
 
 KIND = S3Kind()

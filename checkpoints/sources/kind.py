@@ -1,0 +1,157 @@
+"""The interface every kind of checkpoint store implements (docs/architecture.md, "Source kinds").
+
+A kind (PostgreSQL, SQLite, ...) is one package under `checkpoints/sources/`
+whose `KIND` implements `SourceKind`; `checkpoints.sources.registry` picks it
+by `Source.kind`, or by the URL's scheme for a URL not yet saved. Nothing
+outside `checkpoints/sources/` reads or writes a store's own data: the sync
+reads through a `Reader`, the checkpoint page through `read_values`, prune
+through a `Maintenance`, the sweep through `orphans` and a `Recheck`. What the
+rows mean (selection, policy, orchestration, decoding) stays with the callers;
+what the rows are, how they are read consistently and deleted safely, is the
+kind's.
+
+Status: `check_url`, `reader`, `read_values` and `read_writes` are what every kind
+implements and what the callers use. `maintenance`, `orphans` and `recheck`
+are the interface prune and the sweep move to; until then prune picks its
+backend (already of the `Maintenance` shape) by `Source.kind`, and the sweep
+holds its re-check and orphan SQL itself (docs/architecture.md, "Source kinds").
+
+Errors: a store that cannot be opened or read raises `SourceError` (its
+message names the store, never a password); `read_values` raises `ReadError`.
+Maintenance methods let driver errors through: prune decides which to retry by
+asking `Maintenance.retryable`.
+"""
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
+
+
+class Reader(Protocol):
+    """A read-only view of a store in one consistent snapshot, for a sync; a context manager.
+
+    Opening never creates anything. `layout()` refuses a store that is not
+    LangGraph's or whose layout the console cannot read. Sizes are the
+    contract's (docs/architecture.md §3), computed at the store; values are
+    fetched only where they may hold a blob URI (and scanned in windows when
+    larger than `checkpoints.sources.WHOLE_VALUE_LIMIT`).
+    """
+
+    kind: str
+
+    def __enter__(self) -> "Reader": ...
+
+    def __exit__(self, *exc) -> bool: ...
+
+    def layout(self) -> str:
+        """The layout's name (`standard`), or SourceError saying why the store cannot be read."""
+
+    def space(self) -> dict:
+        """What the store holds on disk and whether anything reclaims deleted rows' space (`kind` names the shape)."""
+
+    def watermark(self) -> dict:
+        """This snapshot's position, JSON-able: the next sync's `since`."""
+
+    def unchanged_since(self, since: dict, now: dict) -> bool:
+        """True only when nothing can have changed since `since` (exact; False when unsure)."""
+
+    def changed_thread_ids(self, since: dict, now: dict) -> set | None:
+        """Thread ids with rows written since `since` (late commits included); None: compare everything."""
+
+    def totals(self) -> dict:
+        """{"checkpoints", "blobs", "writes"}: row counts of the whole store."""
+
+    def thread_ids(self) -> list:
+        """Every thread id with a checkpoint."""
+
+    def thread_counts(self, table: str) -> dict:
+        """{thread_id: rows} of "checkpoints", "blobs" or "writes"."""
+
+    def read_threads(self, thread_ids: Iterable, since: dict | None = None, now: dict | None = None) -> list:
+        """A `ThreadRows` per id: every row of the thread, `fresh` telling rows written since `since`."""
+
+
+class Maintenance(Protocol):
+    """What prune does to a store: per-thread transactions that read, select and delete.
+
+    `connect()` opens the store for writing (never creating it); prune may use
+    `workers` connections at once, one thread at a time on each.
+    """
+
+    workers: int
+
+    def connect(self): ...
+
+    def release(self, conn) -> None: ...
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether a thread that failed with `exc` may be tried again from a fresh read."""
+
+    def broken(self, conn) -> bool:
+        """Whether `conn` is unusable (prune stops instead of moving on to the next thread)."""
+
+    def candidates(self, conn, floor: str, only: Iterable | None = None) -> list:
+        """Sorted thread ids with a checkpoint id below `floor` (a uuid6 bound), within `only` when given."""
+
+    def prune_thread(self, conn, thread_id, choose: Callable, dry_run: bool, *, metadata: bool = False):
+        """Read the thread as a `ThreadSnapshot`, call `choose(snapshot)` for a `Selection` (or None) and,
+        unless `dry_run` or the selection is skipped, delete exactly it, all in one transaction that sees
+        what it deletes; return the selection. `metadata`: read the latest root checkpoint's metadata
+        (tag filters). Deleted counts that differ from the selection roll back and raise."""
+
+    def disk_bytes(self, conn) -> int: ...
+
+    def flush_stats(self, conn) -> None:
+        """Make this connection's deletes count in `space()` (PostgreSQL's statistics)."""
+
+    def space(self, conn) -> dict:
+        """What a vacuum changes (dead rows or free pages, bytes)."""
+
+    def vacuum(self, conn) -> None:
+        """Reclaim deleted rows' space without blocking the agents for long."""
+
+
+class Recheck(Protocol):
+    """A sweep's last look at a store before it deletes objects: a connection kept across batches."""
+
+    def rows_with(self, markers: list) -> Iterator[bytes]:
+        """Each stored value (checkpoint, blob or write) containing one of `markers` (bytes), read in a fresh
+        snapshot, streamed: memory stays flat."""
+
+    def encrypted(self, thread_ids: list | None) -> bool:
+        """Whether values of these threads (None: every thread) are encrypted, hence unsearchable."""
+
+    def close(self) -> None: ...
+
+
+class SourceKind(Protocol):
+    """One kind of LangGraph checkpoint store: everything the console does with the store's own data."""
+
+    name: str  # Source.kind, as in checkpoints.sources.registry.KINDS
+
+    def check_url(self, url: str) -> None:
+        """ValueError with what to write instead, for a URL of this scheme this kind cannot open."""
+
+    def reader(self, url: str, *, connect_timeout: int = 10) -> Reader:
+        """A read-only reader (a context manager: nothing is opened before `with`)."""
+
+    def read_values(self, url: str, key: tuple, parent: str | None, *, limit: int, aes_key: bytes | None = None,
+                    digest: bool = False):
+        """One checkpoint's channel values and pending writes, with its parent's for the diff, read in one
+        snapshot and decoded safely (`checkpoints.sources.values.CheckpointValues`); ReadError when the
+        store cannot be read or no longer holds it. `key` is the store's (thread_id, checkpoint_ns,
+        checkpoint_id); values over `limit` bytes come as their size; `digest` adds bytes' sha256."""
+
+    def read_writes(self, url: str, key: tuple, *, limit: int, aes_key: bytes | None = None, digest: bool = False) -> list:
+        """The checkpoint's pending writes, read now (they may arrive after it; the page caches the rest),
+        decoded as in `read_values`; ReadError when the store no longer holds the checkpoint."""
+
+    def maintenance(self, url: str) -> Maintenance:
+        """The prune side of the store."""
+
+    def orphans(self, url: str, floor: str, *, dry_run: bool) -> dict:
+        """Count (dry run) or delete the store's orphan rows older than `floor` (a uuid6 bound), sparing
+        DeltaChannel threads and threads active since it; {"blobs", "writes", "thread_ids"} (touched
+        threads, real run only). The count and the delete select the same rows."""
+
+    def recheck(self, url: str) -> Recheck:
+        """A Recheck of the store, opened read-only."""

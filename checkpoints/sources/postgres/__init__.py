@@ -1,0 +1,34 @@
+"""PostgreSQL stores (langgraph-checkpoint-postgres's PostgresSaver): the `postgres` SourceKind.
+
+reader.py: the sync's snapshot reads, incremental by transaction ids;
+values.py: one checkpoint's values for the checkpoint page and the state API.
+Logical decoding (checkpoints/sources/capture.py) is PostgreSQL's too.
+"""
+
+from checkpoints.dburl import parse_database_url, redact
+from checkpoints.sources.postgres.reader import PostgresReader
+
+
+class PostgresKind:
+    name = "postgres"
+
+    def check_url(self, url):
+        if not parse_database_url(url)["ENGINE"].endswith("postgresql"):
+            raise ValueError(f"not a PostgreSQL URL: {redact(url)}")
+
+    def reader(self, url, *, connect_timeout=10):
+        return PostgresReader(url, connect_timeout=connect_timeout)
+
+    def read_values(self, url, key, parent, *, limit, aes_key=None, digest=False):
+        from checkpoints.sources.postgres.values import read_values
+
+        return read_values(url, key, parent, limit=limit, aes_key=aes_key, digest=digest)
+
+
+    def read_writes(self, url, key, *, limit, aes_key=None, digest=False):
+        from checkpoints.sources.postgres.values import read_writes
+
+        return read_writes(url, key, limit=limit, aes_key=aes_key, digest=digest)
+
+
+KIND = PostgresKind()

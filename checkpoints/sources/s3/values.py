@@ -1,0 +1,71 @@
+"""One S3 checkpoint's values for display (SourceKind.read_values) and its pending writes (read_writes)."""
+
+from checkpoints.decode import safe_loads
+from checkpoints.s3layout import S3CheckpointError
+from checkpoints.sources import SourceError, first_line
+from checkpoints.sources.s3.reader import S3Reader, read_checkpoint
+from checkpoints.sources.values import CheckpointValues, ReadError, Value, as_object, decode_write
+
+# Each checkpoint keeps all its values in its own payload object: it is read
+# whole up to this many times the per-value display limit.
+S3_WHOLE_FACTOR = 8
+GONE = "this checkpoint is no longer in the source (pruned or deleted since the last sync)"
+
+
+def _s3_checkpoint(url, key, limit, *, with_writes):
+    """The stored checkpoint (checkpoints.sources.s3.reader.read_checkpoint); ReadError naming the object."""
+    from checkpoints.sources.s3 import settings_for
+
+    try:
+        with S3Reader(url, settings_for(url), workers=1) as reader:
+            return read_checkpoint(reader, key, limit=limit, with_writes=with_writes)
+    except (SourceError, S3CheckpointError) as e:
+        raise ReadError(first_line(e)) from None
+
+
+def read_values(url, key, parent, *, limit, aes_key=None, digest=False) -> CheckpointValues:
+    """A checkpoint of an S3 store: its payload's values, its writes, and its parent's values for the diff.
+
+    Each checkpoint keeps all its values in its own payload object, so a
+    payload above S3_WHOLE_FACTOR times the display limit is not fetched
+    (sizes only). DeltaChannel values are shown as stored, not replayed.
+    """
+    thread, ns, cid = key
+    whole = limit * S3_WHOLE_FACTOR
+    found = _s3_checkpoint(url, key, whole, with_writes=True)
+    if found is None:
+        raise ReadError("this checkpoint is no longer in the source (pruned or deleted since the last sync)")
+    out = CheckpointValues()
+    out.channels, out.versions, out.channel_sizes = _s3_channels(found, limit, aes_key, digest)
+    if parent:
+        try:
+            before = _s3_checkpoint(url, (thread, ns, parent), whole, with_writes=False)
+        except ReadError:
+            before = None
+        if before is not None:
+            out.parent_channels, out.parent_versions, out.parent_sizes = _s3_channels(before, limit, aes_key, digest)
+    out.writes = [decode_write(task, idx, channel, t, s, d, limit, aes_key, digest) for task, idx, channel, t, s, d in found.writes]
+    if found.manifest.get("delta"):
+        out.note = "DeltaChannel values are shown as this checkpoint stores them (not replayed from older checkpoints)."
+    return out
+
+
+def _s3_channels(found, limit, aes_key, digest):
+    versions = as_object(found.manifest.get("channel_versions"))
+    channels = []
+    for channel, (type_, data) in sorted(found.values.items()):
+        size = found.sizes.get(channel)
+        if data is None or (size or 0) > limit:
+            value = {"__truncated__": True, "type": type_, "size": size}
+        else:
+            value = safe_loads(type_, data, limit=limit, aes_key=aes_key, clip=False, digest=digest)
+        channels.append(Value(channel, type_ or "", size, value, str(versions.get(channel, ""))))
+    return channels, versions, {ch: s for ch, s in found.sizes.items() if s is not None}
+
+
+def read_writes(url, key, *, limit, aes_key=None, digest=False) -> list:
+    """SourceKind.read_writes: the checkpoint's pending writes, read now."""
+    found = _s3_checkpoint(url, key, limit, with_writes=True)
+    if found is None:
+        raise ReadError(GONE)
+    return [decode_write(task, idx, channel, t, s, d, limit, aes_key, digest) for task, idx, channel, t, s, d in found.writes]

@@ -1,0 +1,33 @@
+"""SQLite stores (langgraph-checkpoint-sqlite's SqliteSaver): the `sqlite` SourceKind.
+
+reader.py: the sync's snapshot reads, incremental by rowids;
+values.py: one checkpoint's values for the checkpoint page and the state API.
+"""
+
+from checkpoints.dburl import parse_database_url
+from checkpoints.sources.sqlite.reader import SqliteReader
+
+
+class SqliteKind:
+    name = "sqlite"
+
+    def check_url(self, url):
+        if not parse_database_url(url)["ENGINE"].endswith("sqlite3"):
+            raise ValueError(f"not a SQLite URL: {url}")
+
+    def reader(self, url, *, connect_timeout=10):
+        return SqliteReader(url)
+
+    def read_values(self, url, key, parent, *, limit, aes_key=None, digest=False):
+        from checkpoints.sources.sqlite.values import read_values
+
+        return read_values(url, key, parent, limit=limit, aes_key=aes_key, digest=digest)
+
+
+    def read_writes(self, url, key, *, limit, aes_key=None, digest=False):
+        from checkpoints.sources.sqlite.values import read_writes
+
+        return read_writes(url, key, limit=limit, aes_key=aes_key, digest=digest)
+
+
+KIND = SqliteKind()
