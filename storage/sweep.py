@@ -22,32 +22,25 @@ the grace. In order:
    distinct references (about 150 bytes each here).
 3. The listing streams one page at a time. Old unreferenced objects gather
    into batches of at most 1000 (S3's DeleteObjects limit); right before a
-   batch is deleted its keys are re-checked against the source databases
-   themselves (_Recheck), which catches references written since the sync
+   batch is deleted its keys are re-checked against the sources themselves
+   (_Recheck, through each source kind's `Recheck`), which catches references written since the sync
    and any the mirror's URI parser did not see. Nothing else is kept per
    object: memory does not grow with the size of the bucket.
 4. Referenced keys the listing did not return are HEADed: those the store
    says are missing are the dangling references.
 
-Database rows (`db_orphans`): PostgreSQL blob rows no checkpoint's
-channel_versions names, in threads with no checkpoint or write newer than the
-grace (put writes blob rows before the checkpoint row), and write rows whose
-checkpoint row is gone and whose checkpoint_id is older than the grace;
-SQLite write rows likewise. DeltaChannel threads are left alone: their
-ancestors' writes are live data. The mirror of the touched threads is
-refreshed after.
+Database rows: `checkpoints.orphans.db_orphans` per source (the rows are the
+source kind's), then the mirror of the touched threads is refreshed.
 """
 
 import heapq
 import itertools
-import json
 import os
 import posixpath
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
@@ -55,13 +48,12 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from checkpoints.dburl import parse_database_url, redact
-from checkpoints.decode import DELTA_KEYS
-from checkpoints.ids import UUID6_GLOB, UUID6_PATTERN, uuid6_floor
+from checkpoints.dburl import redact
 from checkpoints.jobs import SWEEP
 from checkpoints.models import BlobReference, ReferenceUse, Source
+from checkpoints.orphans import db_orphans
 from checkpoints.runs import RunBusy, finish_run, heartbeat, start_run, throttled_progress
-from checkpoints.sources import SourceError, first_line, open_reader
+from checkpoints.sources import SourceError, first_line, registry
 from checkpoints.sync import refresh_threads, register_default_source, sync_source
 from checkpoints.units import duration_text, parse_duration
 from checkpoints.uris import file_path_inside, parse_uri
@@ -283,55 +275,13 @@ class Needles:
         return found
 
 
-# Rows that contain a marker; the markers are parameters, so this is one
-# statement per source and batch whatever the batch's keys. OFFSET 0 keeps
-# the union a subquery, so each row's checkpoint text is built once.
-_PG_ROWS = """
-SELECT r.data FROM (
-    SELECT blob AS data FROM checkpoint_blobs
-    UNION ALL SELECT blob FROM checkpoint_writes
-    UNION ALL SELECT convert_to(checkpoint::text, 'UTF8') FROM checkpoints
-    OFFSET 0
-) AS r
-WHERE EXISTS (SELECT 1 FROM unnest(%(markers)s::bytea[]) AS m(v) WHERE position(m.v IN r.data) > 0)
-"""
-_PG_ENCRYPTED = """
-SELECT EXISTS (SELECT 1 FROM checkpoint_blobs WHERE type LIKE '%%+%%' AND (%(all)s OR thread_id = ANY(%(ids)s)))
-    OR EXISTS (SELECT 1 FROM checkpoint_writes WHERE type LIKE '%%+%%' AND (%(all)s OR thread_id = ANY(%(ids)s)))
-"""
-_SQLITE_ENCRYPTED = """
-SELECT EXISTS (SELECT 1 FROM checkpoints
-               WHERE type LIKE '%+%' AND (:all OR thread_id IN (SELECT value FROM json_each(:ids))))
-    OR EXISTS (SELECT 1 FROM writes
-               WHERE type LIKE '%+%' AND (:all OR thread_id IN (SELECT value FROM json_each(:ids))))
-"""
-
-
-def _sqlite_rows_sql(markers: int) -> str:
-    # One placeholder per marker (a scope has one to four); values are bound.
-    found = " OR ".join(["instr(data, ?) > 0"] * markers)
-    return (
-        "SELECT data FROM (SELECT CAST(checkpoint AS BLOB) AS data FROM checkpoints"
-        f" UNION ALL SELECT CAST(value AS BLOB) FROM writes) WHERE {found}"
-    )
-
-
-def _sqlite_path(url: str, mode: str) -> str:
-    path = Path(parse_database_url(url)["NAME"])
-    if not path.is_file():
-        raise SourceError(f"{url}: no such SQLite file")
-    return f"{path.resolve().as_uri()}?mode={mode}"
-
-
 def _saver_prefixes(sources) -> list:
-    """(bucket, key prefixes) of each registered S3 checkpoint store: its objects are never swept."""
-    from checkpoints.sources.s3.reader import parse_url
-
+    """(bucket, key prefixes) of each registered checkpoint store kept in a bucket (S3): its objects are never swept."""
     found = []
     for source in sources:
-        if source.kind == "s3":
-            _, bucket, prefix = parse_url(source.url)
-            found.append((bucket, tuple(prefix + p for p in ("threads/", "changes/", "delta-threads/"))))
+        owned = registry.for_source(source).owned_prefixes(source.url)
+        if owned:
+            found.append(owned)
     return found
 
 
@@ -346,208 +296,44 @@ def _saver_owned(bucket, key, saver_prefixes) -> bool:
 class _Recheck:
     """Searches every source for candidate keys, right before they are deleted.
 
-    Per source and batch: one statement that streams the rows containing a
-    marker of the scope (checkpoints, blob and write rows), searched in Python
-    for all the batch's needles at once (Needles), plus the reader's query for
-    threads changed since the sweep's own sync: encrypted rows among them
-    cannot be searched, so their presence fails the batch.
+    Per source and batch, the source's kind (`registry.recheck_for`) streams
+    the stored values that contain a marker of the scope, read in a fresh
+    snapshot; they are searched here for all the batch's needles at once
+    (Needles). Encrypted values written since the sweep's own sync cannot be
+    searched, so the kind fails the batch on them.
     """
 
     def __init__(self, sources):
         self.sources = sources
-        self.conns = {}
+        self.rechecks = {}
 
     def close(self):
-        for conn in self.conns.values():
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
-        self.conns.clear()
+        for recheck in self.rechecks.values():
+            recheck.close()
+        self.rechecks.clear()
 
     def referenced(self, scope, keys) -> set:
         """Indexes of the keys some row at some source may name."""
         needles = Needles([scope.needles(k) for k in keys])
+        markers = list(scope.markers)
         found = set()
         for source in self.sources:
+            since = (source.sync_state or {}).get("watermark")
             try:
-                if source.kind == "s3":
-                    found |= self._s3(source, scope.markers, needles)
-                    continue
-                if source.kind == "postgres":
-                    found |= self._postgres(source, scope.markers, needles)
-                else:
-                    found |= self._sqlite(source, scope.markers, needles)
-                self._no_new_encrypted_rows(source)
+                recheck = self.rechecks.get(source.pk)
+                if recheck is None:
+                    try:
+                        recheck = self.rechecks[source.pk] = registry.recheck_for(source)
+                    except ValueError as e:
+                        raise SourceError(str(e)) from None
+                for data in recheck.values(markers, since):
+                    found |= needles.search(data, markers)
             except (SourceError, psycopg.Error, sqlite3.Error) as e:
-                conn = self.conns.pop(source.pk, None)
-                if conn is not None:
-                    conn.close()
+                recheck = self.rechecks.pop(source.pk, None)
+                if recheck is not None:
+                    recheck.close()
                 raise _RecheckFailed(f"re-check at source {source.name} failed: {first_line(e)}") from None
         return found
-
-    def _postgres(self, source, markers, needles):
-        conn = self.conns.get(source.pk)
-        if conn is None:
-            conn = self.conns[source.pk] = psycopg.connect(source.url, connect_timeout=10, autocommit=False)
-        found = set()
-        try:
-            # A server-side cursor: rows arrive a few at a time, memory stays flat.
-            with conn.cursor(name="sweep_recheck") as cur:
-                cur.itersize = 200
-                cur.execute(_PG_ROWS, {"markers": list(markers)})
-                for (data,) in cur:
-                    if data:
-                        found |= needles.search(bytes(data), markers)
-        finally:
-            conn.rollback()  # the next batch reads a fresh snapshot
-        return found
-
-    def _sqlite(self, source, markers, needles):
-        conn = self.conns.get(source.pk)
-        if conn is None:
-            conn = self.conns[source.pk] = sqlite3.connect(
-                _sqlite_path(source.url, "ro"), uri=True, timeout=30, isolation_level=None
-            )
-        found = set()
-        for (data,) in conn.execute(_sqlite_rows_sql(len(markers)), list(markers)):
-            if data:
-                found |= needles.search(bytes(data), markers)
-        return found
-
-    def _s3(self, source, markers, needles):
-        """An S3 store: the values of the threads its change index names since the sync (every thread
-        when it cannot tell), searched; an encrypted one fails the batch (it cannot be searched)."""
-        found = set()
-        since = (source.sync_state or {}).get("watermark")
-        with open_reader(source.url) as reader:
-            changed = reader.changed_thread_ids(since, reader.watermark()) if since else None
-            ids = sorted(reader.thread_ids() if changed is None else changed)
-            for i in range(0, len(ids), 500):
-                for rows in reader.read_threads(ids[i : i + 500]):
-                    values = [v for c in rows.checkpoints for v in (c.inline_values or {}).values()]
-                    values += [(w.type, w.data) for w in rows.writes]
-                    for type_, data in values:
-                        if type_ and "+" in type_:
-                            raise SourceError(
-                                "encrypted values were written since the sync; they cannot be searched, so nothing "
-                                "is deleted (run the sweep again when the source is quiet)"
-                            )
-                        if data:
-                            found |= needles.search(bytes(data), markers)
-        return found
-
-    def _no_new_encrypted_rows(self, source):
-        since = (source.sync_state or {}).get("watermark")
-        with open_reader(source) as reader:
-            changed = reader.changed_thread_ids(since, reader.watermark()) if since else None
-        if changed is not None and not changed:
-            return
-        if changed and any("\x00" in t for t in changed):
-            changed = None  # SQLite's json_each() cuts an id at a NUL: check every thread instead
-        ids = sorted(changed or ())
-        if source.kind == "postgres":
-            with self.conns[source.pk].cursor() as cur:
-                (encrypted,) = cur.execute(_PG_ENCRYPTED, {"all": changed is None, "ids": ids}).fetchone()
-            self.conns[source.pk].rollback()
-        else:
-            (encrypted,) = self.conns[source.pk].execute(
-                _SQLITE_ENCRYPTED, {"all": changed is None, "ids": json.dumps(ids)}
-            ).fetchone()
-        if encrypted:
-            raise SourceError(
-                "encrypted values were written since the sync; they cannot be searched, so nothing is deleted "
-                "(run the sweep again when the source is quiet)"
-            )
-
-
-# --- Database orphans -----------------------------------------------------------
-
-_PG_OLD = "(lower({col}) ~ %(uuid6)s AND lower({col}) < %(floor)s)"
-# Blob rows no checkpoint names, in threads that are neither DeltaChannel
-# threads nor active within the grace (a checkpoint or write newer than it, or
-# an id whose age cannot be read). The thread_id indexes serve the subqueries.
-_PG_ORPHAN_BLOBS = f"""
-FROM checkpoint_blobs b
-WHERE NOT EXISTS (
-        SELECT 1 FROM checkpoints c
-        WHERE c.thread_id = b.thread_id AND c.checkpoint_ns = b.checkpoint_ns
-          AND c.checkpoint->'channel_versions'->>b.channel = b.version)
-  AND NOT EXISTS (
-        SELECT 1 FROM checkpoints c
-        WHERE c.thread_id = b.thread_id
-          AND (c.metadata ?| %(delta)s OR NOT {_PG_OLD.format(col="c.checkpoint_id")}))
-  AND NOT EXISTS (
-        SELECT 1 FROM checkpoint_writes w
-        WHERE w.thread_id = b.thread_id AND NOT {_PG_OLD.format(col="w.checkpoint_id")})
-"""
-_PG_ORPHAN_WRITES = f"""
-FROM checkpoint_writes w
-WHERE NOT EXISTS (
-        SELECT 1 FROM checkpoints c
-        WHERE c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns AND c.checkpoint_id = w.checkpoint_id)
-  AND {_PG_OLD.format(col="w.checkpoint_id")}
-  AND NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.thread_id = w.thread_id AND c.metadata ?| %(delta)s)
-"""
-_SQLITE_DELTA = " OR ".join(["instr(CAST(c.metadata AS BLOB), ?) > 0"] * len(DELTA_KEYS))
-_SQLITE_ORPHAN_WRITES = f"""
-FROM writes AS w
-WHERE NOT EXISTS (
-        SELECT 1 FROM checkpoints c
-        WHERE c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns AND c.checkpoint_id = w.checkpoint_id)
-  AND lower(w.checkpoint_id) GLOB ? AND lower(w.checkpoint_id) < ?
-  AND NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.thread_id = w.thread_id AND ({_SQLITE_DELTA}))
-"""
-
-
-def db_orphans(source, cutoff, *, dry_run: bool) -> dict:
-    """Count (dry run) or delete a source's orphan rows; {"blobs", "writes", "thread_ids"}.
-
-    The count and the delete share their WHERE clause, so a dry run counts
-    exactly what a real run on the same data removes.
-    """
-    if source.kind == "s3":
-        # An S3 store has no rows to orphan: a checkpoint's objects are deleted with it by the saver.
-        return {"blobs": 0, "writes": 0, "thread_ids": []}
-    with open_reader(source) as reader:
-        reader.layout()  # refuses non-LangGraph and shallow schemas with a clear message
-    floor = uuid6_floor(cutoff)
-    if source.kind == "postgres":
-        params = {"uuid6": UUID6_PATTERN, "floor": floor, "delta": list(DELTA_KEYS)}
-        with psycopg.connect(source.url, connect_timeout=10) as conn:
-            if dry_run:
-                (blobs,) = conn.execute(f"SELECT count(*) {_PG_ORPHAN_BLOBS}", params).fetchone()
-                (writes,) = conn.execute(f"SELECT count(*) {_PG_ORPHAN_WRITES}", params).fetchone()
-                return {"blobs": blobs, "writes": writes, "thread_ids": []}
-            with conn.transaction():
-                done = "SELECT count(*), coalesce(array_agg(DISTINCT thread_id), '{}') FROM d"
-                blobs, t1 = conn.execute(
-                    f"WITH d AS (DELETE {_PG_ORPHAN_BLOBS} RETURNING b.thread_id) {done}", params
-                ).fetchone()
-                writes, t2 = conn.execute(
-                    f"WITH d AS (DELETE {_PG_ORPHAN_WRITES} RETURNING w.thread_id) {done}", params
-                ).fetchone()
-        return {"blobs": blobs, "writes": writes, "thread_ids": sorted(set(t1) | set(t2))}
-
-    params = [UUID6_GLOB, floor, *(k.encode() for k in DELTA_KEYS)]
-    conn = sqlite3.connect(_sqlite_path(source.url, "rw"), uri=True, timeout=30, isolation_level=None)
-    try:
-        if dry_run:
-            (writes,) = conn.execute(f"SELECT count(*) {_SQLITE_ORPHAN_WRITES}", params).fetchone()
-            return {"blobs": 0, "writes": writes, "thread_ids": []}
-        conn.execute("BEGIN IMMEDIATE")  # the writer lock: the SELECT and the DELETE see the same rows
-        try:
-            thread_ids = [r[0] for r in conn.execute(f"SELECT DISTINCT w.thread_id {_SQLITE_ORPHAN_WRITES}", params)]
-            writes = conn.execute(
-                f"DELETE FROM writes WHERE rowid IN (SELECT w.rowid {_SQLITE_ORPHAN_WRITES})", params
-            ).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    finally:
-        conn.close()
-    return {"blobs": 0, "writes": writes, "thread_ids": sorted(thread_ids)}
 
 
 # --- The sweep ------------------------------------------------------------------

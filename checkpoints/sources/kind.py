@@ -10,11 +10,12 @@ rows mean (selection, policy, orchestration, decoding) stays with the callers;
 what the rows are, how they are read consistently and deleted safely, is the
 kind's.
 
-Status: `check_url`, `reader`, `read_values` and `read_writes` are what every kind
-implements and what the callers use. `maintenance`, `orphans` and `recheck`
-are the interface prune and the sweep move to; until then prune picks its
-backend (already of the `Maintenance` shape) by `Source.kind`, and the sweep
-holds its re-check and orphan SQL itself (docs/architecture.md, "Source kinds").
+Status: `check_url`, `reader`, `read_values`, `read_writes`, `orphans`,
+`recheck` and `owned_prefixes` are what every kind implements and what the
+callers use (the sweep through `registry.recheck_for` and
+`checkpoints.orphans.db_orphans`). `maintenance` is the interface prune moves
+to; until then prune picks its backend (already of the `Maintenance` shape) by
+`Source.kind` (docs/architecture.md, "Source kinds").
 
 Errors: a store that cannot be opened or read raises `SourceError` (its
 message names the store, never a password); `read_values` raises `ReadError`.
@@ -111,14 +112,19 @@ class Maintenance(Protocol):
 
 
 class Recheck(Protocol):
-    """A sweep's last look at a store before it deletes objects: a connection kept across batches."""
+    """A sweep's last look at a store before it deletes objects, opened on first use and kept across batches.
 
-    def rows_with(self, markers: list) -> Iterator[bytes]:
-        """Each stored value (checkpoint, blob or write) containing one of `markers` (bytes), read in a fresh
-        snapshot, streamed: memory stays flat."""
+    The sweep (storage/sweep.py `_Recheck`) gets one per source from
+    `registry.recheck_for(source)`, and searches what `values()` yields for
+    the batch's candidate keys itself: a kind only knows how to read its values.
+    """
 
-    def encrypted(self, thread_ids: list | None) -> bool:
-        """Whether values of these threads (None: every thread) are encrypted, hence unsearchable."""
+    def values(self, markers: list, since: dict | None) -> Iterator[bytes]:
+        """Each stored value (checkpoint, blob or write) that may contain one of `markers` (bytes), read in a
+        fresh snapshot and streamed: memory stays flat. Values may be skipped only where no marker occurs.
+        Raises SourceError, once the values are yielded (or as soon as it meets one), when values written
+        since the sync's watermark `since` (None: any) are encrypted, hence unsearchable: the batch must
+        not be deleted. Driver errors pass through; the sweep then closes this Recheck and stops deleting."""
 
     def close(self) -> None: ...
 
@@ -151,7 +157,12 @@ class SourceKind(Protocol):
     def orphans(self, url: str, floor: str, *, dry_run: bool) -> dict:
         """Count (dry run) or delete the store's orphan rows older than `floor` (a uuid6 bound), sparing
         DeltaChannel threads and threads active since it; {"blobs", "writes", "thread_ids"} (touched
-        threads, real run only). The count and the delete select the same rows."""
+        threads, real run only). The count and the delete select the same rows. Refuses (SourceError) a
+        layout it cannot read. `checkpoints.orphans.db_orphans` calls it for the sweep."""
 
     def recheck(self, url: str) -> Recheck:
-        """A Recheck of the store, opened read-only."""
+        """A Recheck of the store, opened read-only (nothing is opened before its first `values()`)."""
+
+    def owned_prefixes(self, url: str) -> tuple | None:
+        """(bucket, key prefixes) of objects that are the store's own data (an S3 store's), which a sweep
+        of a blob store never deletes; None for a store that keeps nothing in a bucket."""

@@ -97,3 +97,8 @@ def _either(words) -> str:
     """
     words = list(words)
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def recheck_for(source):
+    """A `Recheck` of a Source's store (opened on first use, read-only): the sweep's last look before it deletes."""
+    return for_source(source).recheck(source.url)

@@ -2,6 +2,7 @@
 
 reader.py: the sync's snapshot reads, incremental by transaction ids;
 values.py: one checkpoint's values for the checkpoint page and the state API.
+recheck.py: the sweep's re-check of candidate keys and the orphan rows it deletes.
 Logical decoding (checkpoints/sources/capture.py) is PostgreSQL's too.
 """
 
@@ -29,6 +30,19 @@ class PostgresKind:
         from checkpoints.sources.postgres.values import read_writes
 
         return read_writes(url, key, limit=limit, aes_key=aes_key, digest=digest)
+
+    def recheck(self, url):
+        from checkpoints.sources.postgres.recheck import PostgresRecheck
+
+        return PostgresRecheck(url)
+
+    def orphans(self, url, floor, *, dry_run):
+        from checkpoints.sources.postgres.recheck import orphans
+
+        return orphans(url, floor, dry_run=dry_run)
+
+    def owned_prefixes(self, url):
+        return None  # a database: no object in a blob store is the store's own
 
 
 KIND = PostgresKind()

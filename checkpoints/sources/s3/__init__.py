@@ -7,7 +7,8 @@ docs/s3-layout.md, read through checkpoints.s3layout, the module the saver
 writes by.
 
 reader.py: the sync's reads, incremental through the saver's change index;
-values.py: one checkpoint's values for display; prune.py: prune.
+values.py: one checkpoint's values for display; prune.py: prune;
+recheck.py: the sweep's re-check and the objects it never deletes.
 """
 
 from checkpoints.sources.s3.reader import S3Reader, parse_url
@@ -48,6 +49,21 @@ class S3Kind:
         from checkpoints.sources.s3.values import read_writes
 
         return read_writes(url, key, limit=limit, aes_key=aes_key, digest=digest)
+
+    def recheck(self, url):
+        from checkpoints.sources.s3.recheck import S3Recheck
+
+        return S3Recheck(url)
+
+    def orphans(self, url, floor, *, dry_run):
+        from checkpoints.sources.s3.recheck import orphans
+
+        return orphans(url, floor, dry_run=dry_run)
+
+    def owned_prefixes(self, url):
+        from checkpoints.sources.s3.recheck import owned_prefixes
+
+        return owned_prefixes(url)
 
 
 KIND = S3Kind()
