@@ -2,7 +2,7 @@
 
 reader.py: the sync's snapshot reads, incremental by transaction ids;
 values.py: one checkpoint's values for the checkpoint page and the state API.
-recheck.py: the sweep's re-check of candidate keys and the orphan rows it deletes.
+recheck.py: the sweep's re-check of candidate keys; orphans.py: the orphan rows it deletes.
 Logical decoding (checkpoints/sources/capture.py) is PostgreSQL's too.
 """
 
@@ -37,7 +37,7 @@ class PostgresKind:
         return PostgresRecheck(url)
 
     def orphans(self, url, floor, *, dry_run):
-        from checkpoints.sources.postgres.recheck import orphans
+        from checkpoints.sources.postgres.orphans import orphans
 
         return orphans(url, floor, dry_run=dry_run)
 

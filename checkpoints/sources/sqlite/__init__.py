@@ -2,7 +2,7 @@
 
 reader.py: the sync's snapshot reads, incremental by rowids;
 values.py: one checkpoint's values for the checkpoint page and the state API.
-recheck.py: the sweep's re-check of candidate keys and the orphan rows it deletes.
+recheck.py: the sweep's re-check of candidate keys; orphans.py: the orphan rows it deletes.
 """
 
 from checkpoints.dburl import parse_database_url
@@ -36,7 +36,7 @@ class SqliteKind:
         return SqliteRecheck(url)
 
     def orphans(self, url, floor, *, dry_run):
-        from checkpoints.sources.sqlite.recheck import orphans
+        from checkpoints.sources.sqlite.orphans import orphans
 
         return orphans(url, floor, dry_run=dry_run)
 

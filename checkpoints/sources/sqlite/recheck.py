@@ -1,9 +1,8 @@
-"""The sweep's last look at a SQLite store, and its orphan rows (docs/architecture.md, "Source kinds").
+"""The sweep's last look at a SQLite store (docs/architecture.md, "Source kinds").
 
 `SqliteRecheck` streams the rows (checkpoints, writes) containing a marker,
-then refuses when encrypted values were written since the sweep's sync.
-`orphans()` counts or deletes write rows whose checkpoint is gone (SqliteSaver
-keeps no blob rows).
+then refuses when encrypted values were written since the sweep's sync. Its
+orphan rows are orphans.py's.
 """
 
 import json
@@ -11,9 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from checkpoints.dburl import parse_database_url
-from checkpoints.decode import DELTA_KEYS
-from checkpoints.ids import UUID6_GLOB
-from checkpoints.sources import SourceError, open_reader
+from checkpoints.sources import SourceError
 from checkpoints.sources.recheck import ENCRYPTED_SINCE_SYNC, changed_since
 
 _SQLITE_ENCRYPTED = """
@@ -33,7 +30,7 @@ def _sqlite_rows_sql(markers: int) -> str:
     )
 
 
-def _sqlite_path(url: str, mode: str) -> str:
+def sqlite_path(url: str, mode: str) -> str:
     path = Path(parse_database_url(url)["NAME"])
     if not path.is_file():
         raise SourceError(f"{url}: no such SQLite file")
@@ -49,7 +46,7 @@ class SqliteRecheck:
 
     def values(self, markers: list, since: dict | None):
         if self.conn is None:
-            self.conn = sqlite3.connect(_sqlite_path(self.url, "ro"), uri=True, timeout=30, isolation_level=None)
+            self.conn = sqlite3.connect(sqlite_path(self.url, "ro"), uri=True, timeout=30, isolation_level=None)
         for (data,) in self.conn.execute(_sqlite_rows_sql(len(markers)), list(markers)):
             if data:
                 yield bytes(data)
@@ -73,41 +70,3 @@ class SqliteRecheck:
             except Exception:  # noqa: BLE001 - closing a broken connection
                 pass
             self.conn = None
-
-
-# --- Orphan rows ----------------------------------------------------------------
-
-_SQLITE_DELTA = " OR ".join(["instr(CAST(c.metadata AS BLOB), ?) > 0"] * len(DELTA_KEYS))
-_SQLITE_ORPHAN_WRITES = f"""
-FROM writes AS w
-WHERE NOT EXISTS (
-        SELECT 1 FROM checkpoints c
-        WHERE c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns AND c.checkpoint_id = w.checkpoint_id)
-  AND lower(w.checkpoint_id) GLOB ? AND lower(w.checkpoint_id) < ?
-  AND NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.thread_id = w.thread_id AND ({_SQLITE_DELTA}))
-"""
-
-
-def orphans(url: str, floor: str, *, dry_run: bool) -> dict:
-    """The count and the delete share their WHERE clause: a dry run counts what a real run removes."""
-    with open_reader(url) as reader:
-        reader.layout()  # refuses non-LangGraph layouts with a clear message
-    params = [UUID6_GLOB, floor, *(k.encode() for k in DELTA_KEYS)]
-    conn = sqlite3.connect(_sqlite_path(url, "rw"), uri=True, timeout=30, isolation_level=None)
-    try:
-        if dry_run:
-            (writes,) = conn.execute(f"SELECT count(*) {_SQLITE_ORPHAN_WRITES}", params).fetchone()
-            return {"blobs": 0, "writes": writes, "thread_ids": []}
-        conn.execute("BEGIN IMMEDIATE")  # the writer lock: the SELECT and the DELETE see the same rows
-        try:
-            thread_ids = [r[0] for r in conn.execute(f"SELECT DISTINCT w.thread_id {_SQLITE_ORPHAN_WRITES}", params)]
-            writes = conn.execute(
-                f"DELETE FROM writes WHERE rowid IN (SELECT w.rowid {_SQLITE_ORPHAN_WRITES})", params
-            ).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    finally:
-        conn.close()
-    return {"blobs": 0, "writes": writes, "thread_ids": sorted(thread_ids)}
