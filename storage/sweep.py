@@ -23,14 +23,16 @@ the grace. In order:
 3. The listing streams one page at a time. Old unreferenced objects gather
    into batches of at most 1000 (S3's DeleteObjects limit); right before a
    batch is deleted its keys are re-checked against the sources themselves
-   (_Recheck, through each source kind's `Recheck`), which catches references written since the sync
-   and any the mirror's URI parser did not see. Nothing else is kept per
+   (_Recheck, through the `Recheck` of each store's kind), which catches
+   references written since the sync and any the mirror's URI parser did
+   not see. Nothing else is kept per
    object: memory does not grow with the size of the bucket.
 4. Referenced keys the listing did not return are HEADed: those the store
    says are missing are the dangling references.
 
-Database rows: `checkpoints.orphans.db_orphans` per source (the rows are the
-source kind's), then the mirror of the touched threads is refreshed.
+Database rows: `checkpoints.orphans.db_orphans` per source (which rows, and
+how they go, is the store's kind's), then the touched threads' mirror is
+refreshed.
 """
 
 import heapq
