@@ -166,3 +166,19 @@ class SourceKind(Protocol):
     def owned_prefixes(self, url: str) -> tuple | None:
         """(bucket, key prefixes) of objects that are the store's own data (an S3 store's), which a sweep
         of a blob store never deletes; None for a store that keeps nothing in a bucket."""
+
+
+class Lifecycle(Protocol):
+    """A store whose bucket expires and archives its objects itself (the S3 kind): an optional
+    capability, offered by a kind through `lifecycle(url) -> Lifecycle`; kinds without it have no
+    such method (`checkpoints.lifecycle` refuses them)."""
+
+    def plan(self, policy: dict) -> dict:
+        """What applying the saver's lifecycle `policy` (checkpoints.s3layout.lifecycle_rules' options)
+        would do: {"bucket", "prefix", "before", "after" (the saver's rules), "added", "removed",
+        "changed", "unchanged" (rule IDs), "other_rules" (rules of other prefixes, kept), "applied"};
+        reads only. SourceError when the bucket cannot be read or the policy is bad."""
+
+    def apply(self, policy: dict) -> dict:
+        """Read the bucket's configuration again and put it with the saver's rules replaced; the same
+        report as `plan`, "applied" true."""

@@ -8,7 +8,8 @@ writes by.
 
 reader.py: the sync's reads, incremental through the saver's change index;
 values.py: one checkpoint's values for display; prune.py: prune;
-recheck.py: the sweep's re-check and the objects it never deletes.
+recheck.py: the sweep's re-check and the objects it never deletes;
+lifecycle.py: the saver's lifecycle policy, previewed and applied.
 """
 
 from checkpoints.sources.s3.reader import S3Reader, parse_url
@@ -59,6 +60,12 @@ class S3Kind:
         from checkpoints.sources.s3.recheck import orphans
 
         return orphans(url, floor, dry_run=dry_run)
+
+    def lifecycle(self, url):
+        """The bucket's lifecycle rules for the saver's prefix (only this kind has any)."""
+        from checkpoints.sources.s3.lifecycle import S3Lifecycle
+
+        return S3Lifecycle(url, settings_for(url))
 
     def owned_prefixes(self, url):
         from checkpoints.sources.s3.recheck import owned_prefixes
