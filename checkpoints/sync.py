@@ -34,7 +34,7 @@ from checkpoints.ids import version_text as _version_text
 from checkpoints.jobs import PRUNE, SYNC
 from checkpoints.models import BlobReference, Checkpoint, DailyUsage, PruneMark, ReferenceUse, Run, Source, Tag, Thread
 from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
-from checkpoints.sources import ScannedURIs, SourceError, TypedValues, first_line, open_reader
+from checkpoints.sources import ScannedURIs, SourceError, TypedValues, first_line, open_reader, registry
 from checkpoints.sources.registry import kind_of
 from checkpoints.sources.capture import Capture, new_slot_name
 from checkpoints.tags import extract_tags
@@ -245,7 +245,7 @@ def _peek_changes(source):
     The slot is created (with its publication) before the scan that covers
     what came before it, so nothing falls between the two.
     """
-    if source.capture != "logical" or source.kind != "postgres":
+    if source.capture != "logical" or not registry.for_source(source).logical_capture:
         return None
     slot = (source.sync_state or {}).get("slot")
     if not slot:

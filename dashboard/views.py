@@ -19,6 +19,7 @@ from django.views import defaults
 
 from checkpoints.decode import plain
 from checkpoints.models import BlobReference, Checkpoint, Source, Tag, Thread
+from checkpoints.sources import registry
 from checkpoints.tags import redact_metadata, split_tag
 from dashboard import browse, charts, usage
 from dashboard.access import viewer_required
@@ -311,9 +312,10 @@ def _thread_page(request, source, thread_id):
     ]
 
     # New bytes differ from logical bytes only where checkpoints share blob
-    # rows (PostgreSQL). On SQLite every checkpoint is stored whole: the
-    # column and the bars would only repeat the logical bytes.
-    shares_blobs = t.source.kind != "sqlite" and checkpoints.exclude(new_bytes=F("logical_bytes")).exists()
+    # rows (PostgreSQL). Where the kind stores every checkpoint whole (SQLite,
+    # S3) the column and the bars would only repeat the logical bytes.
+    kind_shares_blobs = registry.for_source(t.source).shares_blobs
+    shares_blobs = kind_shares_blobs and checkpoints.exclude(new_bytes=F("logical_bytes")).exists()
 
     recent = checkpoints.filter(checkpoint_ns="").order_by("-created_at", "-checkpoint_id")
     points = list(recent.values_list("step", "checkpoint_id", "logical_bytes", "new_bytes")[:CHART_POINTS])[::-1]
@@ -338,6 +340,7 @@ def _thread_page(request, source, thread_id):
         "limit": limit,
         "figure": charts.thread_sizes(points, spikes, new_bytes=shares_blobs),
         "shares_blobs": shares_blobs,
+        "kind_shares_blobs": kind_shares_blobs,
         "chart_points": len(points),
         "chart_capped": len(points) == CHART_POINTS,
         "blobs": blobs,
@@ -469,6 +472,7 @@ def checkpoint(request, pk):
         "limit": settings.CHECKPOINT_SIZE_LIMIT,
         "decode_limit": settings.DISPLAY_DECODE_LIMIT,
         "subgraphs": subgraphs,
+        "kind_shares_blobs": registry.for_source(t.source).shares_blobs,
     }
     return render(request, "dashboard/checkpoint.html", ctx)
 
