@@ -104,6 +104,7 @@ def main():
 
     from checkpoints import prune as pruning
     from checkpoints.models import Source
+    from checkpoints.sources.postgres.maintenance import PostgresMaintenance
 
     tag = uuid.uuid4().hex[:8]
     source_db = args.reuse or f"bench_prune_src_{tag}"
@@ -126,7 +127,7 @@ def main():
 
         # Ours.
         if args.workers:
-            pruning._Postgres.workers = args.workers
+            PostgresMaintenance.workers = args.workers
         source = Source(name="bench", url=ours, kind="postgres")
         policy = pruning.PrunePolicy(timedelta(seconds=1), keep_last=1)
         with override_settings(PRUNE_ACTIVE_WINDOW=timedelta(0)):
@@ -143,7 +144,7 @@ def main():
             skipped[s["reason"]] = skipped.get(s["reason"], 0) + 1
         print(f"ours: removed {removed:,} checkpoints, {result['blobs']:,} blob rows, {result['writes']:,} write rows "
               f"from {result['threads']:,} threads in {ours_seconds:.2f} s = {ours_rate:,.0f} checkpoints/s "
-              f"(skipped {skipped}, {result['retries']} retries, {pruning._Postgres.workers} connections)", flush=True)
+              f"(skipped {skipped}, {result['retries']} retries, {PostgresMaintenance.workers} connections)", flush=True)
 
         # Baseline: LangGraph's keep_latest on the copy.
         base_seconds = baseline_keep_latest(theirs, thread_ids)

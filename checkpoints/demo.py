@@ -22,6 +22,8 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import Command, interrupt
 
+from checkpoints.sources import open_reader
+
 TENANTS = ["acme", "globex", "initech", "umbrella"]
 PLANS = ["free", "pro", "enterprise"]
 QUESTIONS = [
@@ -151,6 +153,7 @@ def build(db_path: Path, blob_root: Path, *, threads: int = 40, days: int = 45, 
     cfg = {"configurable": {"thread_id": "acme/u1/lost-file", "tenant": "acme", "user_id": "u1", "plan": "pro"}}
     support.invoke({"messages": [HumanMessage("See the attached scan.")],
                     "attachment": (blob_root / "uploads" / "u1" / "deleted-scan.pdf").resolve().as_uri()}, cfg)
-    (count,) = conn.execute("SELECT count(*) FROM checkpoints").fetchone()
     conn.close()
+    with open_reader(f"sqlite:///{Path(db_path).resolve()}") as reader:
+        count = reader.totals()["checkpoints"]
     return {"threads": threads + 1, "checkpoints": count, "files": files}

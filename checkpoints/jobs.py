@@ -19,7 +19,7 @@ caller that runs it: nothing in `checkpoints` ever imports or calls it.
 from dataclasses import dataclass
 
 # The kinds, as a Run row stores them. A runner passes its own to start_run().
-SYNC, PRUNE, SWEEP, REFCHECK, REMOVE = "sync", "prune", "sweep", "refcheck", "remove"
+SYNC, PRUNE, SWEEP, REFCHECK, REMOVE, LIFECYCLE = "sync", "prune", "sweep", "refcheck", "remove", "lifecycle"
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class Param:
 
     `text` takes the value at "{}"; a `flag` is said (and sent as "on") only
     when true; `many` is a list said item by item and sent one a line.
-    `default` stands in for a missing value (said as "?" when None).
+    `default` stands in for a missing value (said as "?" when None); an
+    `optional` value that is missing is not said at all.
     """
 
     key: str
@@ -36,18 +37,23 @@ class Param:
     default: object = None
     flag: bool = False
     many: bool = False
+    optional: bool = False
 
     def words(self, parameters: dict) -> list:
         """What the run's description says for this parameter.
 
         >>> Param("keep_last", "keep last {}", default=1).words({}), Param("grace", "grace {}").words({})
         (['keep last 1'], ['grace ?'])
+        >>> Param("expire_days", "expire after {} days", optional=True).words({"expire_days": None})
+        []
         >>> Param("force", "force", flag=True).words({"force": False}), Param("tags", many=True).words({"tags": ["a:b"]})
         ([], ['a:b'])
         """
         value = parameters.get(self.key)
         if self.flag:
             return [self.text] if value else []
+        if self.optional and value in (None, ""):
+            return []
         if self.many:
             return [str(v) for v in value or ()]
         return [self.text.format("?" if value is None and self.default is None else
@@ -118,7 +124,7 @@ class Job:
     - `freed`: the result key of the bytes it frees (the history's Bytes).
     - `figures`: the tiles of a finished run's page.
     - `compared`: (result key, label) a real run and its preview are compared
-      on; `changed_note` ends the sentence saying why they may differ.
+      on; `differs_note` says why they may differ, `same_note` that they do not.
     - `progress_unit`: what progress counts; `listing`: while the total is
       unknown the count is what it listed so far (else "starting").
     - the partials (templates/maintenance/jobs/): `form_template` lays out its
@@ -143,7 +149,9 @@ class Job:
     freed: str = ""
     figures: tuple = ()
     compared: tuple = ()
-    changed_note: str = ""
+    differs_note: str = ("Rows differ where threads changed after the preview (new checkpoints make a thread "
+                         "active; rows deleted by others are gone).")
+    same_note: str = "The run removed exactly what the preview showed."
     progress_unit: str = "objects"
     listing: bool = False
     form_template: str = ""
@@ -210,7 +218,8 @@ JOBS = {job.kind: job for job in (
         ),
         compared=(("orphans", "Orphan objects"), ("orphan_bytes", "Orphan bytes"), ("db_orphans", "Database orphan rows"),
                   ("dangling", "Dangling references")),
-        changed_note=", or objects aged past the grace or got referenced since",
+        differs_note=("Rows differ where threads changed after the preview (new checkpoints make a thread active; "
+                      "rows deleted by others are gone), or objects aged past the grace or got referenced since."),
         listing=True,
         form_template="maintenance/jobs/sweep_form.html", confirm_template="maintenance/jobs/sweep_confirm.html",
         summary_template="maintenance/jobs/sweep_summary.html", result_template="maintenance/jobs/sweep.html",
@@ -229,6 +238,32 @@ JOBS = {job.kind: job for job in (
                   ("stored_bytes", "Serialized bytes"), ("references", "References to external objects"),
                   ("only_here", "Objects referenced by no other source"), ("usage_days", "Days of usage history")),
         result_template="maintenance/jobs/remove.html",
+    ),
+    Job(
+        LIFECYCLE, "Lifecycle policy", runner="checkpoints.lifecycle.run_lifecycle", command="apply_lifecycle",
+        queued="dashboard.tasks.queued_lifecycle", form="dashboard.maintenance_forms.LifecycleForm",
+        needs_source=True,
+        params=(Param("expire_days", "expire after {} days", optional=True),
+                Param("archive_days", "archive after {} days", optional=True),
+                Param("archive_storage_class", "to {}", optional=True),
+                Param("intelligent_tiering_days", "tiering after {} days", optional=True),
+                Param("changes_expire_days", "change index kept {} days", optional=True),
+                Param("abort_multipart_days", "abort uploads after {} days", optional=True)),
+        counts=(("added", "added"), ("changed", "changed"), ("removed", "removed"), ("other_rules", "other rules")),
+        figures=(
+            Figure("added", "Rules added", unit="items"),
+            Figure("changed", "Rules changed", unit="items"),
+            Figure("removed", "Rules removed", unit="items", alert=True),
+            Figure("unchanged", "Rules unchanged", unit="items"),
+            Figure("other_rules", "Other rules kept", hint="of other prefixes"),
+        ),
+        compared=(("added", "Rules added"), ("changed", "Rules changed"), ("removed", "Rules removed"),
+                  ("other_rules", "Other rules kept")),
+        differs_note="Someone changed the bucket's lifecycle configuration after the preview: the run kept their rules.",
+        same_note="The run changed exactly the rules the preview showed.",
+        progress_unit="rules",
+        form_template="maintenance/jobs/lifecycle_form.html", confirm_template="maintenance/jobs/lifecycle_confirm.html",
+        result_template="maintenance/jobs/lifecycle.html",
     ),
 )}
 
@@ -249,7 +284,7 @@ def kinds(*, routine=None, previewed=None) -> list:
     """The kinds, in the registry's order, optionally only routine (or audit) or previewed ones.
 
     >>> kinds(routine=True), kinds(previewed=True), kinds(routine=False)
-    (['sync', 'refcheck'], ['prune', 'sweep'], ['prune', 'sweep', 'remove'])
+    (['sync', 'refcheck'], ['prune', 'sweep', 'lifecycle'], ['prune', 'sweep', 'remove', 'lifecycle'])
     """
     return [j.kind for j in JOBS.values()
             if (routine is None or j.routine == routine) and (previewed is None or j.previewed == previewed)]

@@ -26,43 +26,41 @@ The mirror only proposes candidate threads (tag filters). What goes is
 decided by `select()` from the source rows read inside the thread's own
 transaction, and the real run deletes exactly that selection in that same
 transaction, so a dry run and a real run on the same data select the same
-rows. PostgreSQL runs each thread at REPEATABLE READ: rows committed by a
-writer after the snapshot are invisible to the DELETEs (they name rows by
-key), and a row changed under us raises a serialization failure, on which the
-thread is retried from a fresh snapshot.
+rows. Reading and deleting are the store's: each kind's `Maintenance`
+(`checkpoints/sources/<kind>/maintenance.py`, picked by
+`registry.maintenance_for`) holds its transaction rules (PostgreSQL runs each
+thread at REPEATABLE READ, SQLite under its write lock, S3 re-reads before
+deleting) and says which failures this module retries from a fresh read.
+This module holds the policy, `select()` and the orchestration; the rows both
+sides exchange are `checkpoints.prune_rows`'.
 """
 
 import random
-import sqlite3
 import threading
 import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
-import orjson
 from django.conf import settings
 from django.utils import timezone
 
-from checkpoints.dburl import parse_database_url, redact
-from checkpoints.decode import DELTA_KEYS, contains_delta_snapshot, is_delta_snapshot_head, is_legacy_msgpack_checkpoint
 from checkpoints.ids import is_uuid6, source_thread_id, thread_key, uuid6_floor, uuid6_time, version_text
 from checkpoints.jobs import PRUNE
 from checkpoints.models import PruneMark, Thread
+from checkpoints.prune_rows import PruneMismatch, Row, Selection, ThreadSnapshot, WriteGroup  # noqa: F401 - re-exported
 from checkpoints.runs import RunBusy, finish_run, start_run, throttled_progress
-from checkpoints.sources import SourceError, first_line, open_reader
+from checkpoints.sources import SourceError, first_line, open_reader, registry
 from checkpoints.sync import refresh_threads
 from checkpoints.tags import MAX_VALUE, split_tag, tag_value
 from checkpoints.units import duration_text, parse_duration
 
 SKIP_REASONS = ("delta_channel", "pending_writes", "active")
-ATTEMPTS = 5  # per thread, on serialization failures, deadlocks and SQLite lock timeouts
+ATTEMPTS = 5  # per thread, on conflicts, serialization failures, deadlocks and SQLite lock timeouts
 SAMPLE_THREADS = 50  # threads described in the preview's "what goes" sample
 SAMPLE_CHECKPOINTS = 5  # checkpoint keys shown per sampled thread
 MARK_AHEAD = 500  # threads marked (PruneMark) in one commit before any of them is pruned
-TASKS = "__pregel_tasks"
 CONTRACT_KEYS = (
     "dry_run", "threads", "checkpoints", "writes", "blobs", "bytes",
     "disk_bytes_before", "disk_bytes_after", "skipped",
@@ -71,14 +69,6 @@ CONTRACT_KEYS = (
 
 class PruneBusy(Exception):
     """A prune of the same source is already running."""
-
-
-class _Conflict(Exception):
-    """The rows changed between the read and the delete: retry the thread."""
-
-
-class PruneMismatch(Exception):
-    """A thread's deletes touched another number of rows than selected."""
 
 
 # --- Policy ------------------------------------------------------------------
@@ -154,56 +144,7 @@ class PrunePolicy:
         return parameters
 
 
-# --- One thread's rows and what goes ------------------------------------------
-
-
-@dataclass(slots=True)
-class Row:
-    """One checkpoint row, as much of it as the selection needs."""
-
-    ns: str
-    id: str
-    parent: str | None = None
-    root: str | None = None  # metadata.parents[''], the root checkpoint a subgraph call started from
-    bytes: int = 0
-    versions: dict | None = None  # channel -> version (PostgreSQL: the blob rows it names)
-    legacy: bool = False  # format v < 4: reads pending sends from its parent's writes
-
-
-@dataclass(slots=True)
-class WriteGroup:
-    """The write rows of one (namespace, checkpoint id)."""
-
-    count: int
-    bytes: int
-    tasks: bool = False  # holds __pregel_tasks writes (pending sends of a v < 4 child)
-
-
-@dataclass
-class ThreadSnapshot:
-    """One thread at the source, read inside the transaction that may prune it."""
-
-    thread_id: str
-    checkpoints: list
-    writes: dict = field(default_factory=dict)  # (ns, checkpoint_id) -> WriteGroup
-    blobs: dict = field(default_factory=dict)  # (ns, channel, version) -> bytes
-    delta: bool = False
-    latest_metadata: dict | None = None  # of the latest root checkpoint, read when tags filter
-
-
-@dataclass
-class Selection:
-    """What goes from one thread, or why nothing may."""
-
-    thread_id: str
-    checkpoints: list  # (ns, id), sorted
-    writes: list  # (ns, checkpoint id) whose write rows go
-    blobs: list  # (ns, channel, version)
-    parents: list  # (ns, id) of kept rows whose parent goes
-    write_rows: int = 0
-    bytes: int = 0
-    whole: bool = False
-    skip: str | None = None
+# --- What goes from one thread ------------------------------------------------
 
 
 def select(snapshot: ThreadSnapshot, policy: PrunePolicy, *, cut, active_after):
@@ -351,381 +292,6 @@ def _tags_match(metadata, tags) -> bool:
     return True
 
 
-# --- PostgreSQL ---------------------------------------------------------------
-
-# One statement reads what the selection needs of a thread, through the
-# thread_id indexes LangGraph creates, as three JSON arrays: one value to
-# parse (orjson) instead of a Python tuple per row. Only msgpack blob heads can
-# be a _DeltaSnapshot; an encrypted one cannot be told (the thread's metadata
-# still carries the counters between snapshots).
-PG_READ_SQL = """
-SELECT
-  (SELECT coalesce(json_agg(json_build_array(
-            checkpoint_ns, checkpoint_id, parent_checkpoint_id, metadata -> 'parents' ->> '',
-            metadata ? 'counters_since_delta_snapshot' OR metadata ? 'delta_writes_versioned',
-            coalesce(checkpoint ->> 'v' IN ('1', '2', '3'), false),
-            checkpoint -> 'channel_versions',
-            octet_length(checkpoint::text) + octet_length(metadata::text))), '[]')
-   FROM checkpoints WHERE thread_id = %(thread_id)s),
-  (SELECT coalesce(json_agg(json_build_array(checkpoint_ns, checkpoint_id, n, size, tasks)), '[]')
-   FROM (SELECT checkpoint_ns, checkpoint_id, count(*) AS n, coalesce(sum(octet_length(blob)), 0) AS size,
-                bool_or(channel = %(tasks)s) AS tasks
-         FROM checkpoint_writes WHERE thread_id = %(thread_id)s
-         GROUP BY checkpoint_ns, checkpoint_id) AS w),
-  (SELECT coalesce(json_agg(json_build_array(
-            checkpoint_ns, channel, version, coalesce(octet_length(blob), 0),
-            CASE WHEN type = 'msgpack' THEN encode(substring(blob from 1 for 6), 'hex') END)), '[]')
-   FROM checkpoint_blobs WHERE thread_id = %(thread_id)s)
-"""
-PG_LATEST_METADATA_SQL = """
-SELECT metadata FROM checkpoints WHERE thread_id = %(thread_id)s AND checkpoint_ns = ''
-ORDER BY checkpoint_id DESC LIMIT 1
-"""
-# One statement deletes a thread's selection: rows are named by key, never by
-# a predicate, so a row a writer commits after our snapshot is invisible to it
-# whatever its id. Each part joins its keys to the thread's rows found through
-# the thread_id index, a plan that suits a generic (prepared) plan as well as
-# 10 rows or 100,000. Keys travel as JSON arrays of arrays: orjson writes them
-# many times faster than psycopg adapts lists to text[] parameters.
-PG_DELETE_SQL = """
-WITH w AS (
-    DELETE FROM checkpoint_writes w USING json_array_elements(%(writes)s::json) AS k
-    WHERE w.thread_id = %(thread_id)s AND w.checkpoint_ns = k ->> 0 AND w.checkpoint_id = k ->> 1
-    RETURNING 1
-), c AS (
-    DELETE FROM checkpoints c USING json_array_elements(%(checkpoints)s::json) AS k
-    WHERE c.thread_id = %(thread_id)s AND c.checkpoint_ns = k ->> 0 AND c.checkpoint_id = k ->> 1
-    RETURNING 1
-), b AS (
-    DELETE FROM checkpoint_blobs b USING json_array_elements(%(blobs)s::json) AS k
-    WHERE b.thread_id = %(thread_id)s AND b.checkpoint_ns = k ->> 0 AND b.channel = k ->> 1 AND b.version = k ->> 2
-    RETURNING 1
-), p AS (
-    UPDATE checkpoints c SET parent_checkpoint_id = NULL FROM json_array_elements(%(parents)s::json) AS k
-    WHERE c.thread_id = %(thread_id)s AND c.checkpoint_ns = k ->> 0 AND c.checkpoint_id = k ->> 1
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM c), (SELECT count(*) FROM b), (SELECT count(*) FROM p)
-"""
-PG_DISK_SQL = """
-SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0)::bigint
-FROM unnest(ARRAY['checkpoints', 'checkpoint_blobs', 'checkpoint_writes']) AS t
-"""
-PG_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
-PG_SPACE_SQL = """
-SELECT t, coalesce(s.n_dead_tup, 0), pg_total_relation_size(to_regclass(t))
-FROM unnest(ARRAY['checkpoints', 'checkpoint_blobs', 'checkpoint_writes']) WITH ORDINALITY AS u(t, n)
-LEFT JOIN pg_stat_user_tables s ON s.relid = to_regclass(t)
-ORDER BY n
-"""
-
-
-class _Postgres:
-    """Per-thread transactions on PostgreSQL, several threads at a time.
-
-    A thread costs four short round trips (BEGIN, the reads, the deletes,
-    COMMIT), sent one by one: the deleted counts are checked before COMMIT,
-    and psycopg's pipeline mode cost more interpreter time than the round
-    trips it saved. Several connections work on different threads at once
-    (rows are keyed by thread, so they never meet), which hides the round
-    trips and keeps the server busy while Python selects: on two cores, 6
-    connections pruned 13,500 checkpoints/s against 11,800 with 4 and 12,400
-    with 8 (bench/bench_prune.py's source, same hour).
-    """
-
-    workers = 6
-
-    def __init__(self, url):
-        self.url = url
-
-    def connect(self):
-        import psycopg
-        from psycopg.types.json import set_json_loads
-
-        try:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
-        except psycopg.Error as e:
-            raise SourceError(f"cannot connect to {redact(self.url)}: {str(e).splitlines()[0]}") from None
-        set_json_loads(orjson.loads, conn)
-        # Each thread's transaction stays atomic; a crash may only lose the
-        # last few commits, i.e. leave some rows that the next prune removes.
-        # Waiting for a WAL flush per thread would bound us to the disk's
-        # flush rate instead.
-        conn.execute("SET synchronous_commit = off")
-        return conn
-
-    @staticmethod
-    def retryable(exc) -> bool:
-        from psycopg import errors
-
-        return isinstance(exc, (errors.SerializationFailure, errors.DeadlockDetected, _Conflict))
-
-    @staticmethod
-    def broken(conn) -> bool:
-        return conn.closed or conn.broken
-
-    @staticmethod
-    def disk_bytes(conn) -> int:
-        return conn.execute(PG_DISK_SQL).fetchone()[0]
-
-    @staticmethod
-    def flush_stats(conn):
-        # The deletes' row counts reach pg_stat_user_tables when a session
-        # goes idle (at most once a second) or ends, after we moved on: sent
-        # now (PostgreSQL 15+, before this statement's reply), so that a
-        # VACUUM next finds the dead rows counted, and a late report does not
-        # count them again after it.
-        import psycopg
-
-        if conn.closed or conn.broken or conn.info.server_version < 150000:
-            return
-        try:
-            conn.execute("SELECT pg_stat_force_next_flush()")
-        except psycopg.Error:
-            pass  # a connection left in a failed transaction: its figures go when it closes
-
-    @classmethod
-    def release(cls, conn):
-        try:
-            cls.flush_stats(conn)
-        finally:
-            conn.close()
-
-    @staticmethod
-    def space(conn) -> dict:
-        """Dead rows per table and the tables' bytes: what a VACUUM changes."""
-        rows = conn.execute(PG_SPACE_SQL).fetchall()
-        return {"dead_rows": {t: dead for t, dead, _ in rows}, "bytes": sum(size for _, _, size in rows)}
-
-    @staticmethod
-    def vacuum(conn):
-        # Plain VACUUM: marks dead rows' space reusable and updates the
-        # visibility map, under a lock that lets agents keep reading and
-        # writing. Never FULL, which rewrites the tables under an exclusive
-        # lock. It cannot run in a transaction: this connection autocommits.
-        conn.execute(f"VACUUM {', '.join(PG_TABLES)}")
-
-    @staticmethod
-    def candidates(conn, floor, only=None):
-        """Threads with a checkpoint created before the cut (nothing else can lose a row)."""
-        if only is None:
-            sql, params = "SELECT DISTINCT thread_id FROM checkpoints WHERE checkpoint_id < %s", (floor,)
-        else:
-            sql = "SELECT DISTINCT thread_id FROM checkpoints WHERE checkpoint_id < %s AND thread_id = ANY(%s)"
-            params = (floor, list(only))
-        return sorted(r[0] for r in conn.execute(sql, params, prepare=False))
-
-    def prune_thread(self, conn, thread_id, policy, cut, active_after, dry_run):
-        try:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            reads = self._send_reads(conn, thread_id, bool(policy.tags))
-            snapshot = self._snapshot(thread_id, *reads)
-            selection = select(snapshot, policy, cut=cut, active_after=active_after)
-            if not dry_run and selection is not None and selection.skip is None:
-                cursor, expected = self._send_delete(conn, thread_id, selection)
-                counts = cursor.fetchone()
-                # At REPEATABLE READ a row changed or deleted since the snapshot
-                # raises (and is retried) instead of being skipped, so the
-                # counts always match; this only trips on a broken assumption,
-                # and then nothing is committed.
-                if counts != expected:
-                    raise PruneMismatch(f"rows changed {counts} where {expected} were selected (rolled back)")
-                conn.execute("COMMIT")
-            else:
-                conn.execute("ROLLBACK")
-        except BaseException:
-            if not conn.broken and conn.info.transaction_status != 0:  # not IDLE
-                conn.execute("ROLLBACK")
-            raise
-        return selection
-
-    @staticmethod
-    def _send_reads(conn, thread_id, with_metadata):
-        params = {"thread_id": thread_id, "tasks": TASKS}
-        return (
-            conn.execute(PG_READ_SQL, params),
-            conn.execute(PG_LATEST_METADATA_SQL, params) if with_metadata else None,
-        )
-
-    @staticmethod
-    def _snapshot(thread_id, main, latest):
-        checkpoint_rows, write_rows, blob_rows = main.fetchone()
-        delta = False
-        checkpoints = []
-        for ns, cid, parent, root, is_delta, legacy, versions, size in checkpoint_rows:
-            delta = delta or is_delta
-            # Only a JSON object names blobs (docs/architecture.md §3).
-            checkpoints.append(Row(ns, cid, parent, root, size, versions if isinstance(versions, dict) else None, legacy))
-        writes = {(ns, cid): WriteGroup(n, size, tasks) for ns, cid, n, size, tasks in write_rows}
-        blobs = {}
-        for ns, channel, version, size, head in blob_rows:
-            blobs[(ns, channel, version)] = size
-            if head is not None and not delta and is_delta_snapshot_head(bytes.fromhex(head)):
-                delta = True
-        metadata = None
-        if latest is not None:
-            row = latest.fetchone()
-            metadata = row[0] if row else None
-        return ThreadSnapshot(thread_id, checkpoints, writes, blobs, delta, metadata)
-
-    @staticmethod
-    def _send_delete(conn, thread_id, selection):
-        params = {
-            "thread_id": thread_id,
-            "writes": orjson.dumps(selection.writes).decode(),
-            "checkpoints": orjson.dumps(selection.checkpoints).decode(),
-            "blobs": orjson.dumps(selection.blobs).decode(),
-            "parents": orjson.dumps(selection.parents).decode(),
-        }
-        expected = (selection.write_rows, len(selection.checkpoints), len(selection.blobs), len(selection.parents))
-        return conn.execute(PG_DELETE_SQL, params), expected
-
-
-# --- SQLite -------------------------------------------------------------------
-
-SQLITE_CHECKPOINTS_SQL = """
-SELECT checkpoint_ns, checkpoint_id, parent_checkpoint_id, CAST(metadata AS BLOB), type,
-       CASE WHEN type = 'msgpack' THEN checkpoint END,
-       coalesce(length(CAST(checkpoint AS BLOB)), 0) + coalesce(length(CAST(metadata AS BLOB)), 0)
-FROM checkpoints WHERE thread_id = ?
-"""
-SQLITE_WRITES_SQL = """
-SELECT checkpoint_ns, checkpoint_id, count(*), coalesce(sum(coalesce(length(CAST(value AS BLOB)), 0)), 0),
-       max(channel = ?)
-FROM writes WHERE thread_id = ?
-GROUP BY checkpoint_ns, checkpoint_id
-"""
-
-
-class _Sqlite:
-    """Per-thread transactions on SQLite: one writer at a time, so one connection."""
-
-    workers = 1
-
-    def __init__(self, url):
-        self.url = url
-        self.path = Path(parse_database_url(url)["NAME"])
-
-    def connect(self):
-        if not self.path.is_file():
-            raise SourceError(f"{self.url}: no such SQLite file")
-        try:
-            # mode=rw: never create a database where there was none.
-            return sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?mode=rw", uri=True, timeout=30, isolation_level=None,
-                check_same_thread=False,
-            )
-        except sqlite3.Error as e:
-            raise SourceError(f"cannot open {self.url}: {e}") from None
-
-    @staticmethod
-    def retryable(exc) -> bool:
-        # Lock timeouts (a writer held the database for `timeout` seconds).
-        if isinstance(exc, sqlite3.OperationalError):
-            return "locked" in str(exc) or "busy" in str(exc)
-        return isinstance(exc, _Conflict)
-
-    @staticmethod
-    def broken(conn) -> bool:
-        return False
-
-    @staticmethod
-    def disk_bytes(conn) -> int:
-        (pages,) = conn.execute("PRAGMA page_count").fetchone()
-        (size,) = conn.execute("PRAGMA page_size").fetchone()
-        return pages * size
-
-    @staticmethod
-    def flush_stats(conn):
-        pass  # SQLite counts free pages in the file itself
-
-    @staticmethod
-    def release(conn):
-        conn.close()
-
-    @classmethod
-    def space(cls, conn) -> dict:
-        """Free pages and the file's bytes: what a VACUUM changes."""
-        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
-        return {"free_pages": free, "bytes": cls.disk_bytes(conn)}
-
-    @staticmethod
-    def vacuum(conn):
-        # SQLite's VACUUM rebuilds the whole file without its free pages (it
-        # cannot do one table); it waits up to the connection's timeout for
-        # other connections' transactions to end.
-        conn.execute("VACUUM")
-
-    @staticmethod
-    def candidates(conn, floor, only=None):
-        rows = conn.execute("SELECT DISTINCT thread_id FROM checkpoints WHERE checkpoint_id < ?", (floor,))
-        found = {r[0] for r in rows}
-        if only is not None:
-            found &= set(only)
-        return sorted(found)
-
-    def prune_thread(self, conn, thread_id, policy, cut, active_after, dry_run):
-        # IMMEDIATE: take the write lock before reading, so that what we read
-        # is what we delete (SQLite has one writer at a time).
-        conn.execute("BEGIN" if dry_run else "BEGIN IMMEDIATE")
-        try:
-            snapshot = self._read(conn, thread_id)
-            selection = select(snapshot, policy, cut=cut, active_after=active_after)
-            if selection is not None and selection.skip is None and not dry_run:
-                self._delete(conn, thread_id, selection)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return selection
-
-    @staticmethod
-    def _read(conn, thread_id):
-        checkpoints = []
-        delta = False
-        latest_root, latest_metadata = None, None
-        for ns, cid, parent, meta, type_, data, size in conn.execute(SQLITE_CHECKPOINTS_SQL, (thread_id,)):
-            try:
-                metadata = orjson.loads(meta) if meta else {}
-            except orjson.JSONDecodeError:
-                metadata = None
-            root = None
-            if isinstance(metadata, dict):
-                delta = delta or any(k in metadata for k in DELTA_KEYS)
-                parents = metadata.get("parents")
-                if isinstance(parents, dict) and isinstance(parents.get(""), str):
-                    root = parents[""]
-            if data is not None and not delta and contains_delta_snapshot(data):
-                delta = True
-            checkpoints.append(Row(ns, cid, parent, root, size, None, is_legacy_msgpack_checkpoint(data)))
-            if ns == "" and (latest_root is None or cid > latest_root):
-                latest_root, latest_metadata = cid, metadata
-        writes = {
-            (ns, cid): WriteGroup(n, size, bool(tasks))
-            for ns, cid, n, size, tasks in conn.execute(SQLITE_WRITES_SQL, (TASKS, thread_id))
-        }
-        return ThreadSnapshot(thread_id, checkpoints, writes, {}, delta, latest_metadata)
-
-    @staticmethod
-    def _delete(conn, thread_id, selection):
-        steps = [
-            ("DELETE FROM writes WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
-             selection.writes, selection.write_rows),
-            ("DELETE FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
-             selection.checkpoints, len(selection.checkpoints)),
-            ("UPDATE checkpoints SET parent_checkpoint_id = NULL"
-             " WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
-             selection.parents, len(selection.parents)),
-        ]
-        for sql, keys, expected in steps:
-            if not keys:
-                continue
-            before = conn.total_changes
-            conn.executemany(sql, [(thread_id, ns, cid) for ns, cid in keys])
-            if conn.total_changes - before != expected:
-                raise _Conflict(f"{thread_id!r}: {conn.total_changes - before} rows changed where {expected} were selected")
-
-
 # --- The run ------------------------------------------------------------------
 
 
@@ -747,13 +313,11 @@ def prune(source, policy: PrunePolicy, *, dry_run: bool, now=None, progress=None
     active_after = now - settings.PRUNE_ACTIVE_WINDOW
     with open_reader(source) as reader:
         reader.layout()  # refuses non-LangGraph and shallow schemas with a clear message
-    if source.kind == "s3":
-        from checkpoints.sources.s3 import settings_for
-        from checkpoints.sources.s3.prune import S3Prune
+    backend = registry.maintenance_for(source)
 
-        backend = S3Prune(source.url, settings_for(source.url))
-    else:
-        backend = _Postgres(source.url) if source.kind == "postgres" else _Sqlite(source.url)
+    def choose(snapshot):
+        return select(snapshot, policy, cut=cut, active_after=active_after)
+
     result = {
         "dry_run": dry_run, "threads": 0, "checkpoints": 0, "writes": 0, "blobs": 0, "bytes": 0,
         "disk_bytes_before": 0, "disk_bytes_after": 0, "skipped": [],
@@ -775,7 +339,7 @@ def prune(source, policy: PrunePolicy, *, dry_run: bool, now=None, progress=None
         def work(conn, thread_id):
             attempts = [0]
             try:
-                selection = _with_retries(backend, conn, thread_id, policy, cut, active_after, dry_run, attempts)
+                selection = _with_retries(backend, conn, thread_id, choose, dry_run, bool(policy.tags), attempts)
             except Exception as e:  # noqa: BLE001 - one thread's failure must not stop the others
                 if backend.broken(conn):
                     raise
@@ -867,11 +431,11 @@ def _each(backend, main, candidates, count, work):
             backend.release(conn)
 
 
-def _with_retries(backend, conn, thread_id, policy, cut, active_after, dry_run, attempts):
+def _with_retries(backend, conn, thread_id, choose, dry_run, metadata, attempts):
     for attempt in range(ATTEMPTS):
         attempts[0] = attempt + 1
         try:
-            return backend.prune_thread(conn, thread_id, policy, cut, active_after, dry_run)
+            return backend.prune_thread(conn, thread_id, choose, dry_run, metadata=metadata)
         except Exception as e:
             if not backend.retryable(e) or attempt == ATTEMPTS - 1:
                 raise

@@ -40,11 +40,11 @@ def release_slot(source) -> str | None:
     another database) must not keep one. A later sync of an enabled source
     creates a new slot and scans once (see checkpoints/sources/capture.py).
     """
-    from checkpoints.sources import SourceError, first_line
+    from checkpoints.sources import SourceError, first_line, registry
     from checkpoints.sources.capture import drop_slot
 
     slot = (source.sync_state or {}).get("slot")
-    if not slot or source.kind != "postgres":
+    if not slot or not registry.for_source(source).logical_capture:
         return None
     try:
         dropped = drop_slot(source.url, slot)

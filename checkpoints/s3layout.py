@@ -309,3 +309,104 @@ def groups(objects, prefix: str, nested: bool | None = None, skipped: list | Non
         current.add(parts[depth + 1], obj)
     if current is not None:
         yield current
+
+
+# --- Lifecycle rules (docs/s3-layout.md §7) -------------------------------------------------
+# The saver applies them and the console previews and applies them for a source: one
+# definition, so a rule the console puts is the one the saver would, and both find it again
+# by its ID.
+
+ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "STANDARD_IA", "ONEZONE_IA")
+LIFECYCLE_OPTIONS = ("expire_days", "archive_days", "intelligent_tiering_days", "changes_expire_days",
+                     "abort_multipart_days")
+
+
+def lifecycle_rule_id(prefix: str, name: str) -> str:
+    """The ID of one of the saver's rules; every rule of the saver at `prefix` starts with
+    lifecycle_rule_id(prefix, "").
+
+    >>> lifecycle_rule_id("agents/", "expire")
+    's3saver:agents/:expire'
+    """
+    return f"s3saver:{prefix}:{name}"
+
+
+def is_saver_rule(rule: dict, prefix: str) -> bool:
+    """Whether a bucket lifecycle rule is the saver's at `prefix` (by its ID).
+
+    >>> is_saver_rule({"ID": "s3saver:a/:expire"}, "a/"), is_saver_rule({"ID": "s3saver:a/b/:expire"}, "a/")
+    (True, False)
+    """
+    return str(rule.get("ID", "")).startswith(lifecycle_rule_id(prefix, ""))
+
+
+def lifecycle_rules(
+    prefix: str,
+    *,
+    expire_days: int | None = None,
+    archive_days: int | None = None,
+    archive_storage_class: str = "GLACIER",
+    intelligent_tiering_days: int | None = None,
+    changes_expire_days: int | None = None,
+    abort_multipart_days: int | None = 7,
+) -> list[dict]:
+    """The saver's lifecycle rules for its prefix (S3 LifecycleConfiguration rules):
+
+    expire_days: checkpoints (every object under `<prefix>threads/`) are deleted that many
+    days after they were written; archive_days: moved to `archive_storage_class`
+    (GLACIER, DEEP_ARCHIVE, GLACIER_IR, STANDARD_IA, ONEZONE_IA); intelligent_tiering_days:
+    moved to INTELLIGENT_TIERING; changes_expire_days: the change index entries are
+    deleted (keep it above every reader's sync interval); abort_multipart_days: unfinished
+    multipart uploads are aborted. None leaves a rule out. Rule IDs are
+    `s3saver:<prefix>:<name>`, so they are found and replaced again.
+
+    >>> [r["ID"] for r in lifecycle_rules("p/", expire_days=30)]
+    ['s3saver:p/:expire', 's3saver:p/:multipart']
+    >>> lifecycle_rules("p/", expire_days=30, archive_days=30)
+    Traceback (most recent call last):
+    ...
+    ValueError: archive_days=30 must be fewer than expire_days=30
+    """
+    for name, days in (("expire_days", expire_days), ("archive_days", archive_days),
+                       ("intelligent_tiering_days", intelligent_tiering_days),
+                       ("changes_expire_days", changes_expire_days), ("abort_multipart_days", abort_multipart_days)):
+        if days is not None and (not isinstance(days, int) or isinstance(days, bool) or days < 0):
+            raise ValueError(f"{name}={days!r}: a whole number of days, 0 or more")
+    if expire_days is not None and expire_days < 1:
+        raise ValueError("expire_days must be at least 1")
+    if archive_storage_class not in ARCHIVE_CLASSES:
+        raise ValueError(f"archive_storage_class={archive_storage_class!r} is not an S3 archive class")
+    if expire_days is not None:
+        for name, days in (("archive_days", archive_days), ("intelligent_tiering_days", intelligent_tiering_days)):
+            if days is not None and days >= expire_days:
+                raise ValueError(f"{name}={days} must be fewer than expire_days={expire_days}")
+    threads = {"Prefix": f"{prefix}{THREADS}"}
+    rules = []
+    if expire_days is not None:
+        rules.append({"ID": lifecycle_rule_id(prefix, "expire"), "Filter": threads, "Status": "Enabled",
+                      "Expiration": {"Days": expire_days}})
+    if archive_days is not None:
+        rules.append({"ID": lifecycle_rule_id(prefix, "archive"), "Filter": threads, "Status": "Enabled",
+                      "Transitions": [{"Days": archive_days, "StorageClass": archive_storage_class}]})
+    if intelligent_tiering_days is not None:
+        rules.append({"ID": lifecycle_rule_id(prefix, "tiering"), "Filter": threads, "Status": "Enabled",
+                      "Transitions": [{"Days": intelligent_tiering_days, "StorageClass": "INTELLIGENT_TIERING"}]})
+    if changes_expire_days is not None:
+        rules.append({"ID": lifecycle_rule_id(prefix, "changes"), "Filter": {"Prefix": f"{prefix}{CHANGES}"},
+                      "Status": "Enabled", "Expiration": {"Days": max(1, changes_expire_days)}})
+    if abort_multipart_days is not None:
+        rules.append({"ID": lifecycle_rule_id(prefix, "multipart"), "Filter": {"Prefix": prefix}, "Status": "Enabled",
+                      "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": max(1, abort_multipart_days)}})
+    return rules
+
+
+def lifecycle_configuration(bucket_rules: list, prefix: str, **policy) -> dict:
+    """The whole bucket configuration that puts the saver's rules at `prefix`: the bucket's rules
+    of other prefixes as they are, the saver's replaced by lifecycle_rules(prefix, **policy).
+
+    >>> other = {"ID": "tidy", "Filter": {"Prefix": "tmp/"}, "Status": "Enabled", "Expiration": {"Days": 1}}
+    >>> [r["ID"] for r in lifecycle_configuration([other, {"ID": "s3saver:p/:expire"}], "p/")["Rules"]]
+    ['tidy', 's3saver:p/:multipart']
+    """
+    kept = [r for r in bucket_rules if not is_saver_rule(r, prefix)]
+    return {"Rules": kept + lifecycle_rules(prefix, **policy)}

@@ -35,7 +35,7 @@ from checkpoints.ids import version_text as _version_text
 from checkpoints.jobs import PRUNE, SYNC
 from checkpoints.models import BlobReference, Checkpoint, DailyUsage, PruneMark, ReferenceUse, Source, Tag, Thread
 from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
-from checkpoints.sources import ScannedURIs, SourceError, TypedValues, first_line, open_reader
+from checkpoints.sources import ScannedURIs, SourceError, TypedValues, first_line, open_reader, registry
 from checkpoints.sources.registry import kind_of
 from checkpoints.sources.capture import Capture, new_slot_name
 from checkpoints.tags import extract_tags
@@ -278,7 +278,7 @@ class _Unchanged(dict):
 
 
 def _sync(source, full, stats, run, touched):
-    if source.capture != "logical" or source.kind != "postgres":
+    if source.capture != "logical" or not registry.for_source(source).logical_capture:
         return _sync_with(source, full, stats, run, touched, None)
     # One connection to the slot for the whole sync: the peek, and the
     # confirmation once the mirror has committed (a no-change sync makes no other).

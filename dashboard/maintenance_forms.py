@@ -1,4 +1,4 @@
-"""Forms of the maintenance page: a prune, a sweep, a saved policy.
+"""Forms of the maintenance page: a prune, a sweep, a lifecycle policy, a saved policy.
 
 Each job form (named by its Job in checkpoints/jobs.py) turns what an
 operator typed into the run's `parameters` in its cleaned data (and its
@@ -11,7 +11,10 @@ from datetime import timedelta
 from django import forms
 from django.conf import settings
 
+from checkpoints.lifecycle import LifecycleRefused, policy_from_parameters
 from checkpoints.models import Source
+from checkpoints.s3layout import ARCHIVE_CLASSES, LIFECYCLE_OPTIONS
+from checkpoints.sources import registry
 from checkpoints.prune import PrunePolicy
 from checkpoints.tags import split_tag
 from checkpoints.units import duration_text, parse_duration
@@ -112,6 +115,54 @@ class SweepForm(forms.Form):
             raise forms.ValidationError(str(e).replace("--force", "“force”").replace("--grace: ", "")) from None
         data["parameters"] = {"grace": duration_text(grace), "force": bool(data.get("force"))}
         return data
+
+
+def _days(label, help_text, initial=None):
+    return forms.IntegerField(required=False, min_value=0, max_value=100_000, label=label, initial=initial,
+                              help_text=help_text)
+
+
+class LifecycleForm(forms.Form):
+    """The S3 saver's lifecycle policy for one S3 source (checkpoints.s3layout.lifecycle_rules)."""
+
+    source = forms.ModelChoiceField(
+        queryset=Source.objects.none(), empty_label=None,
+        help_text="An S3 checkpoint store: its bucket gets the saver's rules for its prefix.",
+    )
+    expire_days = _days("Delete checkpoints after", "Days after a checkpoint was written; empty: never. "
+                        "Lifecycle deletes leave no change entries: a full sync notices them.")
+    archive_days = _days("Archive after", "Days until checkpoints move to the archive class; empty: never.")
+    archive_storage_class = forms.ChoiceField(
+        choices=[(c, c) for c in ARCHIVE_CLASSES], initial="GLACIER", label="Archive class",
+        help_text="Archived checkpoints must be restored before an agent or the console can read them.",
+    )
+    intelligent_tiering_days = _days("Intelligent tiering after", "Days until checkpoints move to INTELLIGENT_TIERING.")
+    changes_expire_days = _days("Keep the change index", "Days; keep it above every console's sync interval. "
+                                "Empty: forever.")
+    abort_multipart_days = _days("Abort unfinished uploads after", "Days; empty: never.", initial=7)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["source"].queryset = Source.objects.filter(enabled=True, kind__in=lifecycle_kinds())
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        parameters = {key: data.get(key) for key in LIFECYCLE_OPTIONS}
+        if parameters["archive_days"] is not None:
+            parameters["archive_storage_class"] = data["archive_storage_class"]
+        try:
+            policy_from_parameters(parameters)
+        except LifecycleRefused as e:
+            raise forms.ValidationError(str(e).replace("_days", "").replace("_", " ")) from None
+        data["parameters"] = parameters
+        return data
+
+
+def lifecycle_kinds() -> list:
+    """The source kinds that have a lifecycle policy (the S3 kind)."""
+    return [entry.name for entry in registry.KINDS if hasattr(registry.get(entry.name), "lifecycle")]
 
 
 class PolicyForm(forms.Form):

@@ -45,6 +45,8 @@ def counts(kind: str, result: dict) -> list:
     [(10, 'scanned'), (2, 'orphans'), (2, 'deleted'), (0, 'db rows'), (1, 'dangling')]
     >>> counts("prune", {})
     []
+    >>> counts("lifecycle", {"added": ["s3saver:p/:expire"], "changed": [], "removed": [], "other_rules": 2})
+    [(1, 'added'), (0, 'changed'), (0, 'removed'), (2, 'other rules')]
     """
     result = result or {}
     if not result:
@@ -52,7 +54,9 @@ def counts(kind: str, result: dict) -> list:
     described = job(kind)
     if not described.counts:
         return [(v, k.replace("_", " ")) for k, v in result.items() if isinstance(v, int) and not isinstance(v, bool)][:4]
-    found = [(result[key], label) for key, label in described.counts if isinstance(result.get(key), int)]
+    # A count kept as the list of what it counts (a lifecycle change's rule IDs) shows its length.
+    found = [(_value(result, key), label) for key, label in described.counts
+             if isinstance(result.get(key), int | list)]
     extra = described.listed
     if extra and result.get(extra):
         found.append((len(result[extra]), extra))

@@ -64,6 +64,11 @@ def values_key(source, checkpoint, *, limit, aes_key=None, digest=False) -> str:
     )
 
 
+def cached_values_key(source, checkpoint, **options) -> str | None:
+    """The key `read_values_cached` keeps the checkpoint's values under; None when it keeps none."""
+    return values_key(source, checkpoint, **options) if source.kind in _CACHED_KINDS else None
+
+
 def ttl_seconds() -> int:
     return max(1, int(settings.SNAPSHOT_CACHE_TTL.total_seconds()))
 

@@ -26,6 +26,7 @@ from checkpoints.jobs import REMOVE, SYNC, job
 from checkpoints.models import Run, Source
 from checkpoints.removal import RemovalRefused, check_removable, release_slot, removal_preview
 from checkpoints.sources import SourceError, first_line, open_reader
+from checkpoints.sources import registry
 from checkpoints.sources.registry import kind_of
 from dashboard import usage
 from dashboard.access import viewer_required
@@ -56,7 +57,7 @@ def check_url(url) -> tuple[str, str]:
     try:
         with open_reader(url, connect_timeout=CHECK_TIMEOUT) as reader:
             layout = reader.layout()
-            if kind != "s3":  # an S3 store's totals are a listing of the whole prefix: layout() has read it
+            if not registry.get(kind).layout_reads_data:  # S3: totals would list the whole prefix layout() has read
                 reader.totals()  # the tables can be read, not only described
     except SourceError as e:
         raise forms.ValidationError(first_line(e)) from None
@@ -123,7 +124,7 @@ def check_capture(url) -> list:
     from checkpoints.sources.capture import Capture
 
     try:
-        if kind_of(url) != "postgres":
+        if not registry.for_url(url).logical_capture:
             return ["Logical decoding is for PostgreSQL sources."]
         with Capture(url, "", connect_timeout=CHECK_TIMEOUT) as capture:
             return capture.requirements()

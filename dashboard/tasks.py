@@ -41,6 +41,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from checkpoints.jobs import job
+from checkpoints.lifecycle import LifecycleBusy, LifecycleRefused, run_lifecycle
 from checkpoints.models import Run
 from checkpoints.prune import PruneBusy, PrunePolicy, run_prune
 from checkpoints.removal import RemovalRefused, remove_source
@@ -200,6 +201,19 @@ def queued_sweep(run):
         return finish_run(run, result={}, error=str(e))
     except SweepBusy:
         return _not_started(run, "another sweep is running")
+
+
+def queued_lifecycle(run):
+    """A queued lifecycle change or its preview: run_lifecycle() with the Run's parameters."""
+    if run.source is None:
+        return finish_run(run, result={}, error="the source of this lifecycle change no longer exists")
+    try:
+        return run_lifecycle(run.source, run.parameters, dry_run=run.dry_run, requested_by=run.requested_by,
+                             origin=run.origin, run=run)
+    except LifecycleRefused as e:
+        return finish_run(run, result={}, error=str(e))
+    except LifecycleBusy:
+        return _not_started(run, f"another lifecycle change of {run.source.name} is running")
 
 
 def queued_removal(run):

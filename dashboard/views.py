@@ -19,6 +19,7 @@ from django.views import defaults
 
 from checkpoints.decode import plain
 from checkpoints.models import BlobReference, Checkpoint, Source, Tag, Thread
+from checkpoints.sources import registry
 from checkpoints.tags import redact_metadata, split_tag
 from dashboard import browse, charts, usage
 from dashboard.access import viewer_required
@@ -311,9 +312,10 @@ def _thread_page(request, source, thread_id):
     ]
 
     # New bytes differ from logical bytes only where checkpoints share blob
-    # rows (PostgreSQL). On SQLite every checkpoint is stored whole: the
-    # column and the bars would only repeat the logical bytes.
-    shares_blobs = t.source.kind != "sqlite" and checkpoints.exclude(new_bytes=F("logical_bytes")).exists()
+    # rows (PostgreSQL). Where the kind stores every checkpoint whole (SQLite,
+    # S3) the column and the bars would only repeat the logical bytes.
+    kind_shares_blobs = registry.for_source(t.source).shares_blobs
+    shares_blobs = kind_shares_blobs and checkpoints.exclude(new_bytes=F("logical_bytes")).exists()
 
     recent = checkpoints.filter(checkpoint_ns="").order_by("-created_at", "-checkpoint_id")
     points = list(recent.values_list("step", "checkpoint_id", "logical_bytes", "new_bytes")[:CHART_POINTS])[::-1]
@@ -338,6 +340,7 @@ def _thread_page(request, source, thread_id):
         "limit": limit,
         "figure": charts.thread_sizes(points, spikes, new_bytes=shares_blobs),
         "shares_blobs": shares_blobs,
+        "kind_shares_blobs": kind_shares_blobs,
         "chart_points": len(points),
         "chart_capped": len(points) == CHART_POINTS,
         "blobs": blobs,
@@ -397,6 +400,7 @@ def _content_previews(request, values, references):
 
 @viewer_required
 def checkpoint(request, pk):
+    from dashboard import fragments, snapshot_cache
     from dashboard.snapshot_cache import read_values_cached
     from dashboard.source_values import ReadError
 
@@ -422,10 +426,9 @@ def checkpoint(request, pk):
         )
 
     error, values = "", None
+    options = {"limit": settings.DISPLAY_DECODE_LIMIT, "aes_key": settings.LANGGRAPH_AES_KEY or None}
     try:
-        values = read_values_cached(
-            t.source, cp, limit=settings.DISPLAY_DECODE_LIMIT, aes_key=settings.LANGGRAPH_AES_KEY or None
-        )
+        values = read_values_cached(t.source, cp, **options)
     except ReadError as e:
         error = str(e)
     if values:
@@ -433,6 +436,18 @@ def checkpoint(request, pk):
     diff = values.diff() if values else None
     references = list(cp.reference_uses.select_related("reference").order_by("location"))
     content, can_preview = _content_previews(request, values, references) if values else ([], False)
+    shown_diff = diff if diff is None else [c for c in diff if not is_internal(c.channel)]
+    # LangGraph's own channels (__start__, branch:to:*) change at every step: named, not detailed.
+    internal_changes = [c.channel for c in diff or [] if is_internal(c.channel)]
+    values_html = content_html = ""
+    if values:
+        # The values, the diff and the previews never change for this checkpoint: their HTML is kept.
+        key = snapshot_cache.cached_values_key(t.source, cp, **options)
+        values_html = fragments.values_html(key, {
+            "values": values, "diff": shown_diff, "internal_changes": internal_changes,
+            "parent_checkpoint_id": cp.parent_checkpoint_id, "decode_limit": settings.DISPLAY_DECODE_LIMIT})
+        content_html = fragments.content_html(key, {
+            "content": content, "can_preview": can_preview, "preview_limit": settings.PREVIEW_LIMIT})
 
     ctx = {
         "cp": cp,
@@ -444,9 +459,10 @@ def checkpoint(request, pk):
         "metadata": json.dumps(plain(metadata), indent=2, ensure_ascii=False, sort_keys=True),
         "metadata_bytes": len(json.dumps(cp.metadata, ensure_ascii=False).encode()),
         "values": values,
-        "diff": diff if diff is None else [c for c in diff if not is_internal(c.channel)],
-        # LangGraph's own channels (__start__, branch:to:*) change at every step: named, not detailed.
-        "internal_changes": [c.channel for c in diff or [] if is_internal(c.channel)],
+        "diff": shown_diff,
+        "internal_changes": internal_changes,
+        "values_html": values_html,
+        "content_html": content_html,
         "error": error,
         "logical_delta": cp.logical_bytes - parent.logical_bytes if parent else None,
         "references": references,
@@ -456,6 +472,7 @@ def checkpoint(request, pk):
         "limit": settings.CHECKPOINT_SIZE_LIMIT,
         "decode_limit": settings.DISPLAY_DECODE_LIMIT,
         "subgraphs": subgraphs,
+        "kind_shares_blobs": registry.for_source(t.source).shares_blobs,
     }
     return render(request, "dashboard/checkpoint.html", ctx)
 

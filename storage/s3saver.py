@@ -54,6 +54,10 @@ from checkpoints.s3layout import (  # noqa: F401 - re-exported: the saver's publ
     decode_segment,
     encode_segment,
     invert_id,
+    is_saver_rule,
+    lifecycle_configuration,
+    lifecycle_rule_id,
+    lifecycle_rules,
     parse_manifest,
 )
 from checkpoints.s3layout import Group as _Group
@@ -904,71 +908,23 @@ class S3Saver(BaseCheckpointSaver[str]):
 
     # --- lifecycle -------------------------------------------------------------------------
     def _rule_id(self, name: str) -> str:
-        return f"s3saver:{self.prefix}:{name}"
+        return lifecycle_rule_id(self.prefix, name)
 
-    def lifecycle_rules(
-        self,
-        *,
-        expire_days: int | None = None,
-        archive_days: int | None = None,
-        archive_storage_class: str = "GLACIER",
-        intelligent_tiering_days: int | None = None,
-        changes_expire_days: int | None = None,
-        abort_multipart_days: int | None = 7,
-    ) -> list[dict]:
-        """The saver's lifecycle rules for its prefix (S3 LifecycleConfiguration rules):
-
-        expire_days: checkpoints (every object under `<prefix>threads/`) are deleted that many
-        days after they were written; archive_days: moved to `archive_storage_class`
-        (GLACIER, DEEP_ARCHIVE, GLACIER_IR, STANDARD_IA, ONEZONE_IA); intelligent_tiering_days:
-        moved to INTELLIGENT_TIERING; changes_expire_days: the change index entries are
-        deleted (keep it above every reader's sync interval); abort_multipart_days: unfinished
-        multipart uploads are aborted. None leaves a rule out. Rule IDs are
-        `s3saver:<prefix>:<name>`, so they are found and replaced again (docs/s3-layout.md §7).
-        """
-        for name, days in (("expire_days", expire_days), ("archive_days", archive_days),
-                           ("intelligent_tiering_days", intelligent_tiering_days),
-                           ("changes_expire_days", changes_expire_days), ("abort_multipart_days", abort_multipart_days)):
-            if days is not None and (not isinstance(days, int) or isinstance(days, bool) or days < 0):
-                raise ValueError(f"{name}={days!r}: a whole number of days, 0 or more")
-        if expire_days is not None and expire_days < 1:
-            raise ValueError("expire_days must be at least 1")
-        if archive_storage_class not in ("GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "STANDARD_IA", "ONEZONE_IA"):
-            raise ValueError(f"archive_storage_class={archive_storage_class!r} is not an S3 archive class")
-        if expire_days is not None:
-            for name, days in (("archive_days", archive_days), ("intelligent_tiering_days", intelligent_tiering_days)):
-                if days is not None and days >= expire_days:
-                    raise ValueError(f"{name}={days} must be fewer than expire_days={expire_days}")
-        threads = {"Prefix": f"{self.prefix}threads/"}
-        rules = []
-        if expire_days is not None:
-            rules.append({"ID": self._rule_id("expire"), "Filter": threads, "Status": "Enabled",
-                          "Expiration": {"Days": expire_days}})
-        if archive_days is not None:
-            rules.append({"ID": self._rule_id("archive"), "Filter": threads, "Status": "Enabled",
-                          "Transitions": [{"Days": archive_days, "StorageClass": archive_storage_class}]})
-        if intelligent_tiering_days is not None:
-            rules.append({"ID": self._rule_id("tiering"), "Filter": threads, "Status": "Enabled",
-                          "Transitions": [{"Days": intelligent_tiering_days, "StorageClass": "INTELLIGENT_TIERING"}]})
-        if changes_expire_days is not None:
-            rules.append({"ID": self._rule_id("changes"), "Filter": {"Prefix": f"{self.prefix}changes/"},
-                          "Status": "Enabled", "Expiration": {"Days": max(1, changes_expire_days)}})
-        if abort_multipart_days is not None:
-            rules.append({"ID": self._rule_id("multipart"), "Filter": {"Prefix": self.prefix}, "Status": "Enabled",
-                          "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": max(1, abort_multipart_days)}})
-        return rules
+    def lifecycle_rules(self, **policy) -> list[dict]:
+        """The saver's lifecycle rules for its prefix: checkpoints.s3layout.lifecycle_rules(prefix, **policy),
+        whose docstring names the options (expire_days, archive_days, archive_storage_class,
+        intelligent_tiering_days, changes_expire_days, abort_multipart_days)."""
+        return lifecycle_rules(self.prefix, **policy)
 
     def lifecycle(self) -> list[dict]:
         """The bucket's lifecycle rules that are this saver's (by rule ID); [] when none."""
-        return [r for r in self._bucket_rules() if str(r.get("ID", "")).startswith(self._rule_id(""))]
+        return [r for r in self._bucket_rules() if is_saver_rule(r, self.prefix)]
 
     def lifecycle_configuration(self, **policy) -> dict:
         """The whole bucket lifecycle configuration apply_lifecycle(**policy) would put:
         the bucket's rules of other prefixes as they are, this saver's replaced by
         lifecycle_rules(**policy). A preview; nothing is changed."""
-        mine = self._rule_id("")
-        kept = [r for r in self._bucket_rules() if not str(r.get("ID", "")).startswith(mine)]
-        return {"Rules": kept + self.lifecycle_rules(**policy)}
+        return lifecycle_configuration(self._bucket_rules(), self.prefix, **policy)
 
     def apply_lifecycle(self, **policy) -> dict:
         """Put lifecycle_configuration(**policy) on the bucket; returns what was put. With no

@@ -20,6 +20,9 @@ def pg_source_url():
     with PostgresSaver.from_conn_string(url) as saver:
         saver.setup()
     yield url
+    from checkpoints.sources.postgres import idle
+
+    idle.close_all()  # the page's kept read connections to it
     with psycopg.connect(server_url(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -42,6 +42,8 @@ import django
 django.setup()
 from checkpoints import prune as p
 from checkpoints.models import Source
+from checkpoints.sources.postgres.maintenance import PostgresMaintenance
+from checkpoints.sources.sqlite.maintenance import SqliteMaintenance
 
 lock, done = threading.Lock(), [0]
 stop_after, flag = int(os.environ["STOP_AFTER"]), os.environ["FLAG"]
@@ -59,8 +61,8 @@ def hook(orig):
         return selection
     return prune_thread
 
-p._Postgres.prune_thread = hook(p._Postgres.prune_thread)
-p._Sqlite.prune_thread = hook(p._Sqlite.prune_thread)
+PostgresMaintenance.prune_thread = hook(PostgresMaintenance.prune_thread)
+SqliteMaintenance.prune_thread = hook(SqliteMaintenance.prune_thread)
 source = Source.objects.get(name=os.environ["SOURCE"])
 policy = p.PrunePolicy.from_options("1h", 1)
 p.run_prune(source, policy, dry_run=False, now=datetime.fromisoformat(os.environ["NOW"]))

@@ -16,13 +16,14 @@ from django.urls import reverse
 from django.utils.module_loading import import_string
 
 from checkpoints.jobs import JOBS, KIND_CHOICES, job, kinds
-from checkpoints.models import Run
+from checkpoints.models import Run, Source
 from checkpoints.removal import remove_source
 from checkpoints.run_history import ROUTINE_KINDS
 from dashboard import run_summary
 from dashboard.models import SavedPolicy
 from storage.refcheck import run_reference_check
-from tests.graphs import config, file_graph
+from storage.s3saver import S3Saver
+from tests.graphs import chat_graph, config, file_graph
 from tests.mirror_data import operator, operator_client  # noqa: F401
 from tests.test_maintenance_support import make_source, old_scenarios, prune_post
 
@@ -95,7 +96,7 @@ def file_store(tmp_path, settings):
 
 
 def test_each_registered_job_runs_and_its_run_page_shows_what_the_registry_describes(
-    operator_client, sqlite_saver, sqlite_source_url, file_store,
+    operator_client, sqlite_saver, sqlite_source_url, file_store, moto_s3, s3_bucket,
 ):
     referenced = file_store / "u1" / "report.pdf"
     referenced.parent.mkdir(parents=True)
@@ -104,9 +105,19 @@ def test_each_registered_job_runs_and_its_run_page_shows_what_the_registry_descr
     file_graph(sqlite_saver).invoke({"attachment": f"file://{referenced}"}, config("with-file"))
     source = make_source(sqlite_source_url)  # a sync
     run_reference_check(source=source)
+    # A lifecycle policy needs an S3 store (one thread written by the S3 saver).
+    s3_saver = S3Saver(s3_bucket, "agents/", client=moto_s3.client(), metrics=False)
+    chat_graph(s3_saver).invoke({"messages": ["hi"]}, config("on-s3"))
+    s3_source = Source.objects.create(name="s3src", url=f"s3://{s3_bucket}/agents/", kind="s3")
+    posts = {
+        "prune": prune_post(source),
+        "sweep": {"sweep-grace": "1h"},
+        "lifecycle": {"lifecycle-source": s3_source.pk, "lifecycle-expire_days": "30",
+                      "lifecycle-archive_storage_class": "GLACIER", "lifecycle-abort_multipart_days": "7"},
+    }
+    assert set(posts) == set(kinds(previewed=True)), "a previewed job this test does not post"
     for kind in kinds(previewed=True):
-        data = prune_post(source) if job(kind).needs_source else {f"{kind}-grace": "1h"}
-        response = operator_client.post(reverse(job(kind).preview_url), data)
+        response = operator_client.post(reverse(job(kind).preview_url), posts[kind])
         preview = Run.objects.get(kind=kind, dry_run=True)
         assert response["Location"] == reverse("maintenance-run", args=[preview.pk]) and preview.state == "done"
         operator_client.post(reverse("maintenance-run-confirm", args=[preview.pk]))

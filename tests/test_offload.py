@@ -180,7 +180,7 @@ def pg_typed_rows(url, thread_id):
 
 
 def _ext_hook(code, data):
-    # The console's safe decoding (LANGGRAPH.md): no import, no call.
+    # The console's safe decoding (docs/architecture.md §1): no import, no call.
     inner = ormsgpack.unpackb(data, ext_hook=_ext_hook, option=ormsgpack.OPT_NON_STR_KEYS)
     return {"__ext__": code, "value": inner if code in (6, 7) else inner[2:]}
 

@@ -256,20 +256,20 @@ def test_serialization_failure_is_retried_from_a_fresh_snapshot(pg_saver, pg_sou
 
 
 def test_a_delete_that_does_not_match_the_selection_is_rolled_back_and_reported(pg_saver, pg_source_url, monkeypatch):
-    from checkpoints import prune as pruning
+    from checkpoints.sources.postgres.maintenance import PostgresMaintenance
 
     chat = chat_graph(pg_saver)
     for _ in range(3):
         chat.invoke({"messages": ["hi"]}, config("mismatch"))
     db = SourceDB(pg_source_url)
     before = db.dump()
-    send_delete = pruning._Postgres._send_delete
+    send_delete = PostgresMaintenance._send_delete
 
     def wrong_expectation(conn, thread_id, selection):
         cursor, expected = send_delete(conn, thread_id, selection)
         return cursor, (expected[0], expected[1] + 1, *expected[2:])  # one checkpoint more than deleted
 
-    monkeypatch.setattr(pruning._Postgres, "_send_delete", staticmethod(wrong_expectation))
+    monkeypatch.setattr(PostgresMaintenance, "_send_delete", staticmethod(wrong_expectation))
     result = prune(make_source(pg_source_url), PrunePolicy(timedelta(hours=1)), dry_run=False,
                    now=timezone.now() + LATER)
     assert [e["thread_id"] for e in result["errors"]] == ["mismatch"]

@@ -127,6 +127,7 @@ def test_prune_vacuum_from_the_page_on_sqlite_and_in_a_saved_policy(sqlite_saver
 
 def test_a_failed_vacuum_leaves_the_prune_done_and_says_so(sqlite_saver, sqlite_source_url, monkeypatch):
     from checkpoints import prune as pruning
+    from checkpoints.sources.sqlite.maintenance import SqliteMaintenance
 
     old_history(sqlite_saver, threads=2)
     source = make_source(sqlite_source_url)
@@ -135,7 +136,7 @@ def test_a_failed_vacuum_leaves_the_prune_done_and_says_so(sqlite_saver, sqlite_
     def locked(conn):
         raise sqlite3.OperationalError("database is locked")
 
-    monkeypatch.setattr(pruning._Sqlite, "vacuum", staticmethod(locked))
+    monkeypatch.setattr(SqliteMaintenance, "vacuum", staticmethod(locked))
     run = pruning.run_prune(source, pruning.PrunePolicy(timedelta(hours=1), vacuum=True), dry_run=False)
     assert run.result["checkpoints"] == len(before.minus(read_rows(sqlite_source_url)).checkpoints) > 0
     assert run.result["vacuum"]["error"] == "OperationalError: database is locked"

@@ -115,6 +115,38 @@ def test_second_view_comes_from_the_cache_and_writes_stay_fresh(viewer_client, p
     assert api.status_code == 200 and lookups("values", "miss") == misses + 2
 
 
+def test_pending_writes_reuse_a_connection_and_survive_its_loss(viewer_client, pg_saver, pg_source_url):
+    """Cached views read the writes on one kept connection; killed by the server, it is replaced."""
+    import psycopg
+
+    from checkpoints.sources.postgres import idle
+
+    chat = chat_graph(pg_saver)
+    cfg = config("kept", tenant="acme")
+    chat.invoke({"messages": ["hello"]}, cfg)
+    synced_source(pg_source_url, "pg")
+    cp = latest("kept")
+    page(viewer_client, cp)
+    page(viewer_client, cp)
+    (kept,) = idle._idle[pg_source_url]
+    backend = kept[0].info.backend_pid
+    page(viewer_client, cp)
+    assert [c.info.backend_pid for c, _ in idle._idle[pg_source_url]] == [backend]  # the same session again
+    with psycopg.connect(pg_source_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
+    pg_saver.put_writes(pg_saver.get_tuple(cfg).config, [("label", "after the loss")], task_id="task-late")
+    after = page(viewer_client, cp)
+    assert "could not be read" not in after.content.decode()
+    assert [(w["value"].name, w["value"].value) for w in after.context["values"].writes] == [("label", "after the loss")]
+    (replaced,) = idle._idle[pg_source_url]
+    assert replaced[0].info.backend_pid != backend
+    with replaced[0].cursor() as cur:  # what every kept connection is: read only, with the timeout
+        cur.execute("SHOW default_transaction_read_only")
+        assert cur.fetchone() == ("on",)
+        cur.execute("SHOW statement_timeout")
+        assert cur.fetchone() == ("10s",)
+
+
 def test_removed_checkpoint_is_never_served_from_the_cache(viewer_client, sqlite_saver, sqlite_source_url):
     run_scenarios(sqlite_saver)
     source = synced_source(sqlite_source_url, "lite")

@@ -10,12 +10,12 @@ rows mean (selection, policy, orchestration, decoding) stays with the callers;
 what the rows are, how they are read consistently and deleted safely, is the
 kind's.
 
-Status: `check_url`, `reader`, `read_values`, `read_writes`, `orphans`,
-`recheck` and `owned_prefixes` are what every kind implements and what the
-callers use (the sweep through `registry.recheck_for` and
-`checkpoints.orphans.db_orphans`). `maintenance` is the interface prune moves
-to; until then prune picks its backend (already of the `Maintenance` shape) by
-`Source.kind` (docs/architecture.md, "Source kinds").
+Callers reach a kind through the registry: `open_reader` for the sync,
+`registry.for_source(source).read_values` for the checkpoint page,
+`registry.maintenance_for` for prune, `registry.recheck_for` and
+`checkpoints.orphans.db_orphans` for the sweep. Where a page or a job behaves
+differently by kind, it asks one of the kind's capabilities (`shares_blobs`,
+`logical_capture`, `layout_reads_data`), never its name.
 
 Errors: a store that cannot be opened or read raises `SourceError` (its
 message names the store, never a password); `read_values` raises `ReadError`.
@@ -74,15 +74,22 @@ class Reader(Protocol):
 class Maintenance(Protocol):
     """What prune does to a store: per-thread transactions that read, select and delete.
 
-    `connect()` opens the store for writing (never creating it); prune may use
-    `workers` connections at once, one thread at a time on each.
+    Everything `checkpoints.prune.prune()` calls, in its order: `connect()`,
+    `disk_bytes()`, `candidates()`, then `prune_thread()` per candidate (on up
+    to `workers` connections, retried while `retryable()`), after a real run
+    with `vacuum` `flush_stats()`, `space()`, `vacuum()`, `space()`, then
+    `disk_bytes()` and `release()`. The rows exchanged are
+    `checkpoints.prune_rows`' (ThreadSnapshot in, Selection out); the policy
+    stays with prune, which hands in `choose`.
     """
 
-    workers: int
+    workers: int  # connections prune may use at once, one thread at a time on each
 
-    def connect(self): ...
+    def connect(self):
+        """A connection for writing (never creating the store); SourceError when it cannot be opened."""
 
-    def release(self, conn) -> None: ...
+    def release(self, conn) -> None:
+        """Close a connection `connect()` opened."""
 
     def retryable(self, exc: BaseException) -> bool:
         """Whether a thread that failed with `exc` may be tried again from a fresh read."""
@@ -96,10 +103,13 @@ class Maintenance(Protocol):
     def prune_thread(self, conn, thread_id, choose: Callable, dry_run: bool, *, metadata: bool = False):
         """Read the thread as a `ThreadSnapshot`, call `choose(snapshot)` for a `Selection` (or None) and,
         unless `dry_run` or the selection is skipped, delete exactly it, all in one transaction that sees
-        what it deletes; return the selection. `metadata`: read the latest root checkpoint's metadata
-        (tag filters). Deleted counts that differ from the selection roll back and raise."""
+        what it deletes (S3, which has no transactions: re-read and compared right before deleting); return
+        the selection. `metadata`: the snapshot must carry the latest root checkpoint's metadata (tag
+        filters). Rows that changed between the read and the delete raise `prune_rows.Conflict` (retryable);
+        deleted counts that differ from the selection otherwise roll back and raise `PruneMismatch`."""
 
-    def disk_bytes(self, conn) -> int: ...
+    def disk_bytes(self, conn) -> int:
+        """What the store's checkpoint data takes on disk (tables, the file, or stored objects), in bytes."""
 
     def flush_stats(self, conn) -> None:
         """Make this connection's deletes count in `space()` (PostgreSQL's statistics)."""
@@ -133,6 +143,10 @@ class SourceKind(Protocol):
     """One kind of LangGraph checkpoint store: everything the console does with the store's own data."""
 
     name: str  # Source.kind, as in checkpoints.sources.registry.KINDS
+    # Capabilities: what callers ask instead of comparing `name`.
+    shares_blobs: bool  # checkpoints share stored values (blob rows), so new bytes can differ from logical bytes
+    logical_capture: bool  # the sync can follow the store by logical decoding (checkpoints/sources/capture.py)
+    layout_reads_data: bool  # `Reader.layout()` already reads the store's data (a check needs no `totals()`)
 
     def check_url(self, url: str) -> None:
         """ValueError with what to write instead, for a URL of this scheme this kind cannot open."""
@@ -152,7 +166,7 @@ class SourceKind(Protocol):
         decoded as in `read_values`; ReadError when the store no longer holds the checkpoint."""
 
     def maintenance(self, url: str) -> Maintenance:
-        """The prune side of the store."""
+        """The prune side of the store (nothing is opened before `connect()`)."""
 
     def orphans(self, url: str, floor: str, *, dry_run: bool) -> dict:
         """Count (dry run) or delete the store's orphan rows older than `floor` (a uuid6 bound), sparing
@@ -163,6 +177,27 @@ class SourceKind(Protocol):
     def recheck(self, url: str) -> Recheck:
         """A Recheck of the store, opened read-only (nothing is opened before its first `values()`)."""
 
+    def space_report(self, found: dict) -> dict:
+        """The reader's `space()` report as the sync stored it, ready for the pages: its figures plus
+        `warnings` (what the operator should fix), `template` (the maintenance page's panel) and
+        `brief_template` (the sources page's cell), partials under templates/space/."""
+
     def owned_prefixes(self, url: str) -> tuple | None:
         """(bucket, key prefixes) of objects that are the store's own data (an S3 store's), which a sweep
         of a blob store never deletes; None for a store that keeps nothing in a bucket."""
+
+
+class Lifecycle(Protocol):
+    """A store whose bucket expires and archives its objects itself (the S3 kind): an optional
+    capability, offered by a kind through `lifecycle(url) -> Lifecycle`; kinds without it have no
+    such method (`checkpoints.lifecycle` refuses them)."""
+
+    def plan(self, policy: dict) -> dict:
+        """What applying the saver's lifecycle `policy` (checkpoints.s3layout.lifecycle_rules' options)
+        would do: {"bucket", "prefix", "before", "after" (the saver's rules), "added", "removed",
+        "changed", "unchanged" (rule IDs), "other_rules" (rules of other prefixes, kept), "applied"};
+        reads only. SourceError when the bucket cannot be read or the policy is bad."""
+
+    def apply(self, policy: dict) -> dict:
+        """Read the bucket's configuration again and put it with the saver's rules replaced; the same
+        report as `plan`, "applied" true."""

@@ -99,6 +99,11 @@ def _either(words) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
+def maintenance_for(source):
+    """The `Maintenance` of a Source's store (nothing opened before its `connect()`): prune's per-thread work."""
+    return for_source(source).maintenance(source.url)
+
+
 def recheck_for(source):
     """A `Recheck` of a Source's store (opened on first use, read-only): the sweep's last look before it deletes."""
     return for_source(source).recheck(source.url)

@@ -108,3 +108,15 @@ def thread_url(source, thread_id):
     from dashboard.links import thread_path
 
     return thread_path(source, thread_id)
+
+
+@register.filter
+def rule_actions(rule):
+    """What a bucket lifecycle rule does, in words ("expire current versions after 30 days; ...").
+
+    >>> rule_actions({"ID": "x", "Expiration": {"Days": 30}})
+    'expire current versions after 30 days'
+    """
+    from storage.bucket import describe_rule
+
+    return "; ".join(describe_rule(rule or {})["actions"])

@@ -11,6 +11,7 @@ import psycopg
 from checkpoints.dburl import redact
 from checkpoints.decode import decode_json_text, safe_loads
 from checkpoints.sources import DeltaRows, first_line
+from checkpoints.sources.postgres import idle
 from checkpoints.sources.values import (
     DELTA_READ_FACTOR, CheckpointValues, ReadError, Value, apply_delta, as_object, decode_write,
 )
@@ -49,8 +50,16 @@ _BLOBS = """
       ON b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns AND b.channel = v.key AND b.version = v.value
     WHERE c.thread_id = %(thread)s AND c.checkpoint_ns = %(ns)s AND c.checkpoint_id = ANY(%(ids)s)
 """
-_PG_EXISTS = """
-    SELECT 1 FROM checkpoints WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s AND checkpoint_id = %(id)s
+# The checkpoint's row (no column of it: nothing is detoasted) and its writes, in one statement:
+# no row at all when the checkpoint is gone, one row of NULLs when it has no writes.
+_PG_FRESH_WRITES = """
+    SELECT w.task_id, w.idx, w.channel, w.type, coalesce(octet_length(w.blob), 0),
+           CASE WHEN octet_length(w.blob) <= %(limit)s THEN w.blob END
+    FROM checkpoints c
+    LEFT JOIN checkpoint_writes w
+      ON w.thread_id = c.thread_id AND w.checkpoint_ns = c.checkpoint_ns AND w.checkpoint_id = c.checkpoint_id
+    WHERE c.thread_id = %(thread)s AND c.checkpoint_ns = %(ns)s AND c.checkpoint_id = %(id)s
+    ORDER BY w.task_id, w.idx
 """
 _PG_WRITES = """
     SELECT task_id, idx, channel, type, coalesce(octet_length(blob), 0),
@@ -93,20 +102,22 @@ def read_values(url, key, parent, *, limit, aes_key=None, digest=False) -> Check
 
 
 def read_writes(url, key, *, limit, aes_key=None, digest=False) -> list:
-    """SourceKind.read_writes: the checkpoint's pending writes, read now (they arrive after it)."""
+    """SourceKind.read_writes: the checkpoint's pending writes, read now (they arrive after it).
+
+    Read on every view of a cached checkpoint: one statement on an idle
+    connection kept for the source (checkpoints.sources.postgres.idle).
+    """
     thread, ns, cid = key
     params = {"thread": thread, "ns": ns, "id": cid, "limit": limit}
     try:
-        with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT, autocommit=False) as conn:
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
-            if conn.execute(_PG_EXISTS, params).fetchone() is None:
-                raise ReadError(GONE)
-            rows = conn.execute(_PG_WRITES, params).fetchall()
-            conn.rollback()
+        rows = idle.run(url, lambda conn: conn.execute(_PG_FRESH_WRITES, params).fetchall(),
+                        connect_timeout=CONNECT_TIMEOUT, statement_timeout_ms=STATEMENT_TIMEOUT_MS)
     except psycopg.Error as e:
         raise ReadError(f"cannot read {redact(url)}: {first_line(e)}") from None
-    return [decode_write(task, idx, channel, t, s, d, limit, aes_key, digest) for task, idx, channel, t, s, d in rows]
+    if not rows:
+        raise ReadError(GONE)
+    return [decode_write(task, idx, channel, t, s, d, limit, aes_key, digest)
+            for task, idx, channel, t, s, d in rows if task is not None]
 
 
 def _postgres_values(versions, inline, blobs, writes, cid, parent, limit, aes_key, digest=False):

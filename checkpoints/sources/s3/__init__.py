@@ -7,8 +7,9 @@ docs/s3-layout.md, read through checkpoints.s3layout, the module the saver
 writes by.
 
 reader.py: the sync's reads, incremental through the saver's change index;
-values.py: one checkpoint's values for display; prune.py: prune;
-recheck.py: the sweep's re-check and the objects it never deletes.
+values.py: one checkpoint's values for display; maintenance.py: prune;
+recheck.py: the sweep's re-check and the objects it never deletes;
+lifecycle.py: the saver's lifecycle policy, previewed and applied.
 """
 
 from checkpoints.sources.s3.reader import S3Reader, parse_url
@@ -32,13 +33,15 @@ def settings_for(url: str):
 
 class S3Kind:
     name = "s3"
+    shares_blobs = False  # each checkpoint's values are in its own payload
+    logical_capture = False
+    layout_reads_data = True  # layout() lists the whole prefix: the store was read
 
     def check_url(self, url):
         parse_url(url)
 
     def reader(self, url, *, connect_timeout=10):
         return S3Reader(url, settings_for(url))
-
 
     def read_values(self, url, key, parent, *, limit, aes_key=None, digest=False):
         from checkpoints.sources.s3.values import read_values
@@ -50,6 +53,11 @@ class S3Kind:
 
         return read_writes(url, key, limit=limit, aes_key=aes_key, digest=digest)
 
+    def maintenance(self, url):
+        from checkpoints.sources.s3.maintenance import S3Maintenance
+
+        return S3Maintenance(url, settings_for(url))
+
     def recheck(self, url):
         from checkpoints.sources.s3.recheck import S3Recheck
 
@@ -60,10 +68,21 @@ class S3Kind:
 
         return orphans(url, floor, dry_run=dry_run)
 
+    def lifecycle(self, url):
+        """The bucket's lifecycle rules for the saver's prefix (only this kind has any)."""
+        from checkpoints.sources.s3.lifecycle import S3Lifecycle
+
+        return S3Lifecycle(url, settings_for(url))
+
     def owned_prefixes(self, url):
         from checkpoints.sources.s3.recheck import owned_prefixes
 
         return owned_prefixes(url)
+
+    def space_report(self, found):
+        from checkpoints.sources.s3 import space
+
+        return {**space.report(found), "template": space.TEMPLATE, "brief_template": space.BRIEF_TEMPLATE}
 
 
 KIND = S3Kind()

@@ -28,7 +28,15 @@ _SQLITE_CHECKPOINTS = f"""
            CAST(metadata AS TEXT)
     FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id IN (?, ?)
 """
-_SQLITE_EXISTS = "SELECT 1 FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?"
+# The checkpoint's row and its writes in one statement: no row when it is gone, one of NULLs without writes.
+_SQLITE_FRESH_WRITES = f"""
+    SELECT w.task_id, w.idx, w.channel, w.type, {byte_length('w.value')},
+           CASE WHEN {byte_length('w.value')} <= ? THEN CAST(w.value AS BLOB) END
+    FROM checkpoints c
+    LEFT JOIN writes w ON w.thread_id = c.thread_id AND w.checkpoint_ns = c.checkpoint_ns AND w.checkpoint_id = c.checkpoint_id
+    WHERE c.thread_id = ? AND c.checkpoint_ns = ? AND c.checkpoint_id = ?
+    ORDER BY w.task_id, w.idx
+"""
 _SQLITE_WRITES = f"""
     SELECT task_id, idx, channel, type, {byte_length('value')},
            CASE WHEN {byte_length('value')} <= ? THEN CAST(value AS BLOB) END
@@ -91,15 +99,15 @@ def read_writes(url, key, *, limit, aes_key=None, digest=False) -> list:
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
         try:
-            conn.execute("BEGIN")
-            if conn.execute(_SQLITE_EXISTS, (thread, ns, cid)).fetchone() is None:
-                raise ReadError(GONE)
-            rows = conn.execute(_SQLITE_WRITES, (limit, thread, ns, cid)).fetchall()
+            rows = conn.execute(_SQLITE_FRESH_WRITES, (limit, thread, ns, cid)).fetchall()
         finally:
             conn.close()
     except sqlite3.Error as e:
         raise ReadError(f"cannot read {url}: {e}") from None
-    return [decode_write(task, idx, channel, t, s, d, limit, aes_key, digest) for task, idx, channel, t, s, d in rows]
+    if not rows:
+        raise ReadError(GONE)
+    return [decode_write(task, idx, channel, t, s, d, limit, aes_key, digest)
+            for task, idx, channel, t, s, d in rows if task is not None]
 
 
 def _raw_ext(code, data):

@@ -26,6 +26,7 @@ from django.core.servers.basehttp import WSGIServer, get_internal_wsgi_applicati
 
 from checkpoints import demo
 from checkpoints.models import Source
+from checkpoints.sources.registry import kind_of
 from checkpoints.sync import sync_source
 
 
@@ -55,7 +56,7 @@ class Command(BaseCommand):
         self.stdout.write(f"  {counts['threads']} threads, {counts['checkpoints']} checkpoints, {files}")
 
         url = f"sqlite:///{db_path.resolve()}"
-        source, _ = Source.objects.update_or_create(name="demo", defaults={"url": url, "kind": "sqlite", "sync_state": {}})
+        source, _ = Source.objects.update_or_create(name="demo", defaults={"url": url, "kind": kind_of(url), "sync_state": {}})
         result = sync_source(source, full=True, origin="demo")
         if result["error"]:
             self.stderr.write(f"sync failed: {result['error']}")

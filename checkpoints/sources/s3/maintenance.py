@@ -1,7 +1,8 @@
-"""Prune on an S3 checkpoint store: the same selection as the databases', the saver's delete rules.
+"""Prune on an S3 checkpoint store: the `Maintenance` of the `s3` kind (checkpoints/sources/kind.py).
 
-checkpoints.prune reads each thread into a ThreadSnapshot and asks
-`select()` what goes; this backend reads the snapshot from the thread's
+The same selection as the databases', the saver's delete rules.
+checkpoints.prune decides what goes from each thread's ThreadSnapshot
+(`choose`); this backend reads the snapshot from the thread's
 listing and manifests and deletes as S3Saver does (docs/s3-layout.md §4-5):
 a `delete` change entry per checkpoint (`delete_thread` for a whole thread)
 first, then the manifests, then payloads and writes, at most 1000 keys a
@@ -18,15 +19,13 @@ from __future__ import annotations
 import secrets
 
 from checkpoints import s3layout as layout
+from checkpoints.decode import DELTA_KEYS
+from checkpoints.prune_rows import Conflict, Row, ThreadSnapshot, WriteGroup
 from checkpoints.sources import SourceError
 from checkpoints.sources.s3.reader import S3Reader, _manifest
 
 
-class Conflict(Exception):
-    """The thread changed between the read and the delete."""
-
-
-class S3Prune:
+class S3Maintenance:
     workers = 1
 
     def __init__(self, url, settings):
@@ -74,11 +73,10 @@ class S3Prune:
             found &= set(only)
         return sorted(found)
 
-    def prune_thread(self, conn, thread_id, policy, cut, active_after, dry_run):
-        from checkpoints.prune import select
-
+    def prune_thread(self, conn, thread_id, choose, dry_run, *, metadata=False):
+        # `metadata` is read anyway: it is in the manifests the snapshot needs.
         snapshot, keys = self._read(conn, thread_id)
-        selection = select(snapshot, policy, cut=cut, active_after=active_after)
+        selection = choose(snapshot)
         if selection is None or selection.skip is not None or dry_run:
             return selection
         again, _ = self._read(conn, thread_id)
@@ -89,9 +87,6 @@ class S3Prune:
 
     @staticmethod
     def _read(conn, thread_id):
-        from checkpoints.decode import DELTA_KEYS
-        from checkpoints.prune import Row, ThreadSnapshot, WriteGroup
-
         groups = conn._thread_groups(thread_id)
         checkpoints, writes, keys = [], {}, {}
         delta = False

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('checkpoints', '0012_source_kinds_from_registry'),
+        ('checkpoints', '0013_run_kind_lifecycle'),
     ]
 
     operations = [
