@@ -41,7 +41,7 @@ KEY_VERSION = "1"  # bumped when what is stored changes shape
 # Entries larger than this (pickled) are not cached: a few huge checkpoints
 # must not push every other one out, nor fill the server's memory.
 MAX_ENTRY_BYTES = 16_000_000
-_CACHED_KINDS = ("postgres", "sqlite")
+_CACHED_KINDS = ("postgres", "sqlite", "s3")  # every kind: a checkpoint is immutable in each
 
 
 def key_for(kind, *parts) -> str:

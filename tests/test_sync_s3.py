@@ -259,6 +259,47 @@ def test_checkpoint_page_names_a_missing_payload(store, viewer_client):
     assert "could not read all of this checkpoint" in viewer_client.get(f"/checkpoints/{latest.pk}/").content.decode()
 
 
+def test_checkpoint_page_keeps_s3_values_and_reads_writes_fresh(store, viewer_client):
+    """An S3 checkpoint is immutable like the others: values from the cache, writes and presence from the bucket."""
+    from dashboard.cachemetrics import LOOKUPS
+
+    saver, url = store
+    chat = chat_graph(saver)
+    cfg = config("hot", tenant="acme")
+    chat.invoke({"messages": ["hello"]}, cfg)
+    source = make_source(url, name="s3")
+    assert sync_source(source)["error"] is None
+    latest = Checkpoint.objects.filter(source=source, thread__thread_id="hot", checkpoint_ns="").latest("checkpoint_id")
+    path = f"/checkpoints/{latest.pk}/"
+
+    def shown(response):
+        return {v.name: v.value for v in response.context["values"].channels}
+
+    hits = LOOKUPS.labels("values", "hit")._value.get()
+    first = viewer_client.get(path)
+    write_config = saver.get_tuple(cfg).config
+    # The payload changes under the console (no saver does this: it proves the next view does not read it).
+    payload = saver.payload_key("hot", "", latest.checkpoint_id)
+    body = saver.client.get_object(Bucket=saver.bucket, Key=payload)["Body"].read()
+    saver.client.put_object(Bucket=saver.bucket, Key=payload, Body=b"not a payload")
+    saver.put_writes(write_config, [("label", "arrived later")], task_id="task-late")
+    second = viewer_client.get(path)
+    assert LOOKUPS.labels("values", "hit")._value.get() == hits + 1
+    assert shown(second) == shown(first) and "hello" in str(shown(second)["messages"])
+    assert [(w["task_id"], w["value"].value) for w in second.context["values"].writes] == [("task-late", "arrived later")]
+    saver.client.put_object(Bucket=saver.bucket, Key=payload, Body=body)
+    # A payload gone says so, cached or not; a checkpoint gone (no manifest) too, and its entry is dropped.
+    saver.client.delete_object(Bucket=saver.bucket, Key=payload)
+    assert "is missing" in viewer_client.get(path).content.decode()
+    saver.client.put_object(Bucket=saver.bucket, Key=payload, Body=body)
+    saver.client.delete_object(Bucket=saver.bucket, Key=saver.manifest_key("hot", "", latest.checkpoint_id))
+    hits = LOOKUPS.labels("values", "hit")._value.get()
+    assert "no longer in the source" in viewer_client.get(path).content.decode()
+    misses = LOOKUPS.labels("values", "miss")._value.get()
+    assert "no longer in the source" in viewer_client.get(path).content.decode()
+    assert LOOKUPS.labels("values", "miss")._value.get() == misses + 1 and LOOKUPS.labels("values", "hit")._value.get() == hits + 1
+
+
 def test_prune_dry_run_selects_what_the_real_run_deletes_by_the_savers_rules(store):
     from datetime import timedelta
 

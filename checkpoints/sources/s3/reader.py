@@ -496,22 +496,44 @@ def read_checkpoint(reader: S3Reader, key: tuple, *, limit: int, with_writes: bo
             raise layout.S3CheckpointError(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD} is corrupt: {e}") from None
     else:
         values = {ch: (str((v or {}).get("type", "")), None) for ch, v in (manifest.get("values") or {}).items()}
-    writes = []
-    if with_writes:
-        for rel, size in sorted(listed.items()):
-            if not rel.startswith(layout.WRITES):
-                continue
-            parts = rel[len(layout.WRITES):].split("/")
-            if len(parts) != 2:
-                continue
-            task = layout.decode_segment(parts[0])
-            channel, type_, data = "", "", None
-            if size <= limit:
-                body = reader._get(directory + rel)
-                if body is None:
-                    continue
-                frame = layout.unpack(f"s3://{reader.bucket}/{directory}{rel}", *body)
-                channel, type_, data = str(frame["channel"]), str(frame["value"][0]), bytes(frame["value"][1])
-            writes.append((task, int(parts[1]), channel, type_, size, data))
-    writes.sort(key=lambda w: (w[0], w[1]))
+    writes = _writes(reader, directory, listed, limit) if with_writes else []
     return StoredCheckpoint(manifest, values, sizes, writes)
+
+
+def read_writes(reader: S3Reader, key: tuple, *, limit: int) -> list | None:
+    """One checkpoint's writes, as in read_checkpoint; None when it is gone.
+
+    The checkpoint page's fresh read for a checkpoint whose values it keeps:
+    one listing (the manifest says the checkpoint is still there, the
+    payload that its values still are) and the write objects, without
+    reading the manifest and the payload.
+    """
+    thread, ns, cid = key
+    directory = layout.checkpoint_prefix(reader.prefix, thread, ns, cid)
+    listed = {o["Key"][len(directory):]: o["Size"] for o in reader._list(directory)}
+    if layout.MANIFEST not in listed:
+        return None
+    if layout.PAYLOAD not in listed:  # as read_checkpoint says it, whether the values are kept or not
+        raise layout.S3CheckpointError(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD} is missing")
+    return _writes(reader, directory, listed, limit)
+
+
+def _writes(reader, directory, listed, limit):
+    writes = []
+    for rel, size in sorted(listed.items()):
+        if not rel.startswith(layout.WRITES):
+            continue
+        parts = rel[len(layout.WRITES):].split("/")
+        if len(parts) != 2:
+            continue
+        task = layout.decode_segment(parts[0])
+        channel, type_, data = "", "", None
+        if size <= limit:
+            body = reader._get(directory + rel)
+            if body is None:
+                continue
+            frame = layout.unpack(f"s3://{reader.bucket}/{directory}{rel}", *body)
+            channel, type_, data = str(frame["channel"]), str(frame["value"][0]), bytes(frame["value"][1])
+        writes.append((task, int(parts[1]), channel, type_, size, data))
+    writes.sort(key=lambda w: (w[0], w[1]))
+    return writes
