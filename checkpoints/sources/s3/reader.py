@@ -103,7 +103,8 @@ class S3Reader:
 
         if self.client is None:
             try:
-                self.client = build_client(self.settings, max_pool_connections=max(10, self.workers))
+                # Nothing here reads a LastModified: dates stay text (a listing's client time drops by half).
+                self.client = build_client(self.settings, max_pool_connections=max(10, self.workers), raw_timestamps=True)
             except Exception as e:  # noqa: BLE001 - botocore's errors name no common base
                 raise SourceError(f"cannot open {self.where}: {first_line(e)}") from None
         self.started = time.time()
