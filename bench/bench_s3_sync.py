@@ -11,7 +11,9 @@ measured in the same run:
 - initial sync of the large store into an empty console database, and its ratio to the baseline
   (target <= 3x);
 - incremental sync after `--new` checkpoints are added, on the small and on the large store
-  (target: the same within noise), `--rounds` times, small and large alternating; medians.
+  (target: the same within noise), `--rounds` times, small and large alternating; medians. The
+  reference check the storage app runs after every sync (HEADs of up to 1,000 of the source's
+  references: its cost follows the references the source holds, not the changes) is timed apart.
 
 `--server seaweed` (default) runs SeaweedFS's `weed mini` (tests/seaweed.py: signatures enforced,
 a Go server that serves requests in parallel); `--server moto` runs moto's S3 server (one Python
@@ -152,14 +154,37 @@ def bare_listing(client, bucket, prefix):
     return time.perf_counter() - started, keys
 
 
-def timed_sync(source, **kw):
-    from checkpoints.sync import sync_source
+_after_sync = []  # what sync_finished carried, for the reference check timed apart
 
+
+def _hold_check(sender, source, result, threads=None, **kwargs):
+    _after_sync.append(threads)
+
+
+def separate_reference_check():
+    """The storage app checks up to AFTER_SYNC_LIMIT of a source's references (HEAD requests) after
+    every sync, even a sync that found nothing: its cost follows the source's references (capped),
+    not the sync's changes. The bench times it apart from the sync."""
+    from checkpoints.sync import sync_finished
+
+    assert sync_finished.disconnect(dispatch_uid="storage.check_after_sync")
+    sync_finished.connect(_hold_check, dispatch_uid="bench.hold_check")
+
+
+def timed_sync(source, **kw):
+    """(seconds of the sync, result, seconds of the reference check that follows it)."""
+    from checkpoints.sync import sync_source
+    from storage.refcheck import AFTER_SYNC_LIMIT, run_reference_check
+
+    _after_sync.clear()
     started = time.perf_counter()
     result = sync_source(source, **kw)
     elapsed = time.perf_counter() - started
     assert result["error"] is None, result
-    return elapsed, result
+    started = time.perf_counter()
+    for threads in _after_sync:
+        run_reference_check(source=source, limit=AFTER_SYNC_LIMIT, origin="sync", threads=threads)
+    return elapsed, result, time.perf_counter() - started
 
 
 def load_average():
@@ -205,6 +230,7 @@ def main():
 
         call_command("migrate", interactive=False, verbosity=0)
         s3_reader.OVERLAP_SECONDS = 0
+        separate_reference_check()
         if args.workers:
             s3_reader.WORKERS = args.workers
         client = client_for(server)
@@ -222,24 +248,28 @@ def main():
         # The same listing without parsing dates (as the console's reader lists): the fastest Python listing.
         out["listing_raw"], _ = bare_listing(client_for(server, raw_timestamps=True), "bench", "large/")
         sources["large"] = Source.objects.create(name="large", url="s3://bench/large/", kind="s3")
-        out["initial"], result = timed_sync(sources["large"])
+        out["initial"], result, _ = timed_sync(sources["large"])
         assert result["checkpoints"] == args.large, result
         sources["small"] = Source.objects.create(name="small", url="s3://bench/small/", kind="s3")
-        out["initial_small"], result = timed_sync(sources["small"])
+        out["initial_small"], result, _ = timed_sync(sources["small"])
         assert result["checkpoints"] == args.small, result
         out["load"].append(load_average())
 
         # Incremental: the same number of new checkpoints on each store, rounds alternating.
         for label in sizes:
-            out[f"incremental_{label}"], out[f"quiet_{label}"] = [], []
+            for figure in ("incremental", "quiet", "check", "quiet_check"):
+                out[f"{figure}_{label}"] = []
         for r in range(args.rounds):
             for label in sizes:
                 time.sleep(1)  # the new entries' stamps come after the watermark
                 write_store(server, "bench", f"{label}/", args.new, f"{label}-new{r}", args.writers, args.processes)
-                elapsed, result = timed_sync(sources[label])
+                elapsed, result, check = timed_sync(sources[label])
                 assert result["added"] == args.new, result
                 out[f"incremental_{label}"].append(elapsed)
-                out[f"quiet_{label}"].append(timed_sync(sources[label])[0])
+                out[f"check_{label}"].append(check)
+                elapsed, _, check = timed_sync(sources[label])
+                out[f"quiet_{label}"].append(elapsed)
+                out[f"quiet_check_{label}"].append(check)
         out["load"].append(load_average())
     finally:
         server.stop()
@@ -261,8 +291,9 @@ def main():
         med[label] = statistics.median(out[f"incremental_{label}"])
         runs = ", ".join(f"{t:.2f}" for t in out[f"incremental_{label}"])
         quiet = ", ".join(f"{t:.3f}" for t in out[f"quiet_{label}"])
+        checks = ", ".join(f"{t:.2f}" for t in out[f"check_{label}"] + out[f"quiet_check_{label}"])
         print(f"store of {size:,}: incremental sync of {args.new:,} new: median {med[label]:.2f} s ({runs}); "
-              f"no-change sync {quiet} s")
+              f"no-change sync {quiet} s; reference check after each (apart): {checks} s")
     print(f"incremental large/small (medians): {med['large'] / med['small']:.2f}")
 
 
