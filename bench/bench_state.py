@@ -222,6 +222,13 @@ def main():
         fetch()  # warm the imports, the store's client, the template
         first, cached = alternating(fetch, args.runs, cache.clear, args.settle)
 
+        # The console's floor for any page: middleware, session, user and permission checks, and
+        # a response without a template (thread_by_query without an id redirects at once).
+        def floor_fetch():
+            assert client.get(f"/threads/{source.name}/").status_code == 302
+
+        _, floor = alternating(floor_fetch, args.runs, lambda: None, args.settle)
+
         # The source's and the store's part of the page: the values (and the fresh read of the
         # pending writes) and the preview, without the mirror's queries and the template.
         from dashboard import snapshot_cache
@@ -275,6 +282,7 @@ def main():
         # In-process CPU only: the source's database server is another process (the first view's
         # moto server is a thread of this one). A check on the wall figures, not a replacement.
         "cpu_first_ms": round(first[3], 1), "cpu_cached_ms": round(cached[3], 1), "cpu_ratio": round(first[3] / cached[3], 1),
+        "floor_ms": round(floor[0], 1), "floor_cpu_ms": round(floor[3], 1),
         "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
     }
     if args.json:
@@ -286,6 +294,7 @@ def main():
         print(f"  cached view  {cached[0]:8.1f} ms  (min {cached[1]:.1f}, max {cached[2]:.1f})")
         print(f"  ratio        {ratio:8.1f}x  (target >= {TARGET_RATIO:.0f}x: {'met' if out['met'] else 'MISSED'})")
         print(f"  this process's CPU: first {first[3]:.1f} ms, cached {cached[3]:.1f} ms, {out['cpu_ratio']}x")
+        print(f"  floor of any logged-in request (no template): {floor[0]:.1f} ms, CPU {floor[3]:.1f} ms")
         print(f"values + writes + preview alone (no mirror queries, no template): first {work_first[0]:.1f} ms, "
               f"cached {work_cached[0]:.1f} ms, {work_first[0] / work_cached[0]:.1f}x")
 
