@@ -50,8 +50,9 @@ sync_finished = Signal()  # kwargs: source, result, threads (pks of the threads 
 TOUCHED_LIMIT = 10_000
 
 BATCH_THREADS = 2000
-# Values decoded to look for references; larger ones make references unknown.
-REFERENCE_DECODE_LIMIT = 256 * 1024 * 1024
+# Values decoded to look for references; larger ones make references unknown (the S3 saver's
+# manifest `refs` are found with the same limit).
+REFERENCE_DECODE_LIMIT = decode.REFERENCE_DECODE_LIMIT
 
 
 class SyncRefused(Exception):
