@@ -1,16 +1,23 @@
-"""Console sync of an S3 checkpoint store (issue 13, console targets), against moto's S3 server.
+"""Console sync of an S3 checkpoint store (issue 13, console targets), on SeaweedFS or moto.
 
     python3 bench/bench_s3_sync.py --console postgresql://postgres@127.0.0.1:5432/bench_s3_console \
-        [--initial 5000] [--small 2000] [--large 20000] [--new 500]
+        [--server seaweed|moto] [--small 10000] [--large 100000] [--new 1000] [--rounds 3] [--writers 32] [--processes 2] [--workers N]
 
-Figures, all measured in the same run, on a moto server started in its own process:
-- baseline: a bare listing of the store's prefix (ListObjectsV2, 1000 keys a page, keys discarded);
-- initial sync of `--initial` checkpoints into an empty console database, and its ratio to the
-  baseline (target <= 3x);
-- incremental sync after `--new` checkpoints are added, on a store of `--small` and of `--large`
-  checkpoints (target: the same within noise). The stores are written by S3Saver.put/put_writes
-  (threads of 10 checkpoints, one write each, a reference in one value in ten), not by graphs:
-  graphs would take hours to write these counts on this machine.
+Two stores, `--small` and `--large` checkpoints, are written under their own prefixes. Figures, all
+measured in the same run:
+- baseline: a bare listing of the large store's prefix (ListObjectsV2, 1000 keys a page, keys
+  discarded, a default botocore client), timed just before its initial sync; and the same listing
+  with dates left unparsed (as the console's reader lists: the fastest listing from Python);
+- initial sync of the large store into an empty console database, and its ratio to the baseline
+  (target <= 3x);
+- incremental sync after `--new` checkpoints are added, on the small and on the large store
+  (target: the same within noise), `--rounds` times, small and large alternating; medians.
+
+`--server seaweed` (default) runs SeaweedFS's `weed mini` (tests/seaweed.py: signatures enforced,
+a Go server that serves requests in parallel); `--server moto` runs moto's S3 server (one Python
+process). The stores are written by S3Saver.put/put_writes (threads of 10 checkpoints, one write
+each, a reference in one value in ten) from `--processes` processes of `--writers` threads, not by graphs: graphs
+would take hours to write these counts on this machine.
 
 The sync's overlap (entries re-read from 5 minutes before the watermark, for late commits) is
 set to 0 here: the stores were written seconds before, and the overlap's cost follows the write
@@ -20,6 +27,7 @@ rate of the last 5 minutes, not the store's size.
 import argparse
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -34,60 +42,106 @@ sys.path.insert(0, str(ROOT))
 THREAD_LEN = 10
 
 
-def start_moto():
-    from tests.s3server import free_port
+class Moto:
+    access_key = secret_key = "testing"
 
-    port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            import urllib.request
+    def __init__(self):
+        from tests.s3server import free_port
 
-            urllib.request.urlopen(url, timeout=1)
-            break
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.1)
-    return proc, url
+        port = free_port()
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.endpoint_url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                import urllib.request
+
+                urllib.request.urlopen(self.endpoint_url, timeout=1)
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.1)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
 
 
-def client_for(endpoint):
+def start_server(kind):
+    if kind == "moto":
+        return Moto()
+    from tests.seaweed import SeaweedS3
+
+    return SeaweedS3()
+
+
+def client_for(server, pool=10, raw_timestamps=False):
     from checkpoints.s3client import S3Settings, build_client
 
-    return build_client(S3Settings(endpoint_url=endpoint, path_style=True, access_key="testing", secret_key="testing",
-                                   max_attempts=5))
+    return build_client(S3Settings(endpoint_url=server.endpoint_url, path_style=True, access_key=server.access_key,
+                                   secret_key=server.secret_key, max_attempts=5), max_pool_connections=pool,
+                        raw_timestamps=raw_timestamps)
 
 
-def write_store(client, bucket, prefix, count, tag):
-    """`count` checkpoints in threads of THREAD_LEN, through S3Saver; returns seconds."""
+def write_store(server, bucket, prefix, count, tag, writers, processes=1):
+    """`count` checkpoints in threads of THREAD_LEN, through S3Saver, from `processes` processes of
+    `writers` threads each (botocore signs every request in Python: one process saturates a core);
+    returns seconds."""
+    import multiprocessing
+
+    threads = count // THREAD_LEN
+    where = (server.endpoint_url, server.access_key, server.secret_key)
+    cuts = [threads * i // processes for i in range(processes + 1)]
+    jobs = [(where, bucket, prefix, tag, writers, cuts[i], cuts[i + 1]) for i in range(processes)]
+    started = time.perf_counter()
+    if processes == 1:
+        _write_threads(*jobs[0])
+    else:
+        # Forked, so nothing is pickled; a child that fails exits non-zero.
+        children = [multiprocessing.get_context("fork").Process(target=_write_threads, args=job) for job in jobs]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join()
+        if any(child.exitcode for child in children):
+            raise RuntimeError(f"writing {prefix} failed in a child process")
+    return time.perf_counter() - started
+
+
+def _write_threads(where, bucket, prefix, tag, writers, first, last):
+    """Threads `first` to `last` - 1 of a store. Each checkpoint is put with its parent named (ids
+    made in advance, in time order), so the checkpoints of one thread need not wait for each other."""
+    from types import SimpleNamespace
+
     from langgraph.checkpoint.base import empty_checkpoint
     from langgraph.checkpoint.base.id import uuid6
 
     from storage.s3saver import S3Saver
 
-    saver = S3Saver(bucket, prefix, client=client, metrics=False, max_workers=4)
-    threads = count // THREAD_LEN
+    server = SimpleNamespace(endpoint_url=where[0], access_key=where[1], secret_key=where[2])
+    saver = S3Saver(bucket, prefix, client=client_for(server, pool=2 * writers + 10), metrics=False, max_workers=writers)
+    ids_of = {n: [str(uuid6(clock_seq=step)) for step in range(THREAD_LEN)] for n in range(first, last)}
 
-    def one_thread(n):
+    def one_checkpoint(i):
+        n, step = divmod(i, THREAD_LEN)
         thread = f"{tag}-{n}"
+        ids = ids_of[n]
         cfg = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
-        for step in range(THREAD_LEN):
-            cp = empty_checkpoint()
-            cp["id"] = str(uuid6(clock_seq=step))
-            values = {"messages": [f"message {i} of {thread}" for i in range(step + 1)], "counter": step}
-            if step == 0 and n % 10 == 0:
-                values["file"] = f"s3://{bucket}/uploads/{thread}.pdf"
-            cp["channel_values"] = values
-            cp["channel_versions"] = {k: str(step + 1) for k in values}
-            cfg = saver.put(cfg, cp, {"source": "loop", "step": step, "tenant": f"t{n % 7}"}, cp["channel_versions"])
-            saver.put_writes(cfg, [("messages", [f"write {step}"])], task_id=str(uuid.uuid4()))
+        if step:
+            cfg["configurable"]["checkpoint_id"] = ids[step - 1]
+        cp = empty_checkpoint()
+        cp["id"] = ids[step]
+        values = {"messages": [f"message {k} of {thread}" for k in range(step + 1)], "counter": step}
+        if step == 0 and n % 10 == 0:
+            values["file"] = f"s3://{bucket}/uploads/{thread}.pdf"
+        cp["channel_values"] = values
+        cp["channel_versions"] = {k: str(step + 1) for k in values}
+        cfg = saver.put(cfg, cp, {"source": "loop", "step": step, "tenant": f"t{n % 7}"}, cp["channel_versions"])
+        saver.put_writes(cfg, [("messages", [f"write {step}"])], task_id=str(uuid.uuid4()))
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(one_thread, range(threads)))
+    with ThreadPoolExecutor(writers) as pool:
+        for _ in pool.map(one_checkpoint, range(first * THREAD_LEN, last * THREAD_LEN), chunksize=64):
+            pass
     saver.close()
-    return time.perf_counter() - started
 
 
 def bare_listing(client, bucket, prefix):
@@ -108,13 +162,21 @@ def timed_sync(source, **kw):
     return elapsed, result
 
 
+def load_average():
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--console", required=True)
-    parser.add_argument("--initial", type=int, default=5000)
-    parser.add_argument("--small", type=int, default=2000)
-    parser.add_argument("--large", type=int, default=20000)
-    parser.add_argument("--new", type=int, default=500)
+    parser.add_argument("--server", choices=("seaweed", "moto"), default="seaweed")
+    parser.add_argument("--small", type=int, default=10000)
+    parser.add_argument("--large", type=int, default=100000)
+    parser.add_argument("--new", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--writers", type=int, default=32)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--workers", type=int, help="the S3 reader's parallel GETs (default: its WORKERS)")
     args = parser.parse_args()
 
     import psycopg
@@ -124,12 +186,14 @@ def main():
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
 
-    moto, endpoint = start_moto()
+    server = start_server(args.server)
+    out = {"load": [load_average()]}
     try:
         os.environ.update({
             "DATABASE_URL": args.console, "DJANGO_SETTINGS_MODULE": "dashboard.settings",
-            "S3_ENDPOINT_URL": endpoint, "S3_FORCE_PATH_STYLE": "true", "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing", "S3_BUCKET_NAME": "bench", "S3_PREFIX": "uploads/",
+            "S3_ENDPOINT_URL": server.endpoint_url, "S3_FORCE_PATH_STYLE": "true", "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key,
+            "S3_BUCKET_NAME": "bench", "S3_PREFIX": "uploads/",
         })
         import django
 
@@ -141,42 +205,65 @@ def main():
 
         call_command("migrate", interactive=False, verbosity=0)
         s3_reader.OVERLAP_SECONDS = 0
-        client = client_for(endpoint)
+        if args.workers:
+            s3_reader.WORKERS = args.workers
+        client = client_for(server)
         client.create_bucket(Bucket="bench")
-        out = {}
 
-        # Initial sync vs a bare listing of the same prefix.
-        out["write_initial"] = write_store(client, "bench", "init/", args.initial, "i")
-        out["listing"], out["listed_keys"] = bare_listing(client, "bench", "init/")
-        source = Source.objects.create(name="init", url="s3://bench/init/", kind="s3")
-        out["initial"], result = timed_sync(source)
-        assert result["checkpoints"] == args.initial, result
+        sizes = {"small": args.small, "large": args.large}
+        sources = {}
+        for label, size in sizes.items():
+            out[f"write_{label}"] = write_store(server, "bench", f"{label}/", size, label, args.writers, args.processes)
+            print(f"wrote {size:,} checkpoints in {out[f'write_{label}']:.0f} s", file=sys.stderr, flush=True)
+        out["load"].append(load_average())
 
-        # Incremental: the same number of new checkpoints on a small and a large store.
-        for label, size in (("small", args.small), ("large", args.large)):
-            prefix = f"{label}/"
-            out[f"write_{label}"] = write_store(client, "bench", prefix, size, label)
-            src = Source.objects.create(name=label, url=f"s3://bench/{prefix}", kind="s3")
-            out[f"initial_{label}"], _ = timed_sync(src)
-            time.sleep(1)  # the new entries' stamps come after the watermark
-            write_store(client, "bench", prefix, args.new, f"{label}-new")
-            out[f"incremental_{label}"], result = timed_sync(src)
-            assert result["added"] == args.new, result
-            out[f"quiet_{label}"], _ = timed_sync(src)
+        # Initial sync of the large store vs a bare listing of the same prefix, back to back.
+        out["listing"], out["listed_keys"] = bare_listing(client, "bench", "large/")
+        # The same listing without parsing dates (as the console's reader lists): the fastest Python listing.
+        out["listing_raw"], _ = bare_listing(client_for(server, raw_timestamps=True), "bench", "large/")
+        sources["large"] = Source.objects.create(name="large", url="s3://bench/large/", kind="s3")
+        out["initial"], result = timed_sync(sources["large"])
+        assert result["checkpoints"] == args.large, result
+        sources["small"] = Source.objects.create(name="small", url="s3://bench/small/", kind="s3")
+        out["initial_small"], result = timed_sync(sources["small"])
+        assert result["checkpoints"] == args.small, result
+        out["load"].append(load_average())
+
+        # Incremental: the same number of new checkpoints on each store, rounds alternating.
+        for label in sizes:
+            out[f"incremental_{label}"], out[f"quiet_{label}"] = [], []
+        for r in range(args.rounds):
+            for label in sizes:
+                time.sleep(1)  # the new entries' stamps come after the watermark
+                write_store(server, "bench", f"{label}/", args.new, f"{label}-new{r}", args.writers, args.processes)
+                elapsed, result = timed_sync(sources[label])
+                assert result["added"] == args.new, result
+                out[f"incremental_{label}"].append(elapsed)
+                out[f"quiet_{label}"].append(timed_sync(sources[label])[0])
+        out["load"].append(load_average())
     finally:
-        moto.terminate()
-        moto.wait()
+        server.stop()
 
     print(f"# bench_s3_sync {datetime.now(UTC).isoformat(timespec='seconds')} on {platform.node()} "
-          f"({os.cpu_count()} cores, {platform.python_version()})")
-    print(f"initial store: {args.initial:,} checkpoints, {out['listed_keys']:,} objects (written in {out['write_initial']:.1f} s)")
-    print(f"bare listing of the prefix: {out['listing']:.2f} s")
-    print(f"initial sync: {out['initial']:.2f} s = {out['initial'] / out['listing']:.1f}x the listing "
-          f"({args.initial / out['initial']:,.0f} checkpoints/s)")
-    for label, size in (("small", args.small), ("large", args.large)):
-        print(f"store of {size:,}: initial sync {out[f'initial_{label}']:.2f} s; incremental sync of {args.new:,} new "
-              f"{out[f'incremental_{label}']:.3f} s; no-change sync {out[f'quiet_{label}']:.3f} s")
-    print(f"incremental large/small: {out['incremental_large'] / out['incremental_small']:.2f}")
+          f"({os.cpu_count()} cores, {platform.python_version()}), server {args.server}, reader workers "
+          f"{s3_reader.WORKERS}; load average (1/5/15 min) at start, after writing, after initial syncs, at end: "
+          f"{' | '.join(out['load'])}")
+    for label, size in sizes.items():
+        print(f"store {label}: {size:,} checkpoints written in {out[f'write_{label}']:.0f} s "
+              f"({size / out[f'write_{label}']:,.0f} checkpoints/s)")
+    print(f"large store: {out['listed_keys']:,} objects; bare listing {out['listing']:.2f} s "
+          f"(dates not parsed: {out['listing_raw']:.2f} s)")
+    print(f"initial sync of {args.large:,}: {out['initial']:.2f} s = {out['initial'] / out['listing']:.1f}x the listing "
+          f"({out['initial'] / out['listing_raw']:.1f}x the listing without dates; "
+          f"{args.large / out['initial']:,.0f} checkpoints/s); of {args.small:,}: {out['initial_small']:.2f} s")
+    med = {}
+    for label, size in sizes.items():
+        med[label] = statistics.median(out[f"incremental_{label}"])
+        runs = ", ".join(f"{t:.2f}" for t in out[f"incremental_{label}"])
+        quiet = ", ".join(f"{t:.3f}" for t in out[f"quiet_{label}"])
+        print(f"store of {size:,}: incremental sync of {args.new:,} new: median {med[label]:.2f} s ({runs}); "
+              f"no-change sync {quiet} s")
+    print(f"incremental large/small (medians): {med['large'] / med['small']:.2f}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ from checkpoints.units import format_bytes
 from checkpoints.uris import find_uris, find_uris_in_bytes
 
 DEFAULT_LIMIT = 2_000_000  # serialized bytes decoded for display; larger values show their size
+# Serialized bytes decoded to find blob references (the sync's limit, and the S3 saver's for the
+# manifest's `refs`, which must agree); larger values' references are unknown.
+REFERENCE_DECODE_LIMIT = 256 * 1024 * 1024
 MAX_DEPTH = 50  # nesting shown; deeper containers become {"__deep__": ...}
 MAX_SCAN_DEPTH = 400  # nesting walked with clip=False; deeper is an error (Python recursion)
 MAX_EXT_DEPTH = 50  # extension values nested in extension values; deeper is an error

@@ -349,3 +349,33 @@ class PruneMark(models.Model):
 
     def __str__(self):
         return f"{self.source_id}/{self.thread_id} (run {self.run_id})"
+
+
+class SourceTotals(models.Model):
+    """Running sums of a source's mirrored threads, kept by the writers of the mirror.
+
+    Every batch that rewrites threads (a sync's, a prune's refresh, a
+    removal's) adds its difference here in its own transaction, so the usage
+    bookkeeping after a sync reads one row instead of summing the whole mirror
+    (458 ms at 5 M checkpoints). The day_* fields count the checkpoints and
+    threads of one UTC day, the day of the last write; the first write of a
+    new day counts them again from the mirror. checkpoints.totals keeps it.
+    """
+
+    source = models.OneToOneField(Source, on_delete=models.CASCADE, primary_key=True, related_name="totals",
+                                  help_text="Source.")
+    threads = models.BigIntegerField(default=0, help_text="Mirrored threads.")
+    checkpoints = models.BigIntegerField(default=0, help_text="Sum of Thread.checkpoints.")
+    blob_rows = models.BigIntegerField(default=0, help_text="Sum of Thread.blob_rows.")
+    write_rows = models.BigIntegerField(default=0, help_text="Sum of Thread.write_rows.")
+    stored_bytes = models.BigIntegerField(default=0, help_text="Sum of Thread.stored_bytes.")
+    checkpoint_bytes = models.BigIntegerField(default=0, help_text="Sum of Thread.checkpoint_bytes.")
+    blob_bytes = models.BigIntegerField(default=0, help_text="Sum of Thread.blob_bytes.")
+    write_bytes = models.BigIntegerField(default=0, help_text="Sum of Thread.write_bytes.")
+    day = models.DateField(null=True, blank=True, help_text="The UTC day the day_* fields count.")
+    day_checkpoints = models.BigIntegerField(default=0, help_text="Checkpoints created on that day or later.")
+    day_bytes = models.BigIntegerField(default=0, help_text="Their new bytes.")
+    day_threads = models.BigIntegerField(default=0, help_text="Threads whose first checkpoint is on that day.")
+
+    def __str__(self):
+        return f"totals of {self.source_id}"

@@ -19,6 +19,7 @@ from django.db import transaction
 from django.db.models import Count, Sum
 from django.utils import timezone
 
+from checkpoints import totals as running_totals
 from checkpoints.jobs import REMOVE, SYNC
 from checkpoints.models import BlobReference, DailyUsage, ReferenceUse, Run, Source, Thread
 from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
@@ -157,14 +158,19 @@ def _delete_mirror(source, run, total_threads) -> dict:
             batch = list(Thread.objects.filter(source=source).order_by("pk")[:BATCH_THREADS].values_list("pk", flat=True))
             if not batch:
                 break
-            sums = Thread.objects.filter(pk__in=batch).aggregate(
-                checkpoints=Sum("checkpoints"), writes=Sum("write_rows"), blobs=Sum("blob_rows"),
-                stored_bytes=Sum("stored_bytes"),
-            )
+            # Out of the source's running totals too (a removal that fails
+            # halfway leaves a source whose totals match what is left).
+            delta = running_totals.Delta()
+            for thread in Thread.objects.filter(pk__in=batch).only(
+                    "first_checkpoint_at", *running_totals.THREAD_SUMS):
+                delta.thread(thread, -1)
+            delta.checkpoints_of(batch, -1)
             _delete_threads(batch)
+            running_totals.apply(source.pk, delta)
         counts["threads"] += len(batch)
-        for k, v in sums.items():
-            counts[k] += v or 0
+        for k, field in (("checkpoints", "checkpoints"), ("writes", "write_rows"), ("blobs", "blob_rows"),
+                         ("stored_bytes", "stored_bytes")):
+            counts[k] -= delta.values[field]
         heartbeat(run, done=counts["threads"], total=max(total_threads, counts["threads"]))
     with transaction.atomic():
         counts["usage_days"] = DailyUsage.objects.filter(source=source).count()

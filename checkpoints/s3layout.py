@@ -20,6 +20,8 @@ from urllib.parse import unquote
 
 import ormsgpack
 
+from checkpoints import decode
+
 FORMAT = 1
 MANIFEST = "manifest.json"
 PAYLOAD = "payload"
@@ -224,13 +226,81 @@ def parse_manifest(where: str, body: bytes) -> dict:
     return manifest
 
 
+# --- references recorded in the manifest (docs/s3-layout.md §2, "refs") ---------------------
+
+def value_refs(typed_values: dict) -> dict | None:
+    """The `refs` field of a manifest: {channel: sorted blob URIs} of the channels whose serialized
+    value names any, by the console's own finder (checkpoints.decode.references_in, as the sync
+    applies it to a payload's values); None (write no field) when a value is encrypted (its URIs
+    must not be written in clear) or cannot be read whole (its references are unknown: the
+    reader then reads the payload and says so, as without the field).
+
+    >>> import ormsgpack
+    >>> value_refs({"a": ("msgpack", ormsgpack.packb(["s3://b/x.pdf", "s3://b/a"])), "n": ("msgpack", b"\x01")})
+    {'a': ['s3://b/a', 's3://b/x.pdf']}
+    >>> value_refs({"n": ("msgpack", b"\x01")}), value_refs({"s": ("msgpack+aes", b"...")}), value_refs({"p": ("pickle", b"")})
+    ({}, None, None)
+    """
+    refs = {}
+    for channel, (type_, data) in typed_values.items():
+        if decode.is_encrypted(type_):
+            return None
+        uris, whole = decode.references_in(type_, data, limit=decode.REFERENCE_DECODE_LIMIT)
+        if not whole:
+            return None
+        if uris:
+            refs[str(channel)] = sorted(uris)
+    return refs
+
+
+def same_etag(a, b) -> bool:
+    """ETags compared as S3 gives them (quoted in listings and PUT responses alike); None never matches.
+
+    >>> same_etag('"ab-2"', 'ab-2'), same_etag(None, None), same_etag('"a"', '"b"')
+    (True, False, False)
+    """
+    return isinstance(a, str) and isinstance(b, str) and bool(a.strip('"')) and a.strip('"') == b.strip('"')
+
+
+def manifest_refs(manifest: dict, payload_size, payload_etag) -> dict | None:
+    """The manifest's `refs` when a reader may use them instead of reading the payload, else None.
+
+    Trusted only when the manifest is ours (format checked by the caller), the field has the
+    saver's shape, no value is encrypted, every channel named is one of the manifest's values, and
+    the payload listed beside it is the one the manifest was written with: its size and ETag equal
+    `payload.bytes` and `payload.etag`. A payload replaced, damaged or missing is read (and
+    reported) as without the field.
+
+    >>> m = {"refs": {"a": ["s3://b/x"]}, "values": {"a": {"type": "msgpack"}}, "payload": {"bytes": 9, "etag": '"e"'}}
+    >>> manifest_refs(m, 9, '"e"'), manifest_refs(m, 10, '"e"'), manifest_refs(m, 9, '"f"')
+    ({'a': {'s3://b/x'}}, None, None)
+    >>> manifest_refs({**m, "values": {"a": {"type": "msgpack+aes"}}}, 9, '"e"'), manifest_refs({**m, "refs": ["s3://b/x"]}, 9, '"e"')
+    (None, None)
+    """
+    refs = manifest.get("refs")
+    payload = manifest.get("payload")
+    values = manifest.get("values")
+    if not isinstance(refs, dict) or not isinstance(payload, dict) or not isinstance(values, dict):
+        return None
+    if payload.get("bytes") != payload_size or not same_etag(payload.get("etag"), payload_etag):
+        return None
+    if any(not isinstance(v, dict) or decode.is_encrypted(v.get("type")) for v in values.values()):
+        return None
+    found = {}
+    for channel, uris in refs.items():
+        if channel not in values or not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
+            return None
+        found[channel] = set(uris)
+    return found
+
+
 # --- listings ------------------------------------------------------------------------------
 
 
 class Group:
     """The objects of one checkpoint directory (`<inverted id>/`) seen in a listing."""
 
-    __slots__ = ("inv", "thread", "ns", "rel_dir", "manifest", "payload", "writes", "other", "sizes")
+    __slots__ = ("inv", "thread", "ns", "rel_dir", "manifest", "payload", "payload_etag", "writes", "other", "sizes")
 
     def __init__(self, inv, thread=None, ns="", rel_dir=""):
         self.inv = inv
@@ -238,6 +308,7 @@ class Group:
         self.thread = thread
         self.ns = ns
         self.manifest = self.payload = False
+        self.payload_etag = None  # the listing's ETag of the payload (manifest_refs checks it)
         self.writes = []
         self.other = []
         self.sizes = {}
@@ -248,6 +319,7 @@ class Group:
             self.manifest = True
         elif rel == PAYLOAD:
             self.payload = True
+            self.payload_etag = obj.get("ETag")
         elif rel.startswith(WRITES):
             self.writes.append(rel)
         else:

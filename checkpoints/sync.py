@@ -28,11 +28,12 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from checkpoints import decode, usage
+from checkpoints import totals as running_totals
 from checkpoints.bulk import JsonText, delete_pairs, insert_rows, json_value, reserve_ids, update_rows
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
 from checkpoints.ids import version_text as _version_text
 from checkpoints.jobs import PRUNE, SYNC
-from checkpoints.models import BlobReference, Checkpoint, DailyUsage, PruneMark, ReferenceUse, Run, Source, Tag, Thread
+from checkpoints.models import BlobReference, Checkpoint, DailyUsage, PruneMark, ReferenceUse, Source, Tag, Thread
 from checkpoints.runs import RunBusy, fail_dead_runs, finish_run, heartbeat, lock_key, start_run
 from checkpoints.sources import ScannedURIs, SourceError, TypedValues, first_line, open_reader, registry
 from checkpoints.sources.registry import kind_of
@@ -49,8 +50,9 @@ sync_finished = Signal()  # kwargs: source, result, threads (pks of the threads 
 TOUCHED_LIMIT = 10_000
 
 BATCH_THREADS = 2000
-# Values decoded to look for references; larger ones make references unknown.
-REFERENCE_DECODE_LIMIT = 256 * 1024 * 1024
+# Values decoded to look for references; larger ones make references unknown (the S3 saver's
+# manifest `refs` are found with the same limit).
+REFERENCE_DECODE_LIMIT = decode.REFERENCE_DECODE_LIMIT
 
 
 class SyncRefused(Exception):
@@ -239,23 +241,27 @@ def _empty_result(name, error):
             "seconds": 0.0, "error": error}
 
 
-def _peek_changes(source):
-    """The changes a source's replication slot holds, or None when this sync must scan.
-
-    The slot is created (with its publication) before the scan that covers
-    what came before it, so nothing falls between the two.
-    """
-    if source.capture != "logical" or not registry.for_source(source).logical_capture:
-        return None
+def _slot_of(source) -> str:
+    """The source's replication slot name, chosen (and saved) on its first sync in logical mode."""
     slot = (source.sync_state or {}).get("slot")
     if not slot:
         slot = new_slot_name(source.name)
         source.sync_state = {**(source.sync_state or {}), "slot": slot}
         source.save(update_fields=["sync_state"])
-    with Capture(source.url, slot) as capture:
-        created = capture.ensure()
-        changes = None if created else capture.peek()
-        status = capture.status()
+    return slot
+
+
+def _peek_changes(source, capture):
+    """The changes a source's replication slot holds, or None when this sync must scan.
+
+    The slot is created (with its publication) before the scan that covers
+    what came before it, so nothing falls between the two.
+    """
+    if capture is None:
+        return None
+    created = capture.ensure()
+    changes = None if created else capture.peek()
+    status = capture.status()
     # What the slot holds back on the operator's server: shown and exported.
     source.sync_state["slot_status"] = {
         "retained_bytes": status.retained_bytes, "wal_status": status.wal_status,
@@ -273,26 +279,31 @@ class _Unchanged(dict):
 
 
 def _sync(source, full, stats, run, touched):
+    if source.capture != "logical" or not registry.for_source(source).logical_capture:
+        return _sync_with(source, full, stats, run, touched, None)
+    # One connection to the slot for the whole sync: the peek, and the
+    # confirmation once the mirror has committed (a no-change sync makes no other).
+    with Capture(source.url, _slot_of(source)) as capture:
+        return _sync_with(source, full, stats, run, touched, capture)
+
+
+def _sync_with(source, full, stats, run, touched, capture):
     aes_key = settings.LANGGRAPH_AES_KEY.encode() if settings.LANGGRAPH_AES_KEY else None
     # Marks of prunes that ended (or died) before this sync reads the source:
     # their threads are re-read, then the marks go. Read before the source's
     # snapshot, so that every deletion they stand for is in it.
     fail_dead_runs(lock_key(PRUNE, source))
     settled = _settled_marks(source)
-    changes = _peek_changes(source)
+    changes = _peek_changes(source, capture)
     if (changes is not None and not full and not changes.threads and not settled
             and not (source.sync_state or {}).get("retry")):
         # The slot says no LangGraph row changed: no reader, no counting, no
         # mirror work; the cost of a quiet source stays flat at any size.
-        with Capture(source.url, source.sync_state["slot"]) as capture:
-            capture.confirm(changes.end_lsn)
-        if not DailyUsage.objects.filter(source=source, day=timezone.now().date()).exists():
-            usage.capture(source)
-        previous = (Run.objects.filter(kind=SYNC, source=source, state="done").exclude(pk=run.pk)
-                    .order_by("-pk").values_list("result", flat=True).first())
-        if previous and "threads" in previous:
-            return _Unchanged(threads=previous["threads"], checkpoints=previous["checkpoints"])
-        return _Unchanged(usage.thread_totals(source))
+        capture.confirm(changes.end_lsn)
+        mirror_totals = usage.thread_totals(source)  # one row: the running totals
+        if not DailyUsage.objects.filter(source=source, day=mirror_totals["day"]).exists():
+            usage.capture(source, mirror_totals)
+        return _Unchanged(mirror_totals)
     with open_reader(source) as reader:
         if changes is not None:
             # Read in a snapshot that sees every transaction the slot reported.
@@ -302,10 +313,8 @@ def _sync(source, full, stats, run, touched):
         state = source.sync_state or {}
         since = None if full else state.get("watermark")
         quiet = changes is None and since is not None and reader.unchanged_since(since, now)
-        # The mirror's checkpoint count is a scan of the source's threads in
-        # the mirror, which grows with the source: read only when the guard
-        # below can fire (something is being removed) or the scan needs it.
-        mirrored = None
+        # What the mirror holds before this sync: one row, the running totals.
+        mirrored = running_totals.current(source.pk)["checkpoints"]
         if changes is not None:
             # Deletions arrive as deletions: no counting of the source's tables.
             totals, removing = None, changes.deleted_checkpoints
@@ -317,11 +326,8 @@ def _sync(source, full, stats, run, touched):
             totals, removing = None, 0
         else:
             totals = reader.totals()
-            mirrored = _mirrored_checkpoints(source)
             removing = mirrored - totals["checkpoints"]
         if removing > 0 and not full:
-            if mirrored is None:
-                mirrored = _mirrored_checkpoints(source)
             # Checkpoints of threads our own prunes marked may be gone: the guard
             # is against a wrong URL, so it weighs the rest of the mirror only.
             # Read after the source's snapshot: a prune marks before it deletes.
@@ -368,8 +374,10 @@ def _sync(source, full, stats, run, touched):
         # reports deletions itself).
         mirror_totals = usage.thread_totals(source)
         suspects = set()
+        compared = False
         for table, key in (("checkpoints", "checkpoints"), ("blobs", "blob_rows"), ("writes", "write_rows")):
             if totals is not None and mirror_totals[key] != totals[table]:
+                compared = True
                 source_counts = reader.thread_counts(table)
                 field = {"checkpoints": "checkpoints", "blobs": "blob_rows", "writes": "write_rows"}[table]
                 mirror_counts = {source_thread_id(t): n for t, n in
@@ -379,10 +387,16 @@ def _sync(source, full, stats, run, touched):
         suspects -= set(changed) | context.failed.keys() | context.deferred
         if suspects:
             _process(reader, context, sorted(suspects), run)
+        if compared or since is None:
+            # This sync read every mirrored thread anyway: set the running
+            # totals from the mirror too (a repair, should a writer ever bypass them).
+            drift = running_totals.recount(source.pk)
+            if drift:
+                log.warning("source %s: the running totals had drifted from the mirror and were counted again: %s",
+                            source, drift)
+        if suspects or compared or since is None:
             mirror_totals = usage.thread_totals(source)
 
-        if mirrored is None:  # what the mirror held before this sync, from what it holds now
-            mirrored = mirror_totals["checkpoints"] - stats["added"] + stats["removed"]
         _analyze_if_grown(stats, mirrored)
         usage.capture(source, mirror_totals)
         source.layout = layout
@@ -401,16 +415,11 @@ def _sync(source, full, stats, run, touched):
     if changes is not None:
         # Only now that the mirror has committed: a crash before this line
         # makes the next sync see the same changes again.
-        with Capture(source.url, source.sync_state["slot"]) as capture:
-            capture.confirm(changes.end_lsn)
+        capture.confirm(changes.end_lsn)
     _delete_marks([pk for pk, t in settled if source_thread_id(t) not in context.failed])
     if context.failed:
         raise SyncIncomplete.of(context.failed)
     return mirror_totals
-
-
-def _mirrored_checkpoints(source) -> int:
-    return Thread.objects.filter(source=source).aggregate(n=Sum("checkpoints"))["n"] or 0
 
 
 def _settled_marks(source):
@@ -820,20 +829,28 @@ def _apply_batch(context, thread_rows):
         existing, thread_rows = _lock_threads(context, thread_rows)
         known = _known_references(existing) if context.since is not None and existing else {}
         computed = {rows.thread_id: _compute_thread(context, rows, known.get(rows.thread_id, {})) for rows in thread_rows}
+        # What the batch changes in the source's running totals: its locked
+        # threads as they were out, as they are written in.
+        delta = running_totals.Delta()
+        for t in existing.values():
+            delta.thread(t, -1)
 
         # Threads gone from the source.
         gone = [t.pk for tid, t in existing.items() if computed[tid][0] is None]
         if gone:
             context.stats["removed"] += Checkpoint.objects.filter(thread_id__in=gone).count()
+            delta.checkpoints_of(gone, -1)
             _delete_threads(gone)
 
         live = {tid: c for tid, c in computed.items() if c[0] is not None}
-        if not live:
-            return
-        pks, old_threads, old_tags = _write_threads(context, existing, live)
-        ckpt_pk = _write_checkpoints(context, live, pks, old_threads)
-        _write_tags(context, live, pks, old_tags)
-        _write_references(context, live, pks, old_threads, ckpt_pk)
+        for thread, _, _ in live.values():
+            delta.thread(thread, +1)
+        if live:
+            pks, old_threads, old_tags = _write_threads(context, existing, live)
+            ckpt_pk = _write_checkpoints(context, live, pks, old_threads, delta)
+            _write_tags(context, live, pks, old_tags)
+            _write_references(context, live, pks, old_threads, ckpt_pk)
+        running_totals.apply(context.source.pk, delta)  # last: the row stays locked until the commit
 
 
 def _lock_threads(context, thread_rows):
@@ -886,8 +903,8 @@ def _write_threads(context, existing, live):
     return pks, old_threads, old_tags
 
 
-def _write_checkpoints(context, live, pks, old_threads):
-    """Checkpoints: insert the new, update the changed, delete the vanished.
+def _write_checkpoints(context, live, pks, old_threads, delta):
+    """Checkpoints: insert the new, update the changed, delete the vanished; the day's figures into `delta`.
 
     Returns {(thread pk, ns, checkpoint_id): pk} of every checkpoint of the
     batch when the new rows' keys were reserved up front (PostgreSQL), else None.
@@ -898,11 +915,13 @@ def _write_checkpoints(context, live, pks, old_threads):
             "pk", "thread_id", "checkpoint_ns", "checkpoint_id", *_CHANGE_FIELDS
         ):
             current[(row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])] = row
+            delta.checkpoint(row["created_at"], row["new_bytes"], -1)
     to_insert, to_update, seen = [], [], set()
     source_pk = context.source.pk  # a property: looked up once, not per checkpoint
     for tid, (_, records, _) in live.items():
         thread_pk = pks[tid]
         for r in records:
+            delta.checkpoint(r["created_at"], r["new_bytes"], +1)
             key = (thread_pk, r["checkpoint_ns"], r["checkpoint_id"])
             old = current.get(key) if current else None
             if old is None:

@@ -1,31 +1,33 @@
 """Daily usage per source: what the growth charts and the forecast read.
 
 The first sync of a source backfills history from checkpoint creation times
-(a UTC day each); later syncs capture today's row from the thread totals.
+(a UTC day each); later syncs capture today's row from the source's running
+totals (checkpoints.totals), which each batch of the sync keeps up to date.
 Backfilled totals are running sums of what each day added, so days before the
 first sync show the bytes of the checkpoints that still exist, not the bytes
 that were since pruned.
 """
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
+from checkpoints import totals as running_totals
 from checkpoints.models import BlobReference, Checkpoint, DailyUsage, ReferenceUse, Thread
 
 
 def thread_totals(source) -> dict:
-    """The mirror's sums over a source's threads, in one scan (the sync reuses them)."""
-    today = timezone.now().date()
-    totals = Thread.objects.filter(source=source).aggregate(
-        threads=Count("pk"), checkpoints=Sum("checkpoints"), blob_rows=Sum("blob_rows"), write_rows=Sum("write_rows"),
-        stored=Sum("stored_bytes"), ckpt=Sum("checkpoint_bytes"), blobs=Sum("blob_bytes"), writes=Sum("write_bytes"),
-        new_threads=Count("pk", filter=Q(first_checkpoint_at__date=today)),
-    )
-    return {"day": today, **{key: value or 0 for key, value in totals.items()}}
+    """The sums over a source's mirrored threads and today's additions, from its running totals (one row)."""
+    row = running_totals.current(source.pk)
+    return {
+        "day": row["day"], "threads": row["threads"], "checkpoints": row["checkpoints"],
+        "blob_rows": row["blob_rows"], "write_rows": row["write_rows"], "stored": row["stored_bytes"],
+        "ckpt": row["checkpoint_bytes"], "blobs": row["blob_bytes"], "writes": row["write_bytes"],
+        "new_threads": row["day_threads"], "added": row["day_checkpoints"], "bytes_added": row["day_bytes"],
+    }
 
 
 def capture(source, totals=None):
@@ -35,9 +37,6 @@ def capture(source, totals=None):
     today = timezone.now().date()
     if totals is None or totals["day"] != today:
         totals = thread_totals(source)
-    added = Checkpoint.objects.filter(source=source, created_at__gte=_day_start(today)).aggregate(
-        n=Count("pk"), bytes=Sum("new_bytes")
-    )
     external = external_bytes(source)
     yesterday = DailyUsage.objects.filter(source=source, day__lt=today).order_by("-day").first()
     DailyUsage.objects.update_or_create(
@@ -50,8 +49,8 @@ def capture(source, totals=None):
             "blob_bytes": totals["blobs"] or 0,
             "write_bytes": totals["writes"] or 0,
             "external_bytes": external,
-            "checkpoints_added": added["n"] or 0,
-            "bytes_added": added["bytes"] or 0,
+            "checkpoints_added": totals["added"],
+            "bytes_added": totals["bytes_added"],
             "threads_added": totals["new_threads"] or 0,
             "external_bytes_added": max(0, external - (yesterday.external_bytes if yesterday else 0)),
         },
@@ -102,6 +101,3 @@ def external_bytes(source) -> int:
     total = BlobReference.objects.filter(pk__in=used, exists=True).aggregate(s=Sum("size"))["s"]
     return total or 0
 
-
-def _day_start(day):
-    return datetime.combine(day, time.min, tzinfo=UTC)

@@ -192,8 +192,10 @@ def metrics(request):
 def _space_gauges(out, sources):
     """Dead rows, vacuums and free pages of each source, as its last sync read them (dashboard/space.py)."""
     spaces = [sp for sp in sources_space(sources) if not sp.get("error")]
-    pg = [(sp["source"].name, t) for sp in spaces if sp["kind"] == "postgres" for t in sp["tables"]]
-    lite = [sp for sp in spaces if sp["kind"] == "sqlite"]
+    # By the report's shape, not the kind's name: a kind reporting tables gets the table gauges,
+    # one reporting pages the page gauges.
+    pg = [(sp["source"].name, t) for sp in spaces for t in sp.get("tables", ())]
+    lite = [sp for sp in spaces if "page_count" in sp]
 
     def per_table(key, convert=lambda v: v):
         return [({"source": name, "table": t["table"]}, None if t[key] is None else convert(t[key])) for name, t in pg]

@@ -41,7 +41,7 @@ KEY_VERSION = "1"  # bumped when what is stored changes shape
 # Entries larger than this (pickled) are not cached: a few huge checkpoints
 # must not push every other one out, nor fill the server's memory.
 MAX_ENTRY_BYTES = 16_000_000
-_CACHED_KINDS = ("postgres", "sqlite")
+_CACHED_KINDS = ("postgres", "sqlite", "s3")  # every kind: a checkpoint is immutable in each
 
 
 def key_for(kind, *parts) -> str:
@@ -62,6 +62,11 @@ def values_key(source, checkpoint, *, limit, aes_key=None, digest=False) -> str:
         "values", source.name, source.url, checkpoint.thread.thread_id, checkpoint.checkpoint_ns,
         checkpoint.checkpoint_id, checkpoint.pk, limit, key_hash, bool(digest),
     )
+
+
+def cached_values_key(source, checkpoint, **options) -> str | None:
+    """The key `read_values_cached` keeps the checkpoint's values under; None when it keeps none."""
+    return values_key(source, checkpoint, **options) if source.kind in _CACHED_KINDS else None
 
 
 def ttl_seconds() -> int:

@@ -6,9 +6,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import admin
 from django.core.paginator import Paginator
-from django.db.models import F, TextField
-from django.db.models.fields.json import KeyTextTransform, KeyTransform
-from django.db.models.functions import Cast
+from django.db.models import F
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
@@ -400,35 +398,26 @@ def _content_previews(request, values, references):
 
 @viewer_required
 def checkpoint(request, pk):
+    from dashboard import fragments, snapshot_cache
+    from dashboard.lineage import lineage
     from dashboard.snapshot_cache import read_values_cached
     from dashboard.source_values import ReadError
 
     cp = get_object_or_404(Checkpoint.objects.select_related("thread", "thread__source"), pk=pk)
     t = cp.thread
     same_ns = Checkpoint.objects.filter(thread=t, checkpoint_ns=cp.checkpoint_ns)
-    parent = same_ns.filter(checkpoint_id=cp.parent_checkpoint_id).first() if cp.parent_checkpoint_id else None
-    children = list(same_ns.filter(parent_checkpoint_id=cp.checkpoint_id).order_by("checkpoint_id")[:50])
+    parent, children, subgraphs = lineage(cp)
     metadata = redact_metadata(cp.metadata, settings.TAG_EXCLUDE)
     graph_parents = []
     if isinstance(cp.metadata, dict) and isinstance(cp.metadata.get("parents"), dict):
         for ns, cid in sorted(cp.metadata["parents"].items()):
             target = Checkpoint.objects.filter(thread=t, checkpoint_ns=ns, checkpoint_id=cid).first()
             graph_parents.append((ns, cid, target))
-    subgraphs = []
-    if cp.checkpoint_ns == "":
-        # Subgraph checkpoints name the root checkpoint that ran them in metadata.parents[""].
-        # Cast to text: on SQLite a JSON key lookup would compare JSON, not text.
-        parent_key = Cast(KeyTextTransform("", KeyTransform("parents", "metadata")), TextField())
-        subgraphs = list(
-            Checkpoint.objects.filter(thread=t).exclude(checkpoint_ns="").annotate(root=parent_key)
-            .filter(root=cp.checkpoint_id).order_by("checkpoint_ns", "checkpoint_id")[:50]
-        )
 
     error, values = "", None
+    options = {"limit": settings.DISPLAY_DECODE_LIMIT, "aes_key": settings.LANGGRAPH_AES_KEY or None}
     try:
-        values = read_values_cached(
-            t.source, cp, limit=settings.DISPLAY_DECODE_LIMIT, aes_key=settings.LANGGRAPH_AES_KEY or None
-        )
+        values = read_values_cached(t.source, cp, **options)
     except ReadError as e:
         error = str(e)
     if values:
@@ -436,6 +425,18 @@ def checkpoint(request, pk):
     diff = values.diff() if values else None
     references = list(cp.reference_uses.select_related("reference").order_by("location"))
     content, can_preview = _content_previews(request, values, references) if values else ([], False)
+    shown_diff = diff if diff is None else [c for c in diff if not is_internal(c.channel)]
+    # LangGraph's own channels (__start__, branch:to:*) change at every step: named, not detailed.
+    internal_changes = [c.channel for c in diff or [] if is_internal(c.channel)]
+    values_html = content_html = ""
+    if values:
+        # The values, the diff and the previews never change for this checkpoint: their HTML is kept.
+        key = snapshot_cache.cached_values_key(t.source, cp, **options)
+        values_html = fragments.values_html(key, {
+            "values": values, "diff": shown_diff, "internal_changes": internal_changes,
+            "parent_checkpoint_id": cp.parent_checkpoint_id, "decode_limit": settings.DISPLAY_DECODE_LIMIT})
+        content_html = fragments.content_html(key, {
+            "content": content, "can_preview": can_preview, "preview_limit": settings.PREVIEW_LIMIT})
 
     ctx = {
         "cp": cp,
@@ -447,9 +448,10 @@ def checkpoint(request, pk):
         "metadata": json.dumps(plain(metadata), indent=2, ensure_ascii=False, sort_keys=True),
         "metadata_bytes": len(json.dumps(cp.metadata, ensure_ascii=False).encode()),
         "values": values,
-        "diff": diff if diff is None else [c for c in diff if not is_internal(c.channel)],
-        # LangGraph's own channels (__start__, branch:to:*) change at every step: named, not detailed.
-        "internal_changes": [c.channel for c in diff or [] if is_internal(c.channel)],
+        "diff": shown_diff,
+        "internal_changes": internal_changes,
+        "values_html": values_html,
+        "content_html": content_html,
         "error": error,
         "logical_delta": cp.logical_bytes - parent.logical_bytes if parent else None,
         "references": references,

@@ -64,6 +64,7 @@ from checkpoints.s3layout import Group as _Group
 from checkpoints.s3layout import groups as _groups
 from checkpoints.s3layout import stamp as _stamp
 from checkpoints.s3layout import unpack as _unpack_frame
+from checkpoints.s3layout import value_refs as _value_refs
 
 MB = 1024 * 1024
 DEFAULT_MULTIPART_THRESHOLD = 5 * MB
@@ -566,6 +567,12 @@ class S3Saver(BaseCheckpointSaver[str]):
             "values": {k: {"type": t, "bytes": len(b)} for k, (t, b) in typed_values.items()},
             "delta": delta,
         }
+        # The blob URIs in the values, found by the console's own rules, so that a reader need
+        # not fetch the payload to find them (docs/s3-layout.md §2, "refs"). Never for encrypted
+        # values (the URIs would be written in clear) nor values not readable whole: no field.
+        refs = _value_refs(typed_values)
+        if refs is not None:
+            manifest["refs"] = refs
         # The change entry goes first, beside the payload: a reader seeing an
         # entry whose manifest is not there yet rechecks it later (docs/s3-layout.md),
         # and no manifest is ever visible without its entry. The manifest goes
@@ -579,6 +586,10 @@ class S3Saver(BaseCheckpointSaver[str]):
         payload_response = self._parallel(lambda f: f(), first)[0] or {}
         if delta:
             self._delta_marked.add(thread_id)
+        if payload_response.get("ETag"):
+            # Lets a reader check that the payload listed beside the manifest is this one
+            # before it trusts `refs` instead of reading it.
+            manifest["payload"]["etag"] = payload_response["ETag"]
         if payload_response.get("VersionId") and payload_response["VersionId"] != "null":
             # With versioning on, the manifest names the exact payload it was written with,
             # so loading an old manifest version loads its own payload (get_tuple_version).

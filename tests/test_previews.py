@@ -154,6 +154,36 @@ def test_viewers_see_references_but_not_content(viewer_client, blob_root, sqlite
     assert "shown to those who may download them" in page and "line 12: the agent" not in page
 
 
+def immutable_part(response):
+    """The part of the page kept as HTML in the cache: diff, channel values, content."""
+    page = response.content.decode()
+    return page[page.index("<h2>Changes since the parent</h2>"):page.index("<h2>Pending writes")]
+
+
+def test_cached_rendering_keeps_the_content_to_operators(operator_client, viewer, blob_root, sqlite_source_url):
+    """The kept HTML is the first view's, and it is kept per permission: a viewer never gets an operator's."""
+    from django.test import Client
+
+    write_thread(sqlite_source_url, FileStore(blob_root), {"text": TEXT, "notes": NOTES})
+    synced_source(sqlite_source_url, "lite")
+    hits = LOOKUPS.labels("html", "hit")._value.get()
+    first, _ = content(operator_client, "doc")
+    second, rows = content(operator_client, "doc")
+    assert LOOKUPS.labels("html", "hit")._value.get() == hits + 2  # values and content, both kept
+    assert immutable_part(second) == immutable_part(first)
+    assert "line 12: the agent read the contract" in unescape(immutable_part(second))
+    assert rows["text"]["preview"].status == "text"  # the page's context is whole on a cached view too
+    viewer_client = Client()
+    viewer_client.force_login(viewer)
+    for _ in range(2):
+        response, rows = content(viewer_client, "doc")
+        page = unescape(response.content.decode())
+        assert rows["text"]["preview"] is None and rows["text"]["download"] is None
+        assert "shown to those who may download them" in page and "line 12: the agent" not in page
+        assert "Download</a>" not in page
+    assert "line 12: the agent" in unescape(content(operator_client, "doc")[0].content.decode())
+
+
 def test_previews_are_cached_by_uri_and_etag(operator_client, blob_root, sqlite_source_url):
     doc = blob_root / "live.txt"
     doc.write_text("first version")

@@ -228,3 +228,16 @@ print("ok")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
     assert offload_module.S3Store is S3Store
+
+
+def test_raw_timestamps_leave_dates_as_the_servers_text_for_that_client_only(moto_s3, s3_bucket):
+    """The console's S3 reader lists with raw_timestamps (it never reads a date); other clients keep datetimes."""
+    from datetime import datetime
+
+    settings = S3Settings(endpoint_url=moto_s3.endpoint_url, path_style=True, access_key="testing", secret_key="testing")
+    raw, parsed = build_client(settings, raw_timestamps=True), build_client(settings)
+    raw.put_object(Bucket=s3_bucket, Key="k", Body=b"x")
+    listed = raw.list_objects_v2(Bucket=s3_bucket)["Contents"][0]
+    assert isinstance(listed["LastModified"], str) and datetime.fromisoformat(listed["LastModified"].replace("Z", "+00:00"))
+    assert isinstance(raw.get_object(Bucket=s3_bucket, Key="k")["LastModified"], str)
+    assert isinstance(parsed.list_objects_v2(Bucket=s3_bucket)["Contents"][0]["LastModified"], datetime)

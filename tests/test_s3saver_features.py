@@ -374,3 +374,53 @@ def test_retries_of_a_request_that_failed_in_the_end_are_counted(moto_s3):
         saver.get_tuple(stored)
     assert registry.get_sample_value("s3saver_retries_total") == 2
     assert registry.get_sample_value("s3saver_operations_total", {"operation": "get_tuple", "outcome": "error"}) == 1
+
+
+# --- the manifest's refs (docs/s3-layout.md §2) --------------------------------------------------------------
+
+
+def _listed_manifests(server, saver):
+    """[(manifest, payload size, payload ETag)] of every checkpoint, from one listing (as a reader sees them)."""
+    from checkpoints import s3layout
+
+    client = server.client()
+    base = saver.prefix + "threads/"
+    objects = [o for page in client.get_paginator("list_objects_v2").paginate(Bucket=saver.bucket, Prefix=base)
+               for o in page.get("Contents", [])]
+    found = []
+    for g in s3layout.groups(objects, base, nested=True):
+        body = client.get_object(Bucket=saver.bucket, Key=base + g.rel_dir + "manifest.json")["Body"].read()
+        found.append((json.loads(body), g.sizes.get("payload"), g.payload_etag, body))
+    return found
+
+
+def test_manifests_record_the_references_found_by_the_consoles_rules(server):
+    from checkpoints import decode, s3layout
+
+    saver = saver_on(server)
+    doc = f"s3://{saver.bucket}/uploads/u1/report.pdf"
+    values = {"messages": [{"content": f"see {doc} and file:///srv/blobs/a.txt"}], "n": 1, "raw": b"\x00s3://b/in-bytes\x00"}
+    stored = saver.put(root("r"), checkpoint(values), {"source": "input", "step": -1}, {k: 1 for k in values})
+    saver.put(stored, checkpoint({"n": 2}, step=1), {"source": "loop", "step": 0}, {"n": 2})
+
+    (first, size, etag, _), (plain, *_) = sorted(_listed_manifests(server, saver), key=lambda m: m[0]["checkpoint_id"])
+    # The same finder the sync applies to the payload's values, channel by channel.
+    typed = {k: saver.serde.dumps_typed(v) for k, v in values.items()}
+    expected = {k: sorted(decode.references_in(*t)[0]) for k, t in typed.items() if decode.references_in(*t)[0]}
+    assert first["refs"] == expected == {"messages": sorted([doc, "file:///srv/blobs/a.txt"]), "raw": ["s3://b/in-bytes"]}
+    assert plain["refs"] == {}
+    # The payload a reader lists beside the manifest is the one it was written with (size and
+    # ETag agree on this server), so the reader may trust the field.
+    assert s3layout.manifest_refs(first, size, etag) == {k: set(v) for k, v in expected.items()}
+
+
+def test_an_encrypted_saver_records_no_refs_nor_any_uri(server):
+    from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
+
+    saver = saver_on(server, serde=EncryptedSerializer.from_pycryptodome_aes(key=b"0123456789abcdef"))
+    doc = f"s3://{saver.bucket}/uploads/secret/plan.pdf"
+    saver.put(root("e"), checkpoint({"doc": doc}), {"source": "input", "step": -1}, {"doc": 1})
+
+    [(manifest, _, _, body)] = _listed_manifests(server, saver)
+    assert manifest["values"]["doc"]["type"].endswith("+aes")
+    assert "refs" not in manifest and b"secret/plan.pdf" not in body

@@ -539,3 +539,40 @@ def test_s3_store_objects_are_never_orphans_and_its_references_count(moto_s3, s3
     assert saver_keys <= left  # every manifest, payload, write and change entry stays
     assert {"uploads/f/kept.bin", "uploads/f/late.bin"} <= left and "uploads/f/orphan.bin" not in left
     saver.close()
+
+
+def test_the_recheck_reads_payloads_not_the_manifests_refs(moto_s3, s3_bucket, blob_root):
+    """The last look before deleting searches the stored values: a manifest whose refs were emptied by
+    hand (the sync would trust it) does not hide the reference its payload holds."""
+    from checkpoints.sources.s3 import settings_for
+    from checkpoints.sources.s3.reader import S3Reader
+    from storage.s3saver import S3Saver
+
+    c = moto_s3.client()
+    saver = S3Saver(s3_bucket, "uploads/checkpoints/", client=c, metrics=False)
+    url = f"s3://{s3_bucket}/uploads/checkpoints/"
+    put(c, s3_bucket, ["uploads/f/late.bin", "uploads/f/orphan.bin"])
+    attach(saver, "early", f"s3://{s3_bucket}/uploads/f/none.bin")
+    make_source(url)
+
+    def empty_refs():
+        for key in bucket_keys(c, s3_bucket):
+            if key.startswith("uploads/checkpoints/threads/late/") and key.endswith("/manifest.json"):
+                manifest = json.loads(c.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+                manifest["refs"] = {}
+                c.put_object(Bucket=s3_bucket, Key=key, Body=json.dumps(manifest).encode())
+
+    def write_after_the_sync(done, total):
+        if not written:
+            written.append(True)
+            attach(saver, "late", f"s3://{s3_bucket}/uploads/f/late.bin")
+            empty_refs()
+
+    written = []
+    dry = sweep_now(dry_run=True, progress=write_after_the_sync)
+    assert dry["error"] is None and dry["orphans"] == 1 and dry["kept_by_recheck"] == 1
+    # The sync's reader, by contrast, takes the (emptied) refs and never reads those payloads.
+    with S3Reader(url, settings_for(url)) as reader:
+        [rows] = reader.read_threads(["late"])
+    assert rows.checkpoints and all(not (cp.inline_values or {}) for cp in rows.checkpoints)
+    saver.close()

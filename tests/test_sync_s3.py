@@ -5,8 +5,10 @@ of the prefix and its manifests (tests/truth.py, written from
 docs/s3-layout.md, not with the reader's code).
 """
 
+import json
 import uuid
 
+import ormsgpack
 import pytest
 
 from checkpoints.models import BlobReference, Checkpoint, ReferenceUse, Run, Source, Thread
@@ -257,6 +259,47 @@ def test_checkpoint_page_names_a_missing_payload(store, viewer_client):
     assert "could not read all of this checkpoint" in viewer_client.get(f"/checkpoints/{latest.pk}/").content.decode()
 
 
+def test_checkpoint_page_keeps_s3_values_and_reads_writes_fresh(store, viewer_client):
+    """An S3 checkpoint is immutable like the others: values from the cache, writes and presence from the bucket."""
+    from dashboard.cachemetrics import LOOKUPS
+
+    saver, url = store
+    chat = chat_graph(saver)
+    cfg = config("hot", tenant="acme")
+    chat.invoke({"messages": ["hello"]}, cfg)
+    source = make_source(url, name="s3")
+    assert sync_source(source)["error"] is None
+    latest = Checkpoint.objects.filter(source=source, thread__thread_id="hot", checkpoint_ns="").latest("checkpoint_id")
+    path = f"/checkpoints/{latest.pk}/"
+
+    def shown(response):
+        return {v.name: v.value for v in response.context["values"].channels}
+
+    hits = LOOKUPS.labels("values", "hit")._value.get()
+    first = viewer_client.get(path)
+    write_config = saver.get_tuple(cfg).config
+    # The payload changes under the console (no saver does this: it proves the next view does not read it).
+    payload = saver.payload_key("hot", "", latest.checkpoint_id)
+    body = saver.client.get_object(Bucket=saver.bucket, Key=payload)["Body"].read()
+    saver.client.put_object(Bucket=saver.bucket, Key=payload, Body=b"not a payload")
+    saver.put_writes(write_config, [("label", "arrived later")], task_id="task-late")
+    second = viewer_client.get(path)
+    assert LOOKUPS.labels("values", "hit")._value.get() == hits + 1
+    assert shown(second) == shown(first) and "hello" in str(shown(second)["messages"])
+    assert [(w["task_id"], w["value"].value) for w in second.context["values"].writes] == [("task-late", "arrived later")]
+    saver.client.put_object(Bucket=saver.bucket, Key=payload, Body=body)
+    # A payload gone says so, cached or not; a checkpoint gone (no manifest) too, and its entry is dropped.
+    saver.client.delete_object(Bucket=saver.bucket, Key=payload)
+    assert "is missing" in viewer_client.get(path).content.decode()
+    saver.client.put_object(Bucket=saver.bucket, Key=payload, Body=body)
+    saver.client.delete_object(Bucket=saver.bucket, Key=saver.manifest_key("hot", "", latest.checkpoint_id))
+    hits = LOOKUPS.labels("values", "hit")._value.get()
+    assert "no longer in the source" in viewer_client.get(path).content.decode()
+    misses = LOOKUPS.labels("values", "miss")._value.get()
+    assert "no longer in the source" in viewer_client.get(path).content.decode()
+    assert LOOKUPS.labels("values", "miss")._value.get() == misses + 1 and LOOKUPS.labels("values", "hit")._value.get() == hits + 1
+
+
 def test_prune_dry_run_selects_what_the_real_run_deletes_by_the_savers_rules(store):
     from datetime import timedelta
 
@@ -376,3 +419,110 @@ def test_s3_throttling_mid_sync_is_a_clear_error_and_loses_nothing(store, settin
         assert_mirror_matches(source, url)
     finally:
         proxy.close()
+
+
+# --- references from the manifest's refs: no payload GET (docs/s3-layout.md §2) -----------------------------
+
+
+def _reader_gets(monkeypatch):
+    """The keys of the GET requests the console's S3 reader sends, counted on the wire (botocore before-send)."""
+    from urllib.parse import unquote, urlsplit
+
+    from checkpoints import s3client
+
+    build = s3client.build_client
+    sent = []
+
+    def counted(*args, **kwargs):
+        client = build(*args, **kwargs)
+        client.meta.events.register("before-send.s3.GetObject",
+                                    lambda request, **_: sent.append(unquote(urlsplit(request.url).path)),
+                                    unique_id="test-reader-gets")
+        return client
+
+    monkeypatch.setattr(s3client, "build_client", counted)
+    return sent
+
+
+def _reference_uses(source):
+    return sorted(ReferenceUse.objects.filter(thread__source=source).values_list(
+        "thread__thread_id", "checkpoint__checkpoint_ns", "checkpoint__checkpoint_id", "location", "reference__uri"))
+
+
+def _rewrite_manifests(saver, change):
+    for obj in _objects(saver, "threads/"):
+        if obj["Key"].endswith("/manifest.json"):
+            manifest = json.loads(saver.client.get_object(Bucket=saver.bucket, Key=obj["Key"])["Body"].read())
+            change(manifest)
+            saver.client.put_object(Bucket=saver.bucket, Key=obj["Key"], Body=json.dumps(manifest).encode())
+
+
+def test_manifest_refs_spare_the_payload_get_and_the_mirror_is_the_same_without_them(store, monkeypatch, tmp_path):
+    saver, url = store
+    report = f"file://{tmp_path}/u1/report.pdf"
+    run_scenarios(saver, file_uri=report)
+    gets = _reader_gets(monkeypatch)
+
+    source = make_source(url)
+    assert sync_source(source)["error"] is None
+    truth = assert_mirror_matches(source, url)
+    with_refs = _reference_uses(source)
+    assert any(use[-1] == report for use in with_refs)
+    payload_gets = [k for k in gets if k.endswith("/payload")]
+    manifest_gets = [k for k in gets if k.endswith("/manifest.json")]
+    assert payload_gets == [] and len(manifest_gets) == len(truth["checkpoints"])
+
+    # The same store with the field removed by hand (as an older saver wrote it): every payload is
+    # read, and the mirror is the same, references included.
+    source.delete()
+    _rewrite_manifests(saver, lambda m: m.pop("refs"))
+    gets.clear()
+    again = make_source(url, name="again")
+    assert sync_source(again)["error"] is None
+    assert_mirror_matches(again, url)
+    assert _reference_uses(again) == with_refs
+    assert len([k for k in gets if k.endswith("/payload")]) == len(truth["checkpoints"])
+
+
+def test_a_payload_that_is_not_the_one_its_manifest_names_is_read(store, monkeypatch):
+    """refs are trusted only beside the payload they were written with (its size and ETag)."""
+    saver, url = store
+    first = chat_graph(saver)
+    cfg = config("t-swapped", tenant="acme")
+    first.invoke({"messages": ["no file here"]}, cfg)
+    latest = saver.get_tuple(cfg)
+    # Another payload, written by hand under the latest checkpoint: its values name a file.
+    key = saver.payload_key("t-swapped", "", latest.checkpoint["id"])
+    body, meta = saver._get_object(key)
+    frame = saver._unpack(key, body, meta)
+    frame["values"]["messages"] = list(saver.serde.dumps_typed(["s3://elsewhere/swapped.pdf"]))
+    saver.client.put_object(Bucket=saver.bucket, Key=key, Body=ormsgpack.packb(frame),
+                            Metadata={"format": "1", "encoding": "identity"})
+    gets = _reader_gets(monkeypatch)
+
+    source = make_source(url)
+    assert sync_source(source)["error"] is None
+    assert f"/{saver.bucket}/{key}" in gets
+    assert BlobReference.objects.filter(uri="s3://elsewhere/swapped.pdf").exists()
+
+
+def test_an_encrypted_store_has_no_refs_and_its_payloads_are_read(moto_s3, s3_bucket, settings, monkeypatch, tmp_path):
+    from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
+
+    key = "0123456789abcdef"
+    settings.LANGGRAPH_AES_KEY = key  # the sync decrypts values to find references
+    saver = S3Saver(s3_bucket, PREFIX, client=moto_s3.client(), metrics=False,
+                    serde=EncryptedSerializer.from_pycryptodome_aes(key=key.encode()))
+    secret = f"file://{tmp_path}/secret/plan.pdf"
+    run_scenarios(saver, file_uri=secret)
+    manifests = [saver.client.get_object(Bucket=s3_bucket, Key=o["Key"])["Body"].read()
+                 for o in _objects(saver, "threads/") if o["Key"].endswith("/manifest.json")]
+    assert manifests and not any(b'"refs"' in m or b"secret/plan.pdf" in m for m in manifests)
+    gets = _reader_gets(monkeypatch)
+
+    source = make_source(f"s3://{s3_bucket}/{PREFIX}")
+    assert sync_source(source)["error"] is None
+    truth = assert_mirror_matches(source, f"s3://{s3_bucket}/{PREFIX}")
+    assert len([k for k in gets if k.endswith("/payload")]) == len(truth["checkpoints"])
+    assert BlobReference.objects.filter(uri=secret).exists()
+    saver.close()

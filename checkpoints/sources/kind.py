@@ -177,6 +177,11 @@ class SourceKind(Protocol):
     def recheck(self, url: str) -> Recheck:
         """A Recheck of the store, opened read-only (nothing is opened before its first `values()`)."""
 
+    def space_report(self, found: dict) -> dict:
+        """The reader's `space()` report as the sync stored it, ready for the pages: its figures plus
+        `warnings` (what the operator should fix), `template` (the maintenance page's panel) and
+        `brief_template` (the sources page's cell), partials under templates/space/."""
+
     def owned_prefixes(self, url: str) -> tuple | None:
         """(bucket, key prefixes) of objects that are the store's own data (an S3 store's), which a sweep
         of a blob store never deletes; None for a store that keeps nothing in a bucket."""

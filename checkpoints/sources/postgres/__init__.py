@@ -52,5 +52,10 @@ class PostgresKind:
     def owned_prefixes(self, url):
         return None  # a database: no object in a blob store is the store's own
 
+    def space_report(self, found):
+        from checkpoints.sources.postgres import space
+
+        return {**space.report(found), "template": space.TEMPLATE, "brief_template": space.BRIEF_TEMPLATE}
+
 
 KIND = PostgresKind()

@@ -79,5 +79,10 @@ class S3Kind:
 
         return owned_prefixes(url)
 
+    def space_report(self, found):
+        from checkpoints.sources.s3 import space
+
+        return {**space.report(found), "template": space.TEMPLATE, "brief_template": space.BRIEF_TEMPLATE}
+
 
 KIND = S3Kind()

@@ -5,7 +5,9 @@ through the saver's change index, one listing that starts after the previous
 sync's watermark (less an overlap, for entries that became visible late),
 and re-reads each thread an entry names whole: its listing (sizes of every
 object), its manifests (metadata, parent, versions), its payloads and writes
-(searched for blob URIs, never unpickled). A first sync lists `threads/`
+(searched for blob URIs, never unpickled; a payload is not read when its
+manifest's `refs` already say which URIs its values hold, docs/s3-layout.md
+§2). A first sync lists `threads/`
 once instead. Deletions arrive as entries too (`delete`, `delete_thread`):
 re-reading the thread finds its manifests gone.
 
@@ -31,7 +33,7 @@ from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from checkpoints import s3layout as layout
-from checkpoints.sources import CheckpointRow, SourceError, ThreadRows, WriteRow, first_line
+from checkpoints.sources import CheckpointRow, ScannedURIs, SourceError, ThreadRows, TypedValues, WriteRow, first_line
 
 # Entries may become visible after entries with later stamps (writers stamp
 # before they send, on their own clocks): each sync lists from this long
@@ -73,14 +75,18 @@ def parse_url(url: str) -> tuple[str, str, str]:
 class S3Reader:
     kind = "s3"
 
-    def __init__(self, url: str, settings, *, client=None, workers: int = WORKERS, overlap: float | None = None):
+    def __init__(self, url: str, settings, *, client=None, workers: int | None = None, overlap: float | None = None,
+                 manifest_refs: bool = True):
         """`settings`: a checkpoints.s3client.S3Settings for the endpoint and credentials (bucket and
-        prefix come from the URL)."""
+        prefix come from the URL). `manifest_refs`: take a checkpoint's references from its
+        manifest's `refs` when they can be trusted (s3layout.manifest_refs) instead of reading its
+        payload; False reads every payload (the sweep's last look before deleting)."""
+        self.manifest_refs = manifest_refs
         self.url = url
         _, self.bucket, self.prefix = parse_url(url)
         self.settings = settings.replace(bucket=self.bucket, prefix=self.prefix)
         self.client = client
-        self.workers = workers
+        self.workers = workers or WORKERS
         self.overlap = OVERLAP_SECONDS if overlap is None else overlap
         self.where = f"s3://{self.bucket}/{self.prefix}"
         self.started = None
@@ -97,7 +103,8 @@ class S3Reader:
 
         if self.client is None:
             try:
-                self.client = build_client(self.settings)
+                # Nothing here reads a LastModified: dates stay text (a listing's client time drops by half).
+                self.client = build_client(self.settings, max_pool_connections=max(10, self.workers), raw_timestamps=True)
             except Exception as e:  # noqa: BLE001 - botocore's errors name no common base
                 raise SourceError(f"cannot open {self.where}: {first_line(e)}") from None
         self.started = time.time()
@@ -332,7 +339,14 @@ class S3Reader:
         elif g.sizes.get(layout.PAYLOAD, 0) > FETCH_LIMIT:
             problems.append(f"s3://{self.bucket}/{payload_key} is larger than {FETCH_LIMIT:,} bytes: not searched for references")
         else:
-            values = self._payload_values(payload_key, problems)
+            refs = layout.manifest_refs(manifest, g.sizes.get(layout.PAYLOAD), g.payload_etag) \
+                if manifest and self.manifest_refs else None
+            if refs is not None:
+                # The saver found these with the sync's own rules: the payload need not be read.
+                types = manifest["values"]
+                values = TypedValues({ch: (str(types[ch].get("type")), ScannedURIs(uris)) for ch, uris in refs.items()})
+            else:
+                values = self._payload_values(payload_key, problems)
         writes = []
         for rel in g.writes:
             row = self._write_row(thread_id, g, directory, rel, problems)
@@ -354,8 +368,6 @@ class S3Reader:
 
     def _payload_values(self, key, problems):
         """TypedValues of a payload (every channel's (type, bytes)); None, with a problem, when unreadable."""
-        from checkpoints.sources import TypedValues
-
         try:
             found = self._get(key)
         except _Unreadable as e:
@@ -485,22 +497,44 @@ def read_checkpoint(reader: S3Reader, key: tuple, *, limit: int, with_writes: bo
             raise layout.S3CheckpointError(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD} is corrupt: {e}") from None
     else:
         values = {ch: (str((v or {}).get("type", "")), None) for ch, v in (manifest.get("values") or {}).items()}
-    writes = []
-    if with_writes:
-        for rel, size in sorted(listed.items()):
-            if not rel.startswith(layout.WRITES):
-                continue
-            parts = rel[len(layout.WRITES):].split("/")
-            if len(parts) != 2:
-                continue
-            task = layout.decode_segment(parts[0])
-            channel, type_, data = "", "", None
-            if size <= limit:
-                body = reader._get(directory + rel)
-                if body is None:
-                    continue
-                frame = layout.unpack(f"s3://{reader.bucket}/{directory}{rel}", *body)
-                channel, type_, data = str(frame["channel"]), str(frame["value"][0]), bytes(frame["value"][1])
-            writes.append((task, int(parts[1]), channel, type_, size, data))
-    writes.sort(key=lambda w: (w[0], w[1]))
+    writes = _writes(reader, directory, listed, limit) if with_writes else []
     return StoredCheckpoint(manifest, values, sizes, writes)
+
+
+def read_writes(reader: S3Reader, key: tuple, *, limit: int) -> list | None:
+    """One checkpoint's writes, as in read_checkpoint; None when it is gone.
+
+    The checkpoint page's fresh read for a checkpoint whose values it keeps:
+    one listing (the manifest says the checkpoint is still there, the
+    payload that its values still are) and the write objects, without
+    reading the manifest and the payload.
+    """
+    thread, ns, cid = key
+    directory = layout.checkpoint_prefix(reader.prefix, thread, ns, cid)
+    listed = {o["Key"][len(directory):]: o["Size"] for o in reader._list(directory)}
+    if layout.MANIFEST not in listed:
+        return None
+    if layout.PAYLOAD not in listed:  # as read_checkpoint says it, whether the values are kept or not
+        raise layout.S3CheckpointError(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD} is missing")
+    return _writes(reader, directory, listed, limit)
+
+
+def _writes(reader, directory, listed, limit):
+    writes = []
+    for rel, size in sorted(listed.items()):
+        if not rel.startswith(layout.WRITES):
+            continue
+        parts = rel[len(layout.WRITES):].split("/")
+        if len(parts) != 2:
+            continue
+        task = layout.decode_segment(parts[0])
+        channel, type_, data = "", "", None
+        if size <= limit:
+            body = reader._get(directory + rel)
+            if body is None:
+                continue
+            frame = layout.unpack(f"s3://{reader.bucket}/{directory}{rel}", *body)
+            channel, type_, data = str(frame["channel"]), str(frame["value"][0]), bytes(frame["value"][1])
+        writes.append((task, int(parts[1]), channel, type_, size, data))
+    writes.sort(key=lambda w: (w[0], w[1]))
+    return writes

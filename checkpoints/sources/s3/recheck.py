@@ -7,7 +7,7 @@ cannot be searched). It has no orphan rows either: the saver deletes a
 checkpoint's objects with it.
 """
 
-from checkpoints.sources import SourceError, open_reader
+from checkpoints.sources import ScannedURIs, SourceError
 from checkpoints.sources.recheck import ENCRYPTED_SINCE_SYNC
 
 THREADS_PER_READ = 500
@@ -18,7 +18,9 @@ class S3Recheck:
         self.url = url
 
     def values(self, markers: list, since: dict | None):
-        with open_reader(self.url) as reader:
+        # Every payload and write is read as stored: a manifest's `refs` are a shortcut for the
+        # sync, never for the last look before a deletion.
+        with _reader(self.url) as reader:
             changed = reader.changed_thread_ids(since, reader.watermark()) if since else None
             ids = sorted(reader.thread_ids() if changed is None else changed)
             for i in range(0, len(ids), THREADS_PER_READ):
@@ -28,11 +30,23 @@ class S3Recheck:
                     for type_, data in values:
                         if type_ and "+" in type_:
                             raise SourceError(ENCRYPTED_SINCE_SYNC)
+                        if isinstance(data, ScannedURIs):  # refs from a manifest: never trusted here
+                            raise RuntimeError("the sweep's recheck got a manifest's refs, not the stored values")
                         if data:
                             yield bytes(data)
 
     def close(self):
         pass
+
+
+def _reader(url):
+    from checkpoints.sources.s3 import settings_for
+    from checkpoints.sources.s3.reader import S3Reader
+
+    try:
+        return S3Reader(url, settings_for(url), manifest_refs=False)
+    except ValueError as e:
+        raise SourceError(str(e)) from None
 
 
 def orphans(url: str, floor: str, *, dry_run: bool) -> dict:

@@ -1,8 +1,16 @@
-"""One S3 checkpoint's values for display (SourceKind.read_values) and its pending writes (read_writes)."""
+"""One S3 checkpoint's values for display (SourceKind.read_values) and its pending writes (read_writes).
+
+The S3 client is built once per process and settings: building one costs
+tens of milliseconds, more than the requests of a page view.
+"""
+
+import os
+import threading
 
 from checkpoints.decode import safe_loads
 from checkpoints.s3layout import S3CheckpointError
 from checkpoints.sources import SourceError, first_line
+from checkpoints.sources.s3 import reader as s3reader
 from checkpoints.sources.s3.reader import S3Reader, read_checkpoint
 from checkpoints.sources.values import CheckpointValues, ReadError, Value, as_object, decode_write
 
@@ -12,15 +20,43 @@ S3_WHOLE_FACTOR = 8
 GONE = "this checkpoint is no longer in the source (pruned or deleted since the last sync)"
 
 
-def _s3_checkpoint(url, key, limit, *, with_writes):
-    """The stored checkpoint (checkpoints.sources.s3.reader.read_checkpoint); ReadError naming the object."""
+_clients = {}  # (process id, S3Settings) -> botocore client (thread-safe)
+_clients_lock = threading.Lock()
+
+
+def _client(settings):
+    from checkpoints.s3client import build_client
+
+    key = (os.getpid(), settings)
+    with _clients_lock:
+        client = _clients.get(key)
+    if client is None:
+        try:
+            client = build_client(settings)
+        except Exception as e:  # noqa: BLE001 - botocore's errors name no common base
+            raise ReadError(f"cannot open s3://{settings.bucket}/{settings.prefix}: {first_line(e)}") from None
+        with _clients_lock:
+            if len(_clients) > 16:  # settings changed many times (tests): drop old clients
+                _clients.clear()
+            client = _clients.setdefault(key, client)
+    return client
+
+
+def _reading(url, read):
+    """`read(reader)` on the store at `url`; ReadError naming the object when S3 fails."""
     from checkpoints.sources.s3 import settings_for
 
+    settings = settings_for(url)
     try:
-        with S3Reader(url, settings_for(url), workers=1) as reader:
-            return read_checkpoint(reader, key, limit=limit, with_writes=with_writes)
+        with S3Reader(url, settings, client=_client(settings), workers=1) as reader:
+            return read(reader)
     except (SourceError, S3CheckpointError) as e:
         raise ReadError(first_line(e)) from None
+
+
+def _s3_checkpoint(url, key, limit, *, with_writes):
+    """The stored checkpoint (checkpoints.sources.s3.reader.read_checkpoint); ReadError naming the object."""
+    return _reading(url, lambda reader: read_checkpoint(reader, key, limit=limit, with_writes=with_writes))
 
 
 def read_values(url, key, parent, *, limit, aes_key=None, digest=False) -> CheckpointValues:
@@ -64,8 +100,8 @@ def _s3_channels(found, limit, aes_key, digest):
 
 
 def read_writes(url, key, *, limit, aes_key=None, digest=False) -> list:
-    """SourceKind.read_writes: the checkpoint's pending writes, read now."""
-    found = _s3_checkpoint(url, key, limit, with_writes=True)
-    if found is None:
+    """SourceKind.read_writes: the checkpoint's pending writes, read now (a listing and the write objects)."""
+    writes = _reading(url, lambda reader: s3reader.read_writes(reader, key, limit=limit))
+    if writes is None:
         raise ReadError(GONE)
-    return [decode_write(task, idx, channel, t, s, d, limit, aes_key, digest) for task, idx, channel, t, s, d in found.writes]
+    return [decode_write(task, idx, channel, t, s, d, limit, aes_key, digest) for task, idx, channel, t, s, d in writes]

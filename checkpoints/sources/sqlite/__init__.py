@@ -51,5 +51,10 @@ class SqliteKind:
     def owned_prefixes(self, url):
         return None  # a database: no object in a blob store is the store's own
 
+    def space_report(self, found):
+        from checkpoints.sources.sqlite import space
+
+        return {**space.report(found), "template": space.TEMPLATE, "brief_template": space.BRIEF_TEMPLATE}
+
 
 KIND = SqliteKind()
