@@ -96,11 +96,20 @@ def main():
     parser.add_argument("--workers", type=int, help="connections the prune uses (default: its own)")
     args = parser.parse_args()
 
+    if "DATABASE_URL" not in os.environ:
+        # The prune marks each thread (PruneMark) in the console's database before
+        # deleting it: a throwaway SQLite console, migrated here, unless one is given.
+        import tempfile
+
+        os.environ["CONSOLE_VAR_DIR"] = tempfile.mkdtemp(prefix="bench-prune-")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
     import django
 
     django.setup()
+    from django.core.management import call_command
     from django.test import override_settings
+
+    call_command("migrate", interactive=False, verbosity=0)
 
     from checkpoints import prune as pruning
     from checkpoints.models import Source
@@ -128,7 +137,7 @@ def main():
         # Ours.
         if args.workers:
             PostgresMaintenance.workers = args.workers
-        source = Source(name="bench", url=ours, kind="postgres")
+        source, _ = Source.objects.update_or_create(name="bench", defaults={"url": ours, "kind": "postgres"})
         policy = pruning.PrunePolicy(timedelta(seconds=1), keep_last=1)
         with override_settings(PRUNE_ACTIVE_WINDOW=timedelta(0)):
             started = time.perf_counter()

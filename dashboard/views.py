@@ -6,9 +6,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import admin
 from django.core.paginator import Paginator
-from django.db.models import F, TextField
-from django.db.models.fields.json import KeyTextTransform, KeyTransform
-from django.db.models.functions import Cast
+from django.db.models import F
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
@@ -401,29 +399,20 @@ def _content_previews(request, values, references):
 @viewer_required
 def checkpoint(request, pk):
     from dashboard import fragments, snapshot_cache
+    from dashboard.lineage import lineage
     from dashboard.snapshot_cache import read_values_cached
     from dashboard.source_values import ReadError
 
     cp = get_object_or_404(Checkpoint.objects.select_related("thread", "thread__source"), pk=pk)
     t = cp.thread
     same_ns = Checkpoint.objects.filter(thread=t, checkpoint_ns=cp.checkpoint_ns)
-    parent = same_ns.filter(checkpoint_id=cp.parent_checkpoint_id).first() if cp.parent_checkpoint_id else None
-    children = list(same_ns.filter(parent_checkpoint_id=cp.checkpoint_id).order_by("checkpoint_id")[:50])
+    parent, children, subgraphs = lineage(cp)
     metadata = redact_metadata(cp.metadata, settings.TAG_EXCLUDE)
     graph_parents = []
     if isinstance(cp.metadata, dict) and isinstance(cp.metadata.get("parents"), dict):
         for ns, cid in sorted(cp.metadata["parents"].items()):
             target = Checkpoint.objects.filter(thread=t, checkpoint_ns=ns, checkpoint_id=cid).first()
             graph_parents.append((ns, cid, target))
-    subgraphs = []
-    if cp.checkpoint_ns == "":
-        # Subgraph checkpoints name the root checkpoint that ran them in metadata.parents[""].
-        # Cast to text: on SQLite a JSON key lookup would compare JSON, not text.
-        parent_key = Cast(KeyTextTransform("", KeyTransform("parents", "metadata")), TextField())
-        subgraphs = list(
-            Checkpoint.objects.filter(thread=t).exclude(checkpoint_ns="").annotate(root=parent_key)
-            .filter(root=cp.checkpoint_id).order_by("checkpoint_ns", "checkpoint_id")[:50]
-        )
 
     error, values = "", None
     options = {"limit": settings.DISPLAY_DECODE_LIMIT, "aes_key": settings.LANGGRAPH_AES_KEY or None}

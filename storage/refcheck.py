@@ -37,7 +37,11 @@ def references_to_check(*, only_unchecked=False, source=None):
     uses = ReferenceUse.objects.filter(reference=OuterRef("pk"))
     if source is not None:
         uses = uses.filter(thread__source=source)
-    refs = BlobReference.objects.exclude(store="foreign").filter(Exists(uses))
+    # The stores by name, not "not foreign": an index range on (store, exists) instead of a
+    # scan of every reference, which the check after each sync paid (31 ms twice at 5 M
+    # checkpoints whose 176 k references were all foreign).
+    checked = [store for store, _ in BlobReference.STORE_CHOICES if store != "foreign"]
+    refs = BlobReference.objects.filter(store__in=checked).filter(Exists(uses))
     if only_unchecked:
         refs = refs.filter(exists__isnull=True)
     return refs

@@ -4,6 +4,7 @@ Every test runs on a PostgreSQL started with wal_level=logical (tests/pg_logical
 and compares the mirror with SQL on the source after each step.
 """
 
+import time
 import uuid
 
 import psycopg
@@ -233,13 +234,38 @@ def test_a_quiet_source_still_moves_its_slot_so_it_holds_back_no_wal(saver, logi
     assert_mirror_matches(source, logical_url)
 
 
-def test_a_scan_of_a_quiet_server_skips_the_scans_and_counts_yet_sees_the_next_write(saver, logical_url, monkeypatch):
+@pytest.fixture
+def quiet_server(logical_url):
+    """The logical server with autovacuum off and none of its workers running, until the test ends.
+
+    An autovacuum ANALYZE (of any table, in any database of the server) takes a
+    transaction id; one between two syncs makes the server not quiet, and a
+    test that needs a quiet server fails once in a while. ALTER SYSTEM and a
+    reload take none.
+    """
+    with psycopg.connect(logical_url, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET autovacuum = off")
+        conn.execute("SELECT pg_reload_conf()")
+        for _ in range(600):  # a worker busy with a big table finishes its table first
+            (running,) = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'").fetchone()
+            (off,) = conn.execute("SELECT current_setting('autovacuum') = 'off'").fetchone()
+            if off and not running:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("autovacuum workers kept running for a minute")
+    yield logical_url
+    with psycopg.connect(logical_url, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM RESET autovacuum")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def test_a_scan_of_a_quiet_server_skips_the_scans_and_counts_yet_sees_the_next_write(saver, quiet_server, monkeypatch):
     """Scan mode: no transaction id handed out since the last sync proves nothing changed."""
     from checkpoints.sources.postgres.reader import PostgresReader
 
-    with psycopg.connect(logical_url, autocommit=True) as conn:  # nothing else may hand out ids meanwhile
-        for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
-            conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+    logical_url = quiet_server
     chat = chat_graph(saver)
     chat.invoke({"messages": ["a"]}, config("one"))
     source = Source.objects.create(name="scan", url=logical_url, kind="postgres")
