@@ -41,7 +41,6 @@ KEY_VERSION = "1"  # bumped when what is stored changes shape
 # Entries larger than this (pickled) are not cached: a few huge checkpoints
 # must not push every other one out, nor fill the server's memory.
 MAX_ENTRY_BYTES = 16_000_000
-_CACHED_KINDS = ("postgres", "sqlite", "s3")  # every kind: a checkpoint is immutable in each
 
 
 def key_for(kind, *parts) -> str:
@@ -64,9 +63,10 @@ def values_key(source, checkpoint, *, limit, aes_key=None, digest=False) -> str:
     )
 
 
-def cached_values_key(source, checkpoint, **options) -> str | None:
-    """The key `read_values_cached` keeps the checkpoint's values under; None when it keeps none."""
-    return values_key(source, checkpoint, **options) if source.kind in _CACHED_KINDS else None
+def cached_values_key(source, checkpoint, **options) -> str:
+    """The key `read_values_cached` keeps the checkpoint's values under (every kind's: a checkpoint,
+    once written, never changes in any store)."""
+    return values_key(source, checkpoint, **options)
 
 
 def ttl_seconds() -> int:
@@ -100,8 +100,6 @@ def forget(key):
 
 def read_values_cached(source, checkpoint, *, limit, aes_key=None, digest=False):
     """dashboard.source_values.read_values, through the cache; pending writes always read fresh."""
-    if source.kind not in _CACHED_KINDS:
-        return read_values(source, checkpoint, limit=limit, aes_key=aes_key, digest=digest)
     key = values_key(source, checkpoint, limit=limit, aes_key=aes_key, digest=digest)
     values = get("values", key)
     if values is not None:
