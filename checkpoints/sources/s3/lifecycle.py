@@ -18,11 +18,7 @@ from __future__ import annotations
 
 from checkpoints import s3layout as layout
 from checkpoints.sources import SourceError, first_line
-
-
-def _code(error) -> str:
-    response = getattr(error, "response", None)
-    return str((response or {}).get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+from checkpoints.sources.s3.reader import _code  # the S3 error code of a botocore error, as the reader reads it
 
 
 class S3Lifecycle:
