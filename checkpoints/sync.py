@@ -20,6 +20,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
@@ -361,7 +362,9 @@ def _sync_with(source, full, stats, run, touched, capture):
         # older rows were never seen (their references would be missed).
         retry = {_unhex(t) for t in state.get("retry", [])} - set(changed) if since is not None else set()
         run.progress_total = len(changed) + len(retry)
-        _process(reader, context, sorted(changed), run)
+        appended = _appended_only(changes, changed, retry, settled) if since is not None else {}
+        whole = _process_appended(reader, context, appended, run) if appended else set()
+        _process(reader, context, sorted(set(changed) - set(appended) | whole), run)
         if retry:
             whole = _Context(source, None, now, aes_key, stats, touched)
             whole.settled_marks, whole.deferred = context.settled_marks, context.deferred
@@ -550,6 +553,193 @@ def _process(reader, context, thread_ids, run):
             done += len(batch)
             if run is not None:
                 heartbeat(run, done=done, total=max(run.progress_total, done))
+
+
+def _appended_only(changes, changed, retry, settled) -> dict:
+    """{thread id: capture.Appended} of the changed threads that only gained rows, as the slot tells.
+
+    Those are mirrored by adding what they gained (_apply_appended) instead of
+    being read whole: the cost of a sync then follows the rows written, not
+    the length of the threads they were written to.
+    """
+    if changes is None or changes.truncated:
+        return {}
+    excluded = changes.rewritten | retry | {source_thread_id(t) for _, t in settled}
+    return {t: a for t, a in changes.appended.items() if t in changed and t not in excluded}
+
+
+def _process_appended(reader, context, appended, run):
+    """Mirror threads that only gained rows; returns the threads to read whole instead."""
+    whole = set()
+    ids = sorted(appended)
+    done = 0
+    with gc_paused():
+        for i in range(0, len(ids), BATCH_THREADS):
+            batch = {t: appended[t] for t in ids[i : i + BATCH_THREADS]}
+            rows = reader.read_appended(batch, context.since, context.now)
+            try:
+                whole |= _apply_appended(context, rows, batch)
+            except Exception as e:  # noqa: BLE001 - the threads are read whole instead, which isolates a bad one
+                if isinstance(e, (OperationalError, InterfaceError, connection.Database.OperationalError,
+                                  connection.Database.InterfaceError)):
+                    raise
+                log.warning("source %s: adding what %d threads gained failed, reading them whole: %s",
+                            context.source, len(batch), e)
+                whole |= set(batch)
+            done += len(batch)
+            if run is not None:
+                heartbeat(run, done=done, total=max(run.progress_total, done))
+    return whole
+
+
+_WRITE_FIELDS = ("write_count", "write_bytes", "logical_bytes", "new_bytes")
+
+
+def _apply_appended(context, batch, appended):
+    """Add to the mirror what threads gained, in one transaction; returns the threads left to read whole.
+
+    Exact because the slot reported only insertions for these threads since
+    the position confirmed after the mirror last committed: rows mirrored
+    before stay as they are, except that a checkpoint that gained writes has
+    its write figures counted again from all its writes; an inserted
+    checkpoint the mirror holds already (the previous sync's snapshot, taken
+    after its peek, saw it) is left alone; the threads' blob and write totals
+    are the source's own counts in this sync's snapshot. Whatever does not
+    add up is read whole instead: a thread new to the mirror, a blob no
+    inserted checkpoint names, rows the snapshot sees that the slot did not
+    report (committed after the peek), or a checkpoint count that differs.
+    """
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")  # as in _apply_batch
+        existing, batch = _lock_threads(context, batch)
+        batch = [rows for rows in batch if rows.thread_id in existing]
+        whole = {t for t in appended if t not in existing} - context.deferred
+        pks = {rows.thread_id: existing[rows.thread_id].pk for rows in batch}
+        wanted = {(pks[r.thread_id], ns, cid) for r in batch
+                  for ns, cid in {(c.checkpoint_ns, c.checkpoint_id) for c in r.checkpoints}
+                  | {(w.checkpoint_ns, w.checkpoint_id) for w in r.writes}}
+        current = {}
+        if wanted:
+            for row in Checkpoint.objects.filter(
+                thread_id__in=list(pks.values()), checkpoint_id__in={k[2] for k in wanted},
+            ).values("pk", "thread_id", "checkpoint_ns", "checkpoint_id", "created_at", "row_bytes", "blob_bytes",
+                     "new_bytes", *_WRITE_FIELDS[:2]):
+                key = (row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])
+                if key in wanted:
+                    current[key] = row
+        kept = []
+        for rows in batch:
+            told, thread_pk = appended[rows.thread_id], pks[rows.thread_id]
+            named = {(c.checkpoint_ns, ch, v if type(v) is str else _version_text(v))
+                     for c in rows.checkpoints if isinstance(c.channel_versions, dict)
+                     for ch, v in c.channel_versions.items()}
+            adding = sum(1 for c in rows.checkpoints if (thread_pk, c.checkpoint_ns, c.checkpoint_id) not in current)
+            if (not told.blobs <= named  # a blob no inserted checkpoint names: some checkpoint's figures move
+                    # rows committed after the slot's changes were read, or a checkpoint deleted
+                    # meanwhile: the next sync hears of them, this one reads the thread whole
+                    or not rows.fresh <= told.checkpoints | told.blobs | told.written
+                    or existing[rows.thread_id].checkpoints + adding != rows.checkpoint_rows):
+                whole.add(rows.thread_id)
+            else:
+                kept.append(rows)
+        if not kept:
+            return whole
+        known = _known_references({r.thread_id: existing[r.thread_id] for r in kept})
+        delta = running_totals.Delta()
+        live, to_insert, to_update, old_tags = {}, [], [], {}
+        write_locations = []
+        source_pk = context.source.pk
+        for rows in kept:
+            tid, thread_pk, old = rows.thread_id, pks[rows.thread_id], existing[rows.thread_id]
+            known_here = known.get(tid, {})
+            blob_size, blob_refs = _blob_index(context, rows.blobs, known_here)
+            writes_by_ckpt, refs = _write_index(context, rows.writes, known_here)
+            write_locations.extend((thread_pk, _write_location(w)) for w in rows.writes)
+            versions_of = _channel_versions(rows.checkpoints)
+            for key, versions in rows.parent_versions.items():
+                versions_of.setdefault(key, _channel_versions([_Versions(*key, versions)])[key])
+            records = []
+            for c in rows.checkpoints:
+                if (thread_pk, c.checkpoint_ns, c.checkpoint_id) in current:
+                    continue  # mirrored already, with its blobs; its writes are counted below
+                record, found = _checkpoint_record(context, c, versions_of, blob_size, blob_refs, writes_by_ckpt)
+                record["problem"] = rows.problems.get((c.checkpoint_ns, c.checkpoint_id), "")
+                records.append(record)
+                refs.extend(found)
+                refs.extend(_value_references(context, c, known_here))
+                if record["problem"]:
+                    context.undecodable += 1
+                delta.checkpoint(record["created_at"], record["new_bytes"], +1)
+                to_insert.append((source_pk, thread_pk, *_record_values(record)))
+            updated = {}  # root checkpoint id -> its new write figures
+            for ns, cid in {(w.checkpoint_ns, w.checkpoint_id) for w in rows.writes}:
+                row = current.get((thread_pk, ns, cid))
+                if row is None:
+                    continue  # a new checkpoint (its record counted its writes) or one not mirrored
+                count, size = writes_by_ckpt.get((ns, cid), (0, 0))
+                if (count, size) == (row["write_count"], row["write_bytes"]):
+                    continue
+                figures = (count, size, row["row_bytes"] + row["blob_bytes"] + size,
+                           row["new_bytes"] - row["write_bytes"] + size)
+                to_update.append((row["pk"], *figures))
+                context.stats["updated"] += 1
+                if ns == "":
+                    updated[cid] = figures
+                delta.checkpoint(row["created_at"], row["new_bytes"], -1)
+                delta.checkpoint(row["created_at"], figures[3], +1)
+            thread = {f: getattr(old, f) for f in _THREAD_FIELDS}
+            if records:
+                thread["checkpoints"] += len(records)
+                thread["first_checkpoint_at"] = min([thread["first_checkpoint_at"], *(r["created_at"] for r in records)])
+                thread["last_checkpoint_at"] = max([thread["last_checkpoint_at"], *(r["created_at"] for r in records)])
+                thread["checkpoint_bytes"] += sum(r["row_bytes"] for r in records)
+                root = [r for r in records if r["checkpoint_ns"] == ""]
+                latest = max(root, key=lambda r: r["checkpoint_id"]) if root else None
+                if latest is not None and latest["checkpoint_id"] > (old.latest_checkpoint_id or ""):
+                    thread["latest_checkpoint_id"] = latest["checkpoint_id"]
+                    thread["logical_bytes"] = latest["logical_bytes"]
+                    thread["tags"] = extract_tags(json_value(latest["metadata"]), settings.TAG_EXCLUDE)
+            if thread["latest_checkpoint_id"] == old.latest_checkpoint_id and old.latest_checkpoint_id in updated:
+                thread["logical_bytes"] = updated[old.latest_checkpoint_id][2]
+            thread.update(blob_rows=rows.blob_rows, blob_bytes=rows.blob_bytes,
+                          write_rows=rows.write_rows, write_bytes=rows.write_bytes)
+            thread["stored_bytes"] = thread["checkpoint_bytes"] + thread["blob_bytes"] + thread["write_bytes"]
+            delta.thread(old, -1)
+            delta.thread(thread, +1)
+            old_tags[tid] = old.tags if isinstance(old.tags, dict) else _REWRITE
+            live[tid] = (thread, records, refs)
+            context.stats["added"] += len(records)
+
+        update_rows(Thread, _THREAD_FIELDS, [(pks[tid], *(t[f] for f in _THREAD_FIELDS)) for tid, (t, _, _) in live.items()])
+        columns = ("source_id", "thread_id", *_RECORD_FIELDS)
+        new_pks = reserve_ids(Checkpoint, len(to_insert))
+        if new_pks is not None:
+            columns = ("id", *columns)
+            to_insert = [(pk, *row) for pk, row in zip(new_pks, to_insert)]
+        insert_rows(Checkpoint, columns, to_insert)
+        update_rows(Checkpoint, _WRITE_FIELDS, to_update)
+        _write_tags(context, live, pks, old_tags)
+        # The writes re-read replace their reference uses; the new checkpoints' uses are added.
+        delete_pairs(ReferenceUse, ("thread", "location"), ("bigint", "text"), write_locations)
+        ckpt_pk = None
+        if new_pks is not None:
+            ckpt_pk = {(row[2], row[3], row[4]): row[0] for row in to_insert}
+            ckpt_pk.update((key, row["pk"]) for key, row in current.items())
+        _insert_uses(context, live, pks, ckpt_pk)
+        if len(context.touched) <= TOUCHED_LIMIT:
+            context.touched.update(pks.values())
+        running_totals.apply(context.source.pk, delta)
+    return whole
+
+
+class _Versions(NamedTuple):
+    """A parent checkpoint as _channel_versions reads it: its key and channel versions alone."""
+
+    checkpoint_ns: str
+    checkpoint_id: str
+    channel_versions: object
 
 
 def _apply_isolated(context, thread_rows):
@@ -979,14 +1169,19 @@ def _write_tags(context, live, pks, old_tags):
 
 def _write_references(context, live, pks, old_threads, ckpt_pk):
     """Replace the batch's reference uses: which checkpoint holds which URI, where."""
+    if old_threads:
+        ReferenceUse.objects.filter(thread__in=old_threads)._raw_delete(ReferenceUse.objects.db)
+    _insert_uses(context, live, pks, ckpt_pk)
+
+
+def _insert_uses(context, live, pks, ckpt_pk):
+    """Insert the reference uses found in `live` threads (refs as _compute_thread returns them)."""
     uses = {
         (tid, ns, cid, location, uri)
         for tid, (_, _, refs) in live.items()
         for ns, cid, location, uris in refs
         for uri in uris
     }
-    if old_threads:
-        ReferenceUse.objects.filter(thread__in=old_threads)._raw_delete(ReferenceUse.objects.db)
     if not uses:
         return
     refs = _references_for({u[4] for u in uses}, context)

@@ -112,6 +112,33 @@ class ThreadRows:
 
 
 @dataclass
+class AppendedRows:
+    """What mirroring a thread that only gained rows needs (change capture; see sync._apply_appended).
+
+    `checkpoints`: the inserted checkpoints the snapshot sees; `parent_versions`: the channel
+    versions of their parents, by (ns, checkpoint_id); `blobs`: the blob rows they name; `writes`:
+    every write of them and of the checkpoints that gained writes; the `*_rows` and `*_bytes`
+    totals are the whole thread's, counted by the source.
+    """
+
+    thread_id: str
+    checkpoints: list = field(default_factory=list)
+    parent_versions: dict = field(default_factory=dict)
+    blobs: list = field(default_factory=list)
+    writes: list = field(default_factory=list)
+    blob_rows: int = 0
+    blob_bytes: int = 0
+    write_rows: int = 0
+    write_bytes: int = 0
+    checkpoint_rows: int = 0
+    # Keys of the rows written since the previous sync's snapshot (`since`): checkpoints (ns, id),
+    # blobs (ns, channel, version), and the checkpoints of writes (ns, id). Any the slot did not
+    # report were committed after its changes were read: the thread is then read whole.
+    fresh: set = field(default_factory=set)
+    problems: dict = field(default_factory=dict)
+
+
+@dataclass
 class DeltaRows:
     """The stored rows behind DeltaChannel values (checkpoints.delta), read by a per-kind reader.
 
@@ -145,4 +172,4 @@ def open_reader(source, *, connect_timeout: int = 10):
 
 
 __all__ = ["WHOLE_VALUE_LIMIT", "SCAN_WINDOW", "ScannedURIs", "TypedValues", "SourceError", "first_line", "CheckpointRow", "BlobRow",
-           "WriteRow", "ThreadRows", "DeltaRows", "open_reader", "redact"]
+           "WriteRow", "ThreadRows", "AppendedRows", "DeltaRows", "open_reader", "redact"]

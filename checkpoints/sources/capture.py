@@ -74,10 +74,23 @@ def publication_sql() -> str:
 
 
 @dataclass
+class Appended:
+    """The rows one thread gained, by key (checkpoint_ns first), when it only gained rows."""
+
+    checkpoints: set = field(default_factory=set)  # (ns, checkpoint_id)
+    blobs: set = field(default_factory=set)  # (ns, channel, version)
+    written: set = field(default_factory=set)  # (ns, checkpoint_id) of the checkpoints that gained writes
+
+
+@dataclass
 class Changes:
     """What the slot reported since the confirmed position."""
 
     threads: set = field(default_factory=set)  # thread ids with an inserted, updated or deleted row
+    # Inserted rows by thread; `rewritten` names the threads that also had a row updated or deleted
+    # (those are read whole: an update or deletion leaves nothing to add up).
+    appended: dict = field(default_factory=dict)
+    rewritten: set = field(default_factory=set)
     xids: set = field(default_factory=set)  # 32-bit ids of the decoded transactions
     end_lsn: str | None = None  # confirm up to here once the mirror has committed
     truncated: bool = False  # a TRUNCATE: every thread may have changed
@@ -247,7 +260,7 @@ class _PgOutput:
 
     def __init__(self, changes: Changes):
         self.changes = changes
-        self.relations = {}  # relation oid -> (table name, index of thread_id in its tuples)
+        self.relations = {}  # relation oid -> (table name, {column: index in its tuples})
 
     def feed(self, data: bytes) -> None:
         kind = data[:1]
@@ -279,32 +292,60 @@ class _PgOutput:
             column, pos = _cstring(data, pos)
             pos += 8  # type oid, type modifier
             columns.append(column)
-        self.relations[oid] = (name, columns.index("thread_id") if "thread_id" in columns else None)
+        self.relations[oid] = (name, {column: i for i, column in enumerate(columns)})
 
     def _row(self, kind: bytes, data: bytes) -> None:
         (oid,) = struct.unpack_from(">I", data, 1)
-        table, thread_col = self.relations.get(oid, (None, None))
+        table, columns = self.relations.get(oid, (None, {}))
+        thread_col = columns.get("thread_id")
         pos = 5
-        if kind != b"U" and thread_col is not None:
-            # An insert or a delete carries one tuple: read its thread id alone
-            # (one row per change; decoding whole tuples was most of a peek).
-            thread = _column(data, pos + 1, thread_col)
-            if thread is not None:
-                self.changes.threads.add(thread.decode("utf-8", "surrogatepass"))
-            self.changes.changes += 1
-            if kind == b"D" and table == "checkpoints":
-                self.changes.deleted_checkpoints += 1
-            return
-        # An update may carry the old key ('K') or old row ('O') before the new one ('N');
-        # every tuple's thread counts (an update could move a row to another thread).
-        while pos < len(data):
-            pos += 1  # 'K', 'O' or 'N'
-            values, pos = _tuple(data, pos)
-            if thread_col is not None and values[thread_col] is not None:
-                self.changes.threads.add(values[thread_col].decode("utf-8", "surrogatepass"))
         self.changes.changes += 1
         if kind == b"D" and table == "checkpoints":
             self.changes.deleted_checkpoints += 1
+        if kind == b"I" and thread_col is not None and table in _APPENDED_KEY:
+            # The publication sends the key columns alone: a few short texts per row.
+            values, _ = _tuple(data, pos + 1)
+            thread = values[thread_col]
+            if thread is None:
+                return
+            thread = thread.decode("utf-8", "surrogatepass")
+            self.changes.threads.add(thread)
+            key = tuple(_text(values, columns.get(c)) for c in _APPENDED_KEY[table])
+            appended = self.changes.appended.get(thread)
+            if appended is None:
+                appended = self.changes.appended[thread] = Appended()
+            if None in key:  # not a row LangGraph writes: nothing to add up
+                self.changes.rewritten.add(thread)
+            elif table == "checkpoints":
+                appended.checkpoints.add(key)
+            elif table == "checkpoint_blobs":
+                appended.blobs.add(key)
+            else:
+                appended.written.add(key)
+            return
+        # An update or a delete may carry the old key ('K') or old row ('O'), an update the new
+        # one ('N'); every tuple's thread counts (an update could move a row to another thread).
+        while pos < len(data):
+            pos += 1  # 'I', 'K', 'O' or 'N'
+            values, pos = _tuple(data, pos)
+            if thread_col is not None and values[thread_col] is not None:
+                thread = values[thread_col].decode("utf-8", "surrogatepass")
+                self.changes.threads.add(thread)
+                self.changes.rewritten.add(thread)
+
+
+# The key of an inserted row the sync adds up (Appended), after its thread id.
+_APPENDED_KEY = {
+    "checkpoints": ("checkpoint_ns", "checkpoint_id"),
+    "checkpoint_blobs": ("checkpoint_ns", "channel", "version"),
+    "checkpoint_writes": ("checkpoint_ns", "checkpoint_id"),
+}
+
+
+def _text(values, index):
+    if index is None or values[index] is None:
+        return None
+    return values[index].decode("utf-8", "surrogatepass")
 
 
 def _cstring(data: bytes, pos: int):
@@ -312,27 +353,13 @@ def _cstring(data: bytes, pos: int):
     return data[pos:end].decode(), end + 1
 
 
-def _column(data: bytes, pos: int, index: int):
-    r"""Column `index` of the TupleData at `pos`, skipping the columns before it.
-
-    >>> row = b"\x00\x02" + b"t\x00\x00\x00\x01a" + b"t\x00\x00\x00\x02bc"
-    >>> _column(row, 0, 1), _column(row, 0, 0), _tuple(row, 0)[0]
-    (b'bc', b'a', [b'a', b'bc'])
-    """
-    pos += 2
-    for _ in range(index):
-        if data[pos] in (0x74, 0x62):  # 't' text, 'b' binary: a length, then the value
-            (length,) = struct.unpack_from(">I", data, pos + 1)
-            pos += 5 + length
-        else:  # 'n' null, 'u' unchanged TOAST value
-            pos += 1
-    if data[pos] in (0x74, 0x62):
-        (length,) = struct.unpack_from(">I", data, pos + 1)
-        return data[pos + 5 : pos + 5 + length]
-    return None
-
-
 def _tuple(data: bytes, pos: int):
+    r"""The column values of the TupleData at `pos` (None for a null or an unchanged TOAST value), and the position after it.
+
+    >>> row = b"\x00\x03" + b"t\x00\x00\x00\x01a" + b"n" + b"t\x00\x00\x00\x02bc"
+    >>> _tuple(row, 0)
+    ([b'a', None, b'bc'], 16)
+    """
     (ncols,) = struct.unpack_from(">H", data, pos)
     pos += 2
     values = []
@@ -349,4 +376,4 @@ def _tuple(data: bytes, pos: int):
     return values, pos
 
 
-__all__ = ["Capture", "CaptureError", "Changes", "SlotStatus", "new_slot_name", "publication_sql", "drop_slot"]
+__all__ = ["Appended", "Capture", "CaptureError", "Changes", "SlotStatus", "new_slot_name", "publication_sql", "drop_slot"]

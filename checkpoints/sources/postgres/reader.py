@@ -18,8 +18,9 @@ import psycopg
 from psycopg.types.json import set_json_loads
 
 from checkpoints.dburl import redact
+from checkpoints.ids import version_text
 from checkpoints import sources
-from checkpoints.sources import BlobRow, CheckpointRow, ScannedURIs, SourceError, ThreadRows, WriteRow, first_line
+from checkpoints.sources import AppendedRows, BlobRow, CheckpointRow, ScannedURIs, SourceError, ThreadRows, WriteRow, first_line
 from checkpoints.uris import scan_windows
 
 _XID_WRAP = 2**32
@@ -310,6 +311,104 @@ class PostgresReader:
             threads[r[0]].writes.append(r)
         return list(threads.values())
 
+    def read_appended(self, appended: dict, since=None, now=None) -> list:
+        """The rows behind what these threads gained ({thread id: capture.Appended}), by key.
+
+        Four statements for the whole batch, each an index lookup: the inserted
+        checkpoints with their parents' channel versions, the blobs they name,
+        the writes of them and of the checkpoints that gained writes, and the
+        threads' blob and write totals (sizes from the values' headers: no
+        value is read for them).
+        """
+        out = {t: AppendedRows(t) for t in appended}
+        keys = [(t, ns, cid) for t, a in appended.items() for ns, cid in a.checkpoints]
+        written = {(t, ns, cid) for t, a in appended.items() for ns, cid in a.written} | set(keys)
+        params = {**self._fresh_params(since, now), "whole": sources.WHOLE_VALUE_LIMIT}
+        for r in self._query(
+            f"""
+            SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id,
+                   octet_length(c.checkpoint::text) + octet_length(c.metadata::text),
+                   c.metadata::text, c.checkpoint->'channel_versions', c.checkpoint->>'ts',
+                   CASE WHEN (c.checkpoint->'channel_values')::text ~ '(s3|minio|file)://'
+                        THEN c.checkpoint->'channel_values' END,
+                   NULL, NULL, {_FRESH.replace("xmin", "c.xmin")},
+                   CASE WHEN jsonb_typeof(c.metadata->'step') = 'number' THEN c.metadata->>'step' END,
+                   CASE WHEN jsonb_typeof(c.metadata->'source') = 'string' THEN c.metadata->>'source' END,
+                   c.metadata IS NOT NULL,
+                   p.checkpoint->'channel_versions'
+            FROM unnest(%(t)s::text[], %(n)s::text[], %(c)s::text[]) AS k(t, n, c)
+            JOIN checkpoints c ON c.thread_id = k.t AND c.checkpoint_ns = k.n AND c.checkpoint_id = k.c
+            LEFT JOIN checkpoints p ON p.thread_id = c.thread_id AND p.checkpoint_ns = c.checkpoint_ns
+                                   AND p.checkpoint_id = c.parent_checkpoint_id
+            """,
+            {**params, **_columns(keys, "t", "n", "c")},
+        ):
+            rows = out[r[0]]
+            rows.checkpoints.append(tuple.__new__(CheckpointRow, r[:15]))
+            if r[3] is not None and r[15] is not None:
+                rows.parent_versions[(r[1], r[3])] = r[15]
+        named = {
+            (c.thread_id, c.checkpoint_ns, channel, v if type(v) is str else version_text(v))
+            for rows in out.values() for c in rows.checkpoints if isinstance(c.channel_versions, dict)
+            for channel, v in c.channel_versions.items()
+        }
+        for r in self._query(
+            f"""
+            SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, b.type, coalesce(octet_length(b.blob), 0),
+                   {_FETCH_IF_MAY_HOLD_URI.format(col='b.blob', fresh=_FRESH.replace("xmin", "b.xmin")).replace("type LIKE", "b.type LIKE")},
+                   {_FRESH.replace("xmin", "b.xmin")}
+            FROM unnest(%(t)s::text[], %(n)s::text[], %(ch)s::text[], %(v)s::text[]) AS k(t, n, ch, v)
+            JOIN checkpoint_blobs b ON b.thread_id = k.t AND b.checkpoint_ns = k.n AND b.channel = k.ch AND b.version = k.v
+            """,
+            {**params, **_columns(named, "t", "n", "ch", "v")},
+            BlobRow,
+        ):
+            if r[6] == b"" and r[5]:
+                r = r._replace(data=self._scan("blob", r[5], r[:4]))
+            out[r[0]].blobs.append(r)
+        for r in self._query(
+            f"""
+            SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx, w.channel, w.type,
+                   coalesce(octet_length(w.blob), 0),
+                   {_FETCH_IF_MAY_HOLD_URI.format(col='w.blob', fresh=_FRESH.replace("xmin", "w.xmin")).replace("type LIKE", "w.type LIKE")},
+                   {_FRESH.replace("xmin", "w.xmin")}
+            FROM unnest(%(t)s::text[], %(n)s::text[], %(c)s::text[]) AS k(t, n, c)
+            JOIN checkpoint_writes w ON w.thread_id = k.t AND w.checkpoint_ns = k.n AND w.checkpoint_id = k.c
+            """,
+            {**params, **_columns(written, "t", "n", "c")},
+            WriteRow,
+        ):
+            if r[8] == b"" and r[7]:
+                r = r._replace(data=self._scan("write", r[7], r[:5]))
+            out[r[0]].writes.append(r)
+        ids = {**params, "ids": list(out)}
+        for table, rows_field, bytes_field in (("checkpoint_blobs", "blob_rows", "blob_bytes"),
+                                               ("checkpoint_writes", "write_rows", "write_bytes")):
+            for thread_id, n, size in self._query(
+                f"SELECT thread_id, count(*), coalesce(sum(octet_length(blob)), 0)::bigint FROM {table}"
+                " WHERE thread_id = ANY(%(ids)s) GROUP BY thread_id",
+                ids,
+            ):
+                setattr(out[thread_id], rows_field, n)
+                setattr(out[thread_id], bytes_field, size)
+        for thread_id, n in self._query(
+            "SELECT thread_id, count(*) FROM checkpoints WHERE thread_id = ANY(%(ids)s) GROUP BY thread_id", ids
+        ):
+            out[thread_id].checkpoint_rows = n
+        for thread_id, *key in self._query(
+            f"""
+            SELECT thread_id, checkpoint_ns, checkpoint_id, NULL FROM checkpoints WHERE thread_id = ANY(%(ids)s) AND {_FRESH}
+            UNION ALL
+            SELECT thread_id, checkpoint_ns, channel, version FROM checkpoint_blobs WHERE thread_id = ANY(%(ids)s) AND {_FRESH}
+            UNION ALL
+            SELECT DISTINCT thread_id, checkpoint_ns, checkpoint_id, NULL FROM checkpoint_writes
+            WHERE thread_id = ANY(%(ids)s) AND {_FRESH}
+            """,
+            ids,
+        ):
+            out[thread_id].fresh.add(tuple(key) if key[2] is not None else tuple(key[:2]))
+        return list(out.values())
+
     def _scan(self, kind, size, key):
         """The URIs in one large value, read in windows of SCAN_WINDOW bytes within this snapshot."""
 
@@ -333,6 +432,16 @@ def _autovacuum_enabled(reloptions) -> bool:
         if key.strip().lower() == "autovacuum_enabled":
             return value.strip().lower() not in ("false", "off", "no", "0", "f", "n", "of")
     return True
+
+
+def _columns(keys, *names):
+    """Key tuples as one array per column, for unnest().
+
+    >>> _columns({("t", "", "1")}, "t", "n", "c")
+    {'t': ['t'], 'n': [''], 'c': ['1']}
+    """
+    columns = list(zip(*keys)) or [()] * len(names)
+    return {name: list(column) for name, column in zip(names, columns)}
 
 
 def _json_loads(data):
