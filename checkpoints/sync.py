@@ -356,7 +356,10 @@ def _sync_with(source, full, stats, run, touched, capture):
             }
         else:
             changed = set(changed) | {source_thread_id(t) for _, t in settled}
-        context = _Context(source, since, now, aes_key, stats, touched)
+        # With change capture, a thread the slot names may hold rows the previous sync's
+        # snapshot saw (committed after its peek) yet never mirrored, as it did not read
+        # that thread: its rows are all read as new, so their references are not missed.
+        context = _Context(source, since if changes is None else None, now, aes_key, stats, touched)
         context.settled_marks = {pk for pk, _ in settled}
         # Threads the previous sync could not mirror: read whole, since their
         # older rows were never seen (their references would be missed).
@@ -570,13 +573,15 @@ def _appended_only(changes, changed, retry, settled) -> dict:
 
 def _process_appended(reader, context, appended, run):
     """Mirror threads that only gained rows; returns the threads to read whole instead."""
-    whole = set()
-    ids = sorted(appended)
-    done = 0
+    mirrored = {source_thread_id(t) for t in Thread.objects.filter(
+        source=context.source, thread_id__in=[thread_key(t) for t in appended]).values_list("thread_id", flat=True)}
+    whole = set(appended) - mirrored  # nothing to add to
+    ids = sorted(mirrored)
+    done = len(whole)
     with gc_paused():
         for i in range(0, len(ids), BATCH_THREADS):
             batch = {t: appended[t] for t in ids[i : i + BATCH_THREADS]}
-            rows = reader.read_appended(batch, context.since, context.now)
+            rows = reader.read_appended(batch)
             try:
                 whole |= _apply_appended(context, rows, batch)
             except Exception as e:  # noqa: BLE001 - the threads are read whole instead, which isolates a bad one
@@ -599,15 +604,18 @@ def _apply_appended(context, batch, appended):
     """Add to the mirror what threads gained, in one transaction; returns the threads left to read whole.
 
     Exact because the slot reported only insertions for these threads since
-    the position confirmed after the mirror last committed: rows mirrored
-    before stay as they are, except that a checkpoint that gained writes has
-    its write figures counted again from all its writes; an inserted
-    checkpoint the mirror holds already (the previous sync's snapshot, taken
-    after its peek, saw it) is left alone; the threads' blob and write totals
-    are the source's own counts in this sync's snapshot. Whatever does not
-    add up is read whole instead: a thread new to the mirror, a blob no
-    inserted checkpoint names, rows the snapshot sees that the slot did not
-    report (committed after the peek), or a checkpoint count that differs.
+    the position confirmed after the mirror last committed, so the mirror
+    holds every other row of them and each figure moves by a difference:
+    - an inserted checkpoint is added, unless the mirror holds it already
+      (the previous sync's snapshot, taken after its peek, saw it), and with
+      it the blobs its transaction inserted (PostgresSaver.put writes both
+      in one transaction, so they were mirrored together or not at all);
+    - a checkpoint that gained writes has its write figures counted again
+      from all its writes, and its thread's move by the difference.
+    Rows committed after the peek are left to the next sync, which hears of
+    them. Whatever does not add up is read whole instead: blobs inserted
+    without a checkpoint of their thread, writes to a checkpoint the mirror
+    does not hold, an inserted checkpoint the snapshot does not see.
     """
     with transaction.atomic():
         if connection.vendor == "postgresql":
@@ -620,38 +628,22 @@ def _apply_appended(context, batch, appended):
         wanted = {(pks[r.thread_id], ns, cid) for r in batch
                   for ns, cid in {(c.checkpoint_ns, c.checkpoint_id) for c in r.checkpoints}
                   | {(w.checkpoint_ns, w.checkpoint_id) for w in r.writes}}
-        current = {}
-        if wanted:
-            for row in Checkpoint.objects.filter(
-                thread_id__in=list(pks.values()), checkpoint_id__in={k[2] for k in wanted},
-            ).values("pk", "thread_id", "checkpoint_ns", "checkpoint_id", "created_at", "row_bytes", "blob_bytes",
-                     "new_bytes", *_WRITE_FIELDS[:2]):
-                key = (row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])
-                if key in wanted:
-                    current[key] = row
-        kept = []
+        current = _mirrored_checkpoints(wanted)
+        plans = []
         for rows in batch:
-            told, thread_pk = appended[rows.thread_id], pks[rows.thread_id]
-            named = {(c.checkpoint_ns, ch, v if type(v) is str else _version_text(v))
-                     for c in rows.checkpoints if isinstance(c.channel_versions, dict)
-                     for ch, v in c.channel_versions.items()}
-            adding = sum(1 for c in rows.checkpoints if (thread_pk, c.checkpoint_ns, c.checkpoint_id) not in current)
-            if (not told.blobs <= named  # a blob no inserted checkpoint names: some checkpoint's figures move
-                    # rows committed after the slot's changes were read, or a checkpoint deleted
-                    # meanwhile: the next sync hears of them, this one reads the thread whole
-                    or not rows.fresh <= told.checkpoints | told.blobs | told.written
-                    or existing[rows.thread_id].checkpoints + adding != rows.checkpoint_rows):
+            plan = _appended_plan(rows, appended[rows.thread_id], pks[rows.thread_id], current)
+            if plan is None:
                 whole.add(rows.thread_id)
             else:
-                kept.append(rows)
-        if not kept:
+                plans.append((rows, plan))
+        if not plans:
             return whole
-        known = _known_references({r.thread_id: existing[r.thread_id] for r in kept})
+        known = _known_references({rows.thread_id: existing[rows.thread_id] for rows, _ in plans})
         delta = running_totals.Delta()
         live, to_insert, to_update, old_tags = {}, [], [], {}
         write_locations = []
         source_pk = context.source.pk
-        for rows in kept:
+        for rows, (adding, blob_keys) in plans:
             tid, thread_pk, old = rows.thread_id, pks[rows.thread_id], existing[rows.thread_id]
             known_here = known.get(tid, {})
             blob_size, blob_refs = _blob_index(context, rows.blobs, known_here)
@@ -661,9 +653,7 @@ def _apply_appended(context, batch, appended):
             for key, versions in rows.parent_versions.items():
                 versions_of.setdefault(key, _channel_versions([_Versions(*key, versions)])[key])
             records = []
-            for c in rows.checkpoints:
-                if (thread_pk, c.checkpoint_ns, c.checkpoint_id) in current:
-                    continue  # mirrored already, with its blobs; its writes are counted below
+            for c in adding:
                 record, found = _checkpoint_record(context, c, versions_of, blob_size, blob_refs, writes_by_ckpt)
                 record["problem"] = rows.problems.get((c.checkpoint_ns, c.checkpoint_id), "")
                 records.append(record)
@@ -673,11 +663,14 @@ def _apply_appended(context, batch, appended):
                     context.undecodable += 1
                 delta.checkpoint(record["created_at"], record["new_bytes"], +1)
                 to_insert.append((source_pk, thread_pk, *_record_values(record)))
+            thread = {f: getattr(old, f) for f in _THREAD_FIELDS}
+            thread["write_rows"] += sum(r["write_count"] for r in records)
+            thread["write_bytes"] += sum(r["write_bytes"] for r in records)
             updated = {}  # root checkpoint id -> its new write figures
             for ns, cid in {(w.checkpoint_ns, w.checkpoint_id) for w in rows.writes}:
                 row = current.get((thread_pk, ns, cid))
                 if row is None:
-                    continue  # a new checkpoint (its record counted its writes) or one not mirrored
+                    continue  # an added checkpoint: its record counted its writes
                 count, size = writes_by_ckpt.get((ns, cid), (0, 0))
                 if (count, size) == (row["write_count"], row["write_bytes"]):
                     continue
@@ -685,11 +678,14 @@ def _apply_appended(context, batch, appended):
                            row["new_bytes"] - row["write_bytes"] + size)
                 to_update.append((row["pk"], *figures))
                 context.stats["updated"] += 1
+                thread["write_rows"] += count - row["write_count"]
+                thread["write_bytes"] += size - row["write_bytes"]
                 if ns == "":
                     updated[cid] = figures
                 delta.checkpoint(row["created_at"], row["new_bytes"], -1)
                 delta.checkpoint(row["created_at"], figures[3], +1)
-            thread = {f: getattr(old, f) for f in _THREAD_FIELDS}
+            thread["blob_rows"] += len(blob_keys)
+            thread["blob_bytes"] += sum(blob_size[(ns, ch, v)] for ns, ch, v in blob_keys)
             if records:
                 thread["checkpoints"] += len(records)
                 thread["first_checkpoint_at"] = min([thread["first_checkpoint_at"], *(r["created_at"] for r in records)])
@@ -703,8 +699,6 @@ def _apply_appended(context, batch, appended):
                     thread["tags"] = extract_tags(json_value(latest["metadata"]), settings.TAG_EXCLUDE)
             if thread["latest_checkpoint_id"] == old.latest_checkpoint_id and old.latest_checkpoint_id in updated:
                 thread["logical_bytes"] = updated[old.latest_checkpoint_id][2]
-            thread.update(blob_rows=rows.blob_rows, blob_bytes=rows.blob_bytes,
-                          write_rows=rows.write_rows, write_bytes=rows.write_bytes)
             thread["stored_bytes"] = thread["checkpoint_bytes"] + thread["blob_bytes"] + thread["write_bytes"]
             delta.thread(old, -1)
             delta.thread(thread, +1)
@@ -721,7 +715,7 @@ def _apply_appended(context, batch, appended):
         insert_rows(Checkpoint, columns, to_insert)
         update_rows(Checkpoint, _WRITE_FIELDS, to_update)
         _write_tags(context, live, pks, old_tags)
-        # The writes re-read replace their reference uses; the new checkpoints' uses are added.
+        # The writes read again replace their reference uses; the added checkpoints' uses are new.
         delete_pairs(ReferenceUse, ("thread", "location"), ("bigint", "text"), write_locations)
         ckpt_pk = None
         if new_pks is not None:
@@ -729,9 +723,65 @@ def _apply_appended(context, batch, appended):
             ckpt_pk.update((key, row["pk"]) for key, row in current.items())
         _insert_uses(context, live, pks, ckpt_pk)
         if len(context.touched) <= TOUCHED_LIMIT:
-            context.touched.update(pks.values())
+            context.touched.update(pks[tid] for tid in live)
         running_totals.apply(context.source.pk, delta)
     return whole
+
+
+_MIRRORED_FIELDS = ("created_at", "row_bytes", "blob_bytes", "new_bytes", "write_count", "write_bytes")
+
+
+def _mirrored_checkpoints(keys):
+    """{(thread pk, ns, checkpoint id): the row's pk and _MIRRORED_FIELDS} of these keys the mirror holds.
+
+    On PostgreSQL one lookup of the unique key per key: filtering by thread
+    and by id separately let the planner scan whole threads, or the table.
+    """
+    if not keys:
+        return {}
+    fields = ("pk", "thread_id", "checkpoint_ns", "checkpoint_id", *_MIRRORED_FIELDS)
+    if connection.vendor != "postgresql":
+        found = Checkpoint.objects.filter(thread_id__in={k[0] for k in keys}, checkpoint_id__in={k[2] for k in keys})
+        rows = (r for r in found.values(*fields) if (r["thread_id"], r["checkpoint_ns"], r["checkpoint_id"]) in keys)
+        return {(r["thread_id"], r["checkpoint_ns"], r["checkpoint_id"]): r for r in rows}
+    threads, namespaces, ids = (list(column) for column in zip(*keys))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT c.id, c.thread_id, c.checkpoint_ns, c.checkpoint_id, {', '.join('c.' + f for f in _MIRRORED_FIELDS)}"
+            f" FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS k(t, n, c)"
+            f" JOIN {Checkpoint._meta.db_table} c ON c.thread_id = k.t AND c.checkpoint_ns = k.n AND c.checkpoint_id = k.c",
+            [threads, namespaces, ids],
+        )
+        return {(r[1], r[2], r[3]): dict(zip(fields, r)) for r in cursor.fetchall()}
+
+
+def _appended_plan(rows, told, thread_pk, current):
+    """(checkpoints to add, keys of the blobs to count) for one thread, or None when it must be read whole."""
+    seen = {(c.checkpoint_ns, c.checkpoint_id): c for c in rows.checkpoints}
+    if seen.keys() != told.checkpoints.keys():
+        return None  # an inserted checkpoint the snapshot does not see: nothing to add up
+    adding, mirrored_xids, adding_xids = [], set(), set()
+    for key, c in seen.items():
+        if (thread_pk, *key) in current:
+            mirrored_xids.add(told.checkpoints[key])
+        else:
+            adding.append(c)
+            adding_xids.add(told.checkpoints[key])
+    if mirrored_xids & adding_xids:
+        return None  # one transaction half mirrored: cannot be
+    blob_keys = []
+    for key, xid in told.blobs.items():
+        if xid in adding_xids:
+            blob_keys.append(key)
+        elif xid not in mirrored_xids:
+            return None  # blobs without a checkpoint of their own transaction: whose figures move is unknown
+    found = {(b.checkpoint_ns, b.channel, b.version) for b in rows.blobs}
+    if not set(blob_keys) <= found:
+        return None  # a blob no inserted checkpoint names
+    written = {(w.checkpoint_ns, w.checkpoint_id) for w in rows.writes} | told.written
+    if any((thread_pk, *key) not in current and key not in seen for key in written):
+        return None  # writes to a checkpoint the mirror does not hold: counted only by a whole read
+    return adding, blob_keys
 
 
 class _Versions(NamedTuple):

@@ -17,7 +17,7 @@ from checkpoints.models import Checkpoint, ReferenceUse, Source, Tag, Thread
 from checkpoints.sources.capture import Capture
 from tests.graphs import chat_graph, config, file_graph, interrupt_graph, run_scenarios, subgraph_graph
 from tests.test_sync_capture import capturing_source, logical_url, saver  # noqa: F401
-from tests.truth import assert_mirror_matches
+from tests.truth import assert_mirror_consistent, assert_mirror_matches
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -116,14 +116,50 @@ def test_a_late_commit_and_rows_a_previous_snapshot_saw_are_counted_once(saver, 
 
     chat.invoke({"messages": ["first"]}, config("t-chat0", tenant="acme"))
     monkeypatch.setattr(Capture, "peek", peek_then_write)
-    assert sync.sync_source(source)["error"] is None
-    assert_equals_a_full_read(source, logical_url)
+    first = sync.sync_source(source)
+    assert first["error"] is None
+    assert_mirror_consistent()  # what came after the peek is the next sync's
     monkeypatch.setattr(Capture, "peek", peek)
     appended_calls.clear()
     again = sync.sync_source(source)
-    assert again["error"] is None and again["added"] == 0
+    assert again["error"] is None and (first["added"], again["added"]) == (4, 4)  # two runs of four checkpoints, each once
     assert added_up(appended_calls) == {"t-chat0"}
     assert_equals_a_full_read(source, logical_url)
+
+    # The same, the later rows in a thread the slot had not reported (read whole next time), one naming a file.
+    files = file_graph(saver)
+
+    def peek_then_attach(self):
+        changes = peek(self)
+        files.invoke({"attachment": "s3://bucket/uploads/u3/late.pdf"}, config("t-file", tenant="acme"))
+        return changes
+
+    chat.invoke({"messages": ["again"]}, config("t-chat0", tenant="acme"))
+    monkeypatch.setattr(Capture, "peek", peek_then_attach)
+    assert sync.sync_source(source)["error"] is None
+    monkeypatch.setattr(Capture, "peek", peek)
+    assert sync.sync_source(source)["error"] is None
+    assert_equals_a_full_read(source, logical_url)
+    assert ReferenceUse.objects.filter(thread__source=source, reference__uri="s3://bucket/uploads/u3/late.pdf").exists()
+
+    # Again, with the thread read whole next time (a row of it updated): the late rows' values are
+    # searched too, though they predate that snapshot's horizon.
+    def peek_then_attach_again(self):
+        changes = peek(self)
+        files.invoke({"attachment": "s3://bucket/uploads/u4/later.pdf"}, config("t-file", tenant="acme"))
+        return changes
+
+    chat.invoke({"messages": ["once more"]}, config("t-chat0", tenant="acme"))
+    monkeypatch.setattr(Capture, "peek", peek_then_attach_again)
+    assert sync.sync_source(source)["error"] is None
+    monkeypatch.setattr(Capture, "peek", peek)
+    with psycopg.connect(logical_url, autocommit=True) as conn:
+        conn.execute("UPDATE checkpoint_writes SET idx = idx WHERE thread_id = 't-file'")
+    appended_calls.clear()
+    assert sync.sync_source(source)["error"] is None
+    assert "t-file" not in added_up(appended_calls)
+    assert_equals_a_full_read(source, logical_url)
+    assert ReferenceUse.objects.filter(thread__source=source, reference__uri="s3://bucket/uploads/u4/later.pdf").exists()
 
     # A late commit: lower ids than rows written and mirrored after it began.
     slow_conn = psycopg.connect(logical_url, autocommit=False)

@@ -117,8 +117,8 @@ class AppendedRows:
 
     `checkpoints`: the inserted checkpoints the snapshot sees; `parent_versions`: the channel
     versions of their parents, by (ns, checkpoint_id); `blobs`: the blob rows they name; `writes`:
-    every write of them and of the checkpoints that gained writes; the `*_rows` and `*_bytes`
-    totals are the whole thread's, counted by the source.
+    every write of them and of the checkpoints that gained writes. Values are fetched as for rows
+    written since the last sync (when they may hold a URI): none of these rows was mirrored whole.
     """
 
     thread_id: str
@@ -126,15 +126,6 @@ class AppendedRows:
     parent_versions: dict = field(default_factory=dict)
     blobs: list = field(default_factory=list)
     writes: list = field(default_factory=list)
-    blob_rows: int = 0
-    blob_bytes: int = 0
-    write_rows: int = 0
-    write_bytes: int = 0
-    checkpoint_rows: int = 0
-    # Keys of the rows written since the previous sync's snapshot (`since`): checkpoints (ns, id),
-    # blobs (ns, channel, version), and the checkpoints of writes (ns, id). Any the slot did not
-    # report were committed after its changes were read: the thread is then read whole.
-    fresh: set = field(default_factory=set)
     problems: dict = field(default_factory=dict)
 
 

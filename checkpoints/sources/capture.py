@@ -77,8 +77,8 @@ def publication_sql() -> str:
 class Appended:
     """The rows one thread gained, by key (checkpoint_ns first), when it only gained rows."""
 
-    checkpoints: set = field(default_factory=set)  # (ns, checkpoint_id)
-    blobs: set = field(default_factory=set)  # (ns, channel, version)
+    checkpoints: dict = field(default_factory=dict)  # (ns, checkpoint_id) -> id of the inserting transaction
+    blobs: dict = field(default_factory=dict)  # (ns, channel, version) -> id of the inserting transaction
     written: set = field(default_factory=set)  # (ns, checkpoint_id) of the checkpoints that gained writes
 
 
@@ -261,12 +261,13 @@ class _PgOutput:
     def __init__(self, changes: Changes):
         self.changes = changes
         self.relations = {}  # relation oid -> (table name, {column: index in its tuples})
+        self.xid = None  # of the transaction being decoded
 
     def feed(self, data: bytes) -> None:
         kind = data[:1]
         if kind == b"B":  # Begin: final LSN, commit time, xid
-            (xid,) = struct.unpack_from(">I", data, 17)
-            self.changes.xids.add(xid)
+            (self.xid,) = struct.unpack_from(">I", data, 17)
+            self.changes.xids.add(self.xid)
         elif kind == b"C":  # Commit: flags, commit LSN, end LSN, time
             (end,) = struct.unpack_from(">Q", data, 10)
             self.changes.end_lsn = f"{end >> 32:X}/{end & 0xFFFFFFFF:X}"
@@ -317,9 +318,9 @@ class _PgOutput:
             if None in key:  # not a row LangGraph writes: nothing to add up
                 self.changes.rewritten.add(thread)
             elif table == "checkpoints":
-                appended.checkpoints.add(key)
+                appended.checkpoints[key] = self.xid
             elif table == "checkpoint_blobs":
-                appended.blobs.add(key)
+                appended.blobs[key] = self.xid
             else:
                 appended.written.add(key)
             return

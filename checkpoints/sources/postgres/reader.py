@@ -311,19 +311,22 @@ class PostgresReader:
             threads[r[0]].writes.append(r)
         return list(threads.values())
 
-    def read_appended(self, appended: dict, since=None, now=None) -> list:
+    def read_appended(self, appended: dict) -> list:
         """The rows behind what these threads gained ({thread id: capture.Appended}), by key.
 
-        Four statements for the whole batch, each an index lookup: the inserted
-        checkpoints with their parents' channel versions, the blobs they name,
-        the writes of them and of the checkpoints that gained writes, and the
-        threads' blob and write totals (sizes from the values' headers: no
-        value is read for them).
+        Three statements for the whole batch, each index lookups by key: the
+        inserted checkpoints with their parents' channel versions, the blobs
+        they name, and the writes of them and of the checkpoints that gained
+        writes. Nothing else of the threads is read.
         """
         out = {t: AppendedRows(t) for t in appended}
         keys = [(t, ns, cid) for t, a in appended.items() for ns, cid in a.checkpoints]
         written = {(t, ns, cid) for t, a in appended.items() for ns, cid in a.written} | set(keys)
-        params = {**self._fresh_params(since, now), "whole": sources.WHOLE_VALUE_LIMIT}
+        # A row the slot reports is searched for URIs ("fresh") even when it predates the previous
+        # snapshot's xmin: it was committed after that sync's peek, and never mirrored. So are all
+        # writes read (few, and most of them new); blobs inserted earlier, which new checkpoints
+        # name again, are not: the mirror holds their references.
+        params = {"whole": sources.WHOLE_VALUE_LIMIT}
         for r in self._query(
             f"""
             SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id,
@@ -331,7 +334,7 @@ class PostgresReader:
                    c.metadata::text, c.checkpoint->'channel_versions', c.checkpoint->>'ts',
                    CASE WHEN (c.checkpoint->'channel_values')::text ~ '(s3|minio|file)://'
                         THEN c.checkpoint->'channel_values' END,
-                   NULL, NULL, {_FRESH.replace("xmin", "c.xmin")},
+                   NULL, NULL, TRUE,
                    CASE WHEN jsonb_typeof(c.metadata->'step') = 'number' THEN c.metadata->>'step' END,
                    CASE WHEN jsonb_typeof(c.metadata->'source') = 'string' THEN c.metadata->>'source' END,
                    c.metadata IS NOT NULL,
@@ -355,12 +358,11 @@ class PostgresReader:
         for r in self._query(
             f"""
             SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, b.type, coalesce(octet_length(b.blob), 0),
-                   {_FETCH_IF_MAY_HOLD_URI.format(col='b.blob', fresh=_FRESH.replace("xmin", "b.xmin")).replace("type LIKE", "b.type LIKE")},
-                   {_FRESH.replace("xmin", "b.xmin")}
-            FROM unnest(%(t)s::text[], %(n)s::text[], %(ch)s::text[], %(v)s::text[]) AS k(t, n, ch, v)
+                   {_FETCH_IF_MAY_HOLD_URI.format(col='b.blob', fresh='k.f').replace("type LIKE", "b.type LIKE")}, k.f
+            FROM unnest(%(t)s::text[], %(n)s::text[], %(ch)s::text[], %(v)s::text[], %(f)s::bool[]) AS k(t, n, ch, v, f)
             JOIN checkpoint_blobs b ON b.thread_id = k.t AND b.checkpoint_ns = k.n AND b.channel = k.ch AND b.version = k.v
             """,
-            {**params, **_columns(named, "t", "n", "ch", "v")},
+            {**params, **_columns({(*key, key[1:] in appended[key[0]].blobs) for key in named}, "t", "n", "ch", "v", "f")},
             BlobRow,
         ):
             if r[6] == b"" and r[5]:
@@ -370,8 +372,7 @@ class PostgresReader:
             f"""
             SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx, w.channel, w.type,
                    coalesce(octet_length(w.blob), 0),
-                   {_FETCH_IF_MAY_HOLD_URI.format(col='w.blob', fresh=_FRESH.replace("xmin", "w.xmin")).replace("type LIKE", "w.type LIKE")},
-                   {_FRESH.replace("xmin", "w.xmin")}
+                   {_FETCH_IF_MAY_HOLD_URI.format(col='w.blob', fresh='TRUE').replace("type LIKE", "w.type LIKE")}, TRUE
             FROM unnest(%(t)s::text[], %(n)s::text[], %(c)s::text[]) AS k(t, n, c)
             JOIN checkpoint_writes w ON w.thread_id = k.t AND w.checkpoint_ns = k.n AND w.checkpoint_id = k.c
             """,
@@ -381,32 +382,6 @@ class PostgresReader:
             if r[8] == b"" and r[7]:
                 r = r._replace(data=self._scan("write", r[7], r[:5]))
             out[r[0]].writes.append(r)
-        ids = {**params, "ids": list(out)}
-        for table, rows_field, bytes_field in (("checkpoint_blobs", "blob_rows", "blob_bytes"),
-                                               ("checkpoint_writes", "write_rows", "write_bytes")):
-            for thread_id, n, size in self._query(
-                f"SELECT thread_id, count(*), coalesce(sum(octet_length(blob)), 0)::bigint FROM {table}"
-                " WHERE thread_id = ANY(%(ids)s) GROUP BY thread_id",
-                ids,
-            ):
-                setattr(out[thread_id], rows_field, n)
-                setattr(out[thread_id], bytes_field, size)
-        for thread_id, n in self._query(
-            "SELECT thread_id, count(*) FROM checkpoints WHERE thread_id = ANY(%(ids)s) GROUP BY thread_id", ids
-        ):
-            out[thread_id].checkpoint_rows = n
-        for thread_id, *key in self._query(
-            f"""
-            SELECT thread_id, checkpoint_ns, checkpoint_id, NULL FROM checkpoints WHERE thread_id = ANY(%(ids)s) AND {_FRESH}
-            UNION ALL
-            SELECT thread_id, checkpoint_ns, channel, version FROM checkpoint_blobs WHERE thread_id = ANY(%(ids)s) AND {_FRESH}
-            UNION ALL
-            SELECT DISTINCT thread_id, checkpoint_ns, checkpoint_id, NULL FROM checkpoint_writes
-            WHERE thread_id = ANY(%(ids)s) AND {_FRESH}
-            """,
-            ids,
-        ):
-            out[thread_id].fresh.add(tuple(key) if key[2] is not None else tuple(key[:2]))
         return list(out.values())
 
     def _scan(self, kind, size, key):
