@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from typing import Any
 
@@ -507,10 +507,19 @@ class S3Saver(BaseCheckpointSaver[str]):
             kwargs["ContinuationToken"] = response["NextContinuationToken"]
 
     def _parallel(self, fn, items) -> list:
+        """fn over items at once, results in order: the first item in the calling thread (one
+        hand-off to the pool and back fewer: a put's two requests cost one hop, not two), the
+        others in the pool. When one fails, the others are waited for, then the first error
+        in order is raised: nothing of the call is still running when it returns."""
         items = list(items)
         if len(items) <= 1:
             return [fn(i) for i in items]
-        return list(self._pool.map(fn, items))
+        futures = [self._pool.submit(fn, i) for i in items[1:]]
+        try:
+            first = fn(items[0])
+        finally:
+            wait(futures)
+        return [first] + [f.result() for f in futures]
 
     # --- encoding -------------------------------------------------------------------------
     def _pack(self, frame: dict) -> tuple[bytes, str, int]:
@@ -855,8 +864,6 @@ class S3Saver(BaseCheckpointSaver[str]):
         return self._measured("put_many", self._put_many, items)
 
     def _put_many(self, items):
-        from concurrent.futures import wait
-
         # Each put fans out on self._pool; the batch runs on the other pool (see __init__).
         futures = [self._load_pool.submit(self._put, *item) for item in items]
         wait(futures)
