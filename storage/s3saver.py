@@ -287,8 +287,10 @@ class S3Saver(BaseCheckpointSaver[str]):
         self.settings = (settings or S3Settings(bucket=bucket, prefix=self.prefix)).replace(max_attempts=max_attempts)
         # Up to max_workers requests of a call run at once, plus the list() loads
         # around them: a pool of 2 * max_workers connections keeps every one open.
+        # Every call this client sends is the saver's own, well formed: botocore's parameter
+        # check against the API model would only cost time on each request.
         self.client = client if client is not None else build_client(
-            self.settings, max_pool_connections=max(10, 2 * max_workers)
+            self.settings, max_pool_connections=max(10, 2 * max_workers), parameter_validation=False
         )
         self.compression = compression
         self.compress_threshold = compress_threshold
