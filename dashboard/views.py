@@ -7,7 +7,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.core.paginator import Paginator
 from django.db.models import F
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
@@ -403,7 +403,11 @@ def checkpoint(request, pk):
     from dashboard.snapshot_cache import read_values_cached
     from dashboard.source_values import ReadError
 
-    cp = get_object_or_404(Checkpoint.objects.select_related("thread", "thread__source"), pk=pk)
+    from dashboard import page_rows
+
+    cp = page_rows.checkpoint(pk)
+    if cp is None:
+        raise Http404("No checkpoint matches the given query.")
     t = cp.thread
     same_ns = Checkpoint.objects.filter(thread=t, checkpoint_ns=cp.checkpoint_ns)
     parent, children, subgraphs = lineage(cp)
@@ -423,7 +427,7 @@ def checkpoint(request, pk):
     if values:
         _link_delta_sources(values, same_ns)
     diff = values.diff() if values else None
-    references = list(cp.reference_uses.select_related("reference").order_by("location"))
+    references = page_rows.references(cp)
     content, can_preview = _content_previews(request, values, references) if values else ([], False)
     shown_diff = diff if diff is None else [c for c in diff if not is_internal(c.channel)]
     # LangGraph's own channels (__start__, branch:to:*) change at every step: named, not detailed.
