@@ -1,4 +1,4 @@
-"""Permissions in one statement per request, read fresh each time.
+"""Permissions in one statement per request, read fresh each time; the user too.
 
 Django's ModelBackend reads a user's permissions in two ORM queries (the
 user's own, then their groups'), each compiled anew on every request: on a
@@ -8,6 +8,7 @@ statement, written once per process, on the first permission check of each
 request (Django keeps the answer on the request's user object only, as
 ModelBackend does). Nothing is kept between requests, so a permission
 revoked, a group left or a user deactivated applies to the very next request.
+The request's user is loaded the same way (dashboard.rowreader), as fresh.
 
 It comes after django-axes' backend and before ModelBackend in
 AUTHENTICATION_BACKENDS. ModelBackend stays listed only so that sessions
@@ -24,8 +25,10 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import Group, Permission
 from django.contrib.contenttypes.models import ContentType
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connections, router
+
+from dashboard.rowreader import Shape, rows
 
 
 @lru_cache(maxsize=None)
@@ -48,7 +51,28 @@ def _sql(alias):
     )
 
 
+@lru_cache(maxsize=None)
+def _user_sql(alias):
+    qn = connections[alias].ops.quote_name
+    model = get_user_model()
+    shape = Shape(alias, [(model, "u")])
+    return f"SELECT {', '.join(shape.columns)} FROM {qn(model._meta.db_table)} u WHERE u.{qn(model._meta.pk.column)} = %s", shape
+
+
 class PermissionsBackend(ModelBackend):
+    def get_user(self, user_id):
+        """ModelBackend's get_user (the user of each request's session), in a statement written once."""
+        model = get_user_model()
+        try:
+            pk = model._meta.pk.to_python(user_id)
+        except ValidationError:
+            return None
+        found = rows(*_user_sql(router.db_for_read(model)), [pk])
+        if not found:
+            return None
+        user = found[0][0]
+        return user if self.user_can_authenticate(user) else None
+
     def get_all_permissions(self, user_obj, obj=None):
         if not user_obj.is_active or user_obj.is_anonymous or obj is not None:
             return set()

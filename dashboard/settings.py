@@ -274,6 +274,8 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SESSION_COOKIE_HTTPONLY = True
+# Django's database sessions, loaded without compiling a query per request (dashboard.sessions).
+SESSION_ENGINE = "dashboard.sessions"
 X_FRAME_OPTIONS = "DENY"
 
 # --- HTTPS and login throttling -------------------------------------------------

@@ -62,6 +62,37 @@ def compare_rows():
     return count, diffs
 
 
+def compare_sessions_and_users():
+    """Differences between dashboard.sessions/authbackend and Django's own loads of sessions and users."""
+    from django.contrib.auth.backends import ModelBackend
+    from django.contrib.sessions.backends.db import SessionStore as DjangoStore
+    from django.contrib.sessions.models import Session
+
+    from dashboard.authbackend import PermissionsBackend
+    from dashboard.sessions import SessionStore
+
+    diffs = []
+    live = SessionStore()
+    live.update({"user": "someone", "n": 3})
+    live.create()
+    expired = SessionStore()
+    expired["user"] = "late"
+    expired.create()
+    Session.objects.filter(session_key=expired.session_key).update(expire_date=timezone.now() - timedelta(seconds=1))
+    for key in (live.session_key, expired.session_key, "no-such-key", "x" * 40):
+        ours, theirs = SessionStore(key), DjangoStore(key)
+        if (ours.load(), ours.session_key) != (theirs.load(), theirs.session_key):
+            diffs.append(f"session {key!r}")
+    active = User.objects.create_user("loaded", email="l@example.org")
+    active.groups.add(Group.objects.get(name="viewer"))
+    inactive = User.objects.create_user("gone", is_active=False)
+    for user_id in (str(active.pk), active.pk, str(inactive.pk), "999999"):
+        ours, theirs = PermissionsBackend().get_user(user_id), ModelBackend().get_user(user_id)
+        if (ours and model_to_dict(ours)) != (theirs and model_to_dict(theirs)):
+            diffs.append(f"user {user_id!r}: {ours and model_to_dict(ours)} != {theirs and model_to_dict(theirs)}")
+    return diffs
+
+
 def write_documents(sqlite_source_url, root):
     """A thread whose latest checkpoint names four objects: its offloaded text, two files and one outside every store."""
     reports = root / "reports"
@@ -81,7 +112,7 @@ def test_rows_on_postgresql_match_the_orm(blob_root, sqlite_source_url):
     synced_source(sqlite_source_url, "lite")
     check_references()  # sizes, ETags, dates and states filled in
     count, diffs = compare_rows()
-    assert count > 5 and diffs == []
+    assert count > 5 and diffs == [] and compare_sessions_and_users() == []
     uses = page_rows.references(latest("doc"))
     assert sorted(u.reference.state for u in uses) == ["foreign", "present", "present", "present"]
     assert all(u.reference.checked_at.tzinfo is not None for u in uses if u.reference.store != "foreign")
@@ -103,6 +134,8 @@ write_documents(os.environ["SOURCE_URL"], Path(os.environ["BLOB_ROOT"]))
 synced_source(os.environ["SOURCE_URL"], "lite")
 check_references()
 count, diffs = compare_rows()
+from tests.test_checkpoint_page_fresh import compare_sessions_and_users
+diffs += compare_sessions_and_users()
 print(json.dumps({"count": count, "diffs": diffs}))
 """
 
@@ -242,6 +275,21 @@ def test_one_statement_per_request_for_permissions(viewer_client, viewer, sqlite
     assert sum("auth_permission" in s for s in sql) == 1
     # Session, user, permissions, then the checkpoint, its lineage and its references: six in all.
     assert len(sql) == 6, sql
+
+
+def test_a_logout_or_an_expiry_ends_the_session_at_once(viewer):
+    from django.contrib.sessions.models import Session
+
+    client, thief = Client(), Client()
+    client.force_login(viewer)
+    thief.cookies = client.cookies  # the same session cookie, used elsewhere
+    assert thief.get("/threads/").status_code == 200
+    client.post(reverse("logout"))
+    assert thief.get("/threads/").status_code == 302
+    client.force_login(viewer)
+    assert client.get("/threads/").status_code == 200
+    Session.objects.update(expire_date=timezone.now() - timedelta(seconds=1))
+    assert client.get("/threads/").status_code == 302
 
 
 def test_a_session_logged_in_through_modelbackend_still_loads(viewer, sqlite_saver, sqlite_source_url):
