@@ -542,17 +542,30 @@ def read_writes(reader: S3Reader, key: tuple, *, limit: int) -> list | None:
     listed = {o["Key"][len(directory):]: o["Size"] for o in reader._list(directory)}
     if layout.MANIFEST not in listed:
         return None
-    if layout.PAYLOAD not in listed:  # as read_checkpoint says it, whether the values are kept or not
-        found = reader._get(directory + layout.MANIFEST)
-        if found is None:
-            return None
-        problems = []
-        manifest = _manifest(f"s3://{reader.bucket}/{directory}{layout.MANIFEST}", found[0], problems)
-        if manifest is None:
-            raise layout.S3CheckpointError(problems[0])
-        if layout.inline_payload(f"s3://{reader.bucket}/{directory}{layout.MANIFEST}", manifest) is None:
-            raise layout.S3CheckpointError(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD} is missing")
-    return _writes(reader, directory, listed, limit)
+    if layout.PAYLOAD in listed:
+        return _writes(reader, directory, listed, limit)
+    # The manifest is read beside the write objects, not before them: no round trip more.
+    check = reader.pool.submit(_has_inline_payload, reader, directory) if reader.pool else None
+    try:
+        writes = _writes(reader, directory, listed, limit)
+    finally:
+        present = check.result() if check else _has_inline_payload(reader, directory)
+    return writes if present else None
+
+
+def _has_inline_payload(reader, directory) -> bool:
+    """True when the directory's manifest carries its payload inline; False when the manifest is gone;
+    S3CheckpointError, as read_checkpoint says it, when it names a payload object that is missing."""
+    found = reader._get(directory + layout.MANIFEST)
+    if found is None:
+        return False
+    problems = []
+    manifest = _manifest(f"s3://{reader.bucket}/{directory}{layout.MANIFEST}", found[0], problems)
+    if manifest is None:
+        raise layout.S3CheckpointError(problems[0])
+    if layout.inline_payload(f"s3://{reader.bucket}/{directory}{layout.MANIFEST}", manifest) is None:
+        raise layout.S3CheckpointError(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD} is missing")
+    return True
 
 
 def _writes(reader, directory, listed, limit):
