@@ -4,7 +4,11 @@
 
 Time: `put` of a typical step (a few channels, a message list of ~2 KB) followed by `put_writes`
 of two writes, on a local SeaweedFS (tests/seaweed.py, `weed mini`, signatures enforced) and on
-the local PostgreSQL (a fresh database), median per step. Requests: counted on the wire with
+the local PostgreSQL (a fresh database), median per step. The S3Saver is built as an application
+builds it (`S3Saver.from_env`: the client of checkpoints.s3client, checksums only when required,
+a connection per concurrent request), once with its default layout (small payloads inline in
+the manifest) and once with `inline_limit=0` (every payload an object of its own, written before
+the manifest: the layout of large payloads, and of every payload before format 2). Requests: counted on the wire with
 botocore's `before-send` event (fired once per HTTP request actually sent, retries included) for
 get_tuple of a thread of 10 and of `--long` checkpoints, a put, and list(limit=10).
 """
@@ -82,18 +86,23 @@ def main():
     try:
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
         seaweed.client().create_bucket(Bucket=bucket)
-        s3 = S3Saver(bucket, "bench/", client=seaweed.client(), registry=CollectorRegistry())
+        env = {k: str(v) for k, v in seaweed.env(bucket, prefix="bench/").items()}
+        s3 = S3Saver.from_env(env, registry=CollectorRegistry())
+        s3_object = S3Saver.from_env(env, registry=CollectorRegistry(), inline_limit=0)
         with PostgresSaver.from_conn_string(url_for_database(name)) as pg:
             pg.setup()
-            time_steps(pg, 10)
-            time_steps(s3, 10)  # warm both
-            pg_t, s3_t = [], []
-            for _ in range(3):  # interleaved rounds: load on the machine hits both alike
-                pg_t.append(time_steps(pg, args.steps // 3))
-                s3_t.append(time_steps(s3, args.steps // 3))
-            pg_med, s3_med = statistics.median(pg_t), statistics.median(s3_t)
-            print(f"put+put_writes per step: PostgresSaver {pg_med * 1000:.2f} ms, S3Saver/SeaweedFS {s3_med * 1000:.2f} ms, "
-                  f"ratio {s3_med / pg_med:.2f}x")
+            savers = {"PostgresSaver": pg, "S3Saver/SeaweedFS": s3, "S3Saver/SeaweedFS, inline_limit=0": s3_object}
+            for saver in savers.values():
+                time_steps(saver, 10)  # warm all
+            times = {label: [] for label in savers}
+            for _ in range(3):  # interleaved rounds: load on the machine hits all alike
+                for label, saver in savers.items():
+                    times[label].append(time_steps(saver, args.steps // 3))
+            pg_med = statistics.median(times["PostgresSaver"])
+            print(f"put+put_writes per step: PostgresSaver {pg_med * 1000:.2f} ms")
+            for label in list(savers)[1:]:
+                med = statistics.median(times[label])
+                print(f"put+put_writes per step: {label} {med * 1000:.2f} ms, ratio {med / pg_med:.2f}x")
 
         # Requests on the wire.
         for thread, n in (("short", 10), ("long", args.long)):
@@ -112,6 +121,9 @@ def main():
         wire.take()
         s3.put(*step_items("long", args.long, latest.checkpoint["id"]))
         print(f"put: {wire.take()} requests")
+        wire_object = Wire(s3_object.client)
+        s3_object.put(*step_items("object", 0, None))
+        print(f"put, inline_limit=0: {wire_object.take()} requests")
         listed = list(s3.list({"configurable": {"thread_id": "long", "checkpoint_ns": ""}}, limit=10))
         assert len(listed) == 10
         print(f"list(limit=10), thread of {args.long + 1}: {wire.take()} requests")

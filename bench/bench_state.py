@@ -252,7 +252,7 @@ def main():
             profiler = cProfile.Profile()
             profiler.runcall(lambda: [fetch() for _ in range(5)])
             stats = pstats.Stats(profiler, stream=sys.stderr)
-            stats.sort_stats("cumulative").print_stats(35)
+            stats.sort_stats(os.environ.get("SORT", "cumulative")).print_stats(int(os.environ.get("NSTAT", "35")))
             # Where the interpreter's time goes, by module area (a view's own time, summed).
             areas = {}
             for (filename, _, _), (_, calls, tottime, _, _) in stats.stats.items():

@@ -9,6 +9,7 @@ and the decoding of a stored frame live here; requests do not.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import re
@@ -23,6 +24,11 @@ import ormsgpack
 from checkpoints import decode
 
 FORMAT = 1
+# A manifest that carries its checkpoint's payload inline (`payload.inline`, docs/s3-layout.md §2)
+# has format 2: a reader of format 1 only refuses it by name instead of calling its payload missing.
+# Payload and write frames stay format 1.
+INLINE_FORMAT = 2
+MANIFEST_FORMATS = (FORMAT, INLINE_FORMAT)
 MANIFEST = "manifest.json"
 PAYLOAD = "payload"
 WRITES = "writes/"
@@ -212,18 +218,58 @@ def parse_manifest(where: str, body: bytes) -> dict:
 
     >>> parse_manifest("k", b'{"format": 1, "checkpoint_id": "x"}')["checkpoint_id"]
     'x'
-    >>> parse_manifest("s3://b/k", b'{"format": 2}')
+    >>> parse_manifest("s3://b/k", b'{"format": 3}')
     Traceback (most recent call last):
     ...
-    checkpoints.s3layout.S3CheckpointError: s3://b/k is not an S3Saver manifest of format 1
+    checkpoints.s3layout.S3CheckpointError: s3://b/k is not an S3Saver manifest of format 1 or 2
     """
     try:
         manifest = json.loads(body)
     except ValueError as e:
         raise S3CheckpointError(f"{where} is not JSON: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise S3CheckpointError(f"{where} is not an S3Saver manifest of format {FORMAT}")
+    if not is_manifest(manifest):
+        raise S3CheckpointError(f"{where} is not an S3Saver manifest of format 1 or 2")
     return manifest
+
+
+def is_manifest(manifest) -> bool:
+    """A decoded manifest.json of a format this code reads (1: payload object beside it, 2: payload inline).
+
+    >>> is_manifest({"format": 1}), is_manifest({"format": 2}), is_manifest({"format": True}), is_manifest([])
+    (True, True, False, False)
+    """
+    return isinstance(manifest, dict) and type(manifest.get("format")) is int and manifest["format"] in MANIFEST_FORMATS
+
+
+def inline_payload(where: str, manifest: dict) -> tuple[bytes, dict] | None:
+    """The stored payload a manifest carries inline (`payload.inline`: base64 of the payload object's
+    body, docs/s3-layout.md §2) as (body, object metadata) for unpack(); None when the payload is
+    an object of its own (format 1).
+
+    >>> import base64
+    >>> body = ormsgpack.packb({"format": 1, "values": {}})
+    >>> m = {"format": 2, "payload": {"inline": base64.b64encode(body).decode(), "encoding": "identity", "bytes": len(body)}}
+    >>> unpack("k", *inline_payload("k", m))
+    {'format': 1, 'values': {}}
+    >>> inline_payload("k", {"format": 1, "payload": {"key": "payload"}}) is None
+    True
+    >>> inline_payload("s3://b/k", {"format": 2, "payload": {"inline": "%%", "bytes": 1}})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    checkpoints.s3layout.S3CheckpointError: s3://b/k: its inline payload is corrupt: ...
+    """
+    payload = manifest.get("payload")
+    if not isinstance(payload, dict) or "inline" not in payload:
+        if manifest.get("format") == INLINE_FORMAT:
+            raise S3CheckpointError(f"{where}: format {INLINE_FORMAT} without an inline payload")
+        return None
+    try:
+        body = base64.b64decode(payload["inline"], validate=True)
+        if len(body) != payload.get("bytes"):
+            raise ValueError(f"{len(body)} bytes, the manifest says {payload.get('bytes')}")
+    except (TypeError, ValueError) as e:
+        raise S3CheckpointError(f"{where}: its inline payload is corrupt: {e}") from None
+    return body, {"encoding": str(payload.get("encoding") or "identity")}
 
 
 # --- references recorded in the manifest (docs/s3-layout.md §2, "refs") ---------------------
@@ -269,11 +315,16 @@ def manifest_refs(manifest: dict, payload_size, payload_etag) -> dict | None:
     saver's shape, no value is encrypted, every channel named is one of the manifest's values, and
     the payload listed beside it is the one the manifest was written with: its size and ETag equal
     `payload.bytes` and `payload.etag`. A payload replaced, damaged or missing is read (and
-    reported) as without the field.
+    reported) as without the field. A payload inline in the manifest (format 2) was written with the
+    refs in one object: trusted as long as no payload object is listed beside it (`payload_size`
+    None), since a listed object is the payload readers read (docs/s3-layout.md §2).
 
     >>> m = {"refs": {"a": ["s3://b/x"]}, "values": {"a": {"type": "msgpack"}}, "payload": {"bytes": 9, "etag": '"e"'}}
     >>> manifest_refs(m, 9, '"e"'), manifest_refs(m, 10, '"e"'), manifest_refs(m, 9, '"f"')
     ({'a': {'s3://b/x'}}, None, None)
+    >>> inline = {**m, "payload": {"inline": "", "bytes": 0}}
+    >>> manifest_refs(inline, None, None), manifest_refs(inline, 9, '"e"')
+    ({'a': {'s3://b/x'}}, None)
     >>> manifest_refs({**m, "values": {"a": {"type": "msgpack+aes"}}}, 9, '"e"'), manifest_refs({**m, "refs": ["s3://b/x"]}, 9, '"e"')
     (None, None)
     """
@@ -282,7 +333,11 @@ def manifest_refs(manifest: dict, payload_size, payload_etag) -> dict | None:
     values = manifest.get("values")
     if not isinstance(refs, dict) or not isinstance(payload, dict) or not isinstance(values, dict):
         return None
-    if payload.get("bytes") != payload_size or not same_etag(payload.get("etag"), payload_etag):
+    if "inline" in payload:
+        # The payload is in the same object as the refs: written together, replaced together.
+        if payload_size is not None:  # ... unless a payload object lies beside it: readers read that one
+            return None
+    elif payload.get("bytes") != payload_size or not same_etag(payload.get("etag"), payload_etag):
         return None
     if any(not isinstance(v, dict) or decode.is_encrypted(v.get("type")) for v in values.values()):
         return None

@@ -236,9 +236,12 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 # The axes backend comes first: it refuses a locked-out (user, address) pair
-# before the password is even checked.
+# before the password is even checked. Ours reads permissions in one statement
+# per request and answers every permission question; ModelBackend stays listed
+# only so that sessions logged in through it still load (dashboard.authbackend).
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
+    "dashboard.authbackend.PermissionsBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "/accounts/login/"
@@ -271,6 +274,8 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SESSION_COOKIE_HTTPONLY = True
+# Django's database sessions, loaded without compiling a query per request (dashboard.sessions).
+SESSION_ENGINE = "dashboard.sessions"
 X_FRAME_OPTIONS = "DENY"
 
 # --- HTTPS and login throttling -------------------------------------------------

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.core.paginator import Paginator
 from django.db.models import F
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
@@ -348,12 +348,13 @@ def _thread_page(request, source, thread_id):
     return render(request, "dashboard/thread.html", ctx)
 
 
-def _link_delta_sources(values, same_ns):
-    """Mirror pks of the checkpoints a DeltaChannel value was rebuilt from, for links."""
+def _link_delta_sources(values, cp):
+    """Mirror pks of the checkpoints (in `cp`'s thread and namespace) a DeltaChannel value was rebuilt from, for links."""
     sources = [v.delta for v in values.channels if v.delta and v.delta.status != "snapshot"]
     ids = {s.seed_checkpoint_id for s in sources if s.seed_checkpoint_id} | {w.checkpoint_id for s in sources for w in s.writes}
     if not ids:
         return
+    same_ns = Checkpoint.objects.filter(thread_id=cp.thread_id, checkpoint_ns=cp.checkpoint_ns)  # built only when needed
     links = dict(same_ns.filter(checkpoint_id__in=ids).values_list("checkpoint_id", "pk"))
     for s in sources:
         s.links = links
@@ -403,9 +404,12 @@ def checkpoint(request, pk):
     from dashboard.snapshot_cache import read_values_cached
     from dashboard.source_values import ReadError
 
-    cp = get_object_or_404(Checkpoint.objects.select_related("thread", "thread__source"), pk=pk)
+    from dashboard import page_rows
+
+    cp = page_rows.checkpoint(pk)
+    if cp is None:
+        raise Http404("No checkpoint matches the given query.")
     t = cp.thread
-    same_ns = Checkpoint.objects.filter(thread=t, checkpoint_ns=cp.checkpoint_ns)
     parent, children, subgraphs = lineage(cp)
     metadata = redact_metadata(cp.metadata, settings.TAG_EXCLUDE)
     graph_parents = []
@@ -421,9 +425,9 @@ def checkpoint(request, pk):
     except ReadError as e:
         error = str(e)
     if values:
-        _link_delta_sources(values, same_ns)
+        _link_delta_sources(values, cp)
     diff = values.diff() if values else None
-    references = list(cp.reference_uses.select_related("reference").order_by("location"))
+    references = page_rows.references(cp)
     content, can_preview = _content_previews(request, values, references) if values else ([], False)
     shown_diff = diff if diff is None else [c for c in diff if not is_internal(c.channel)]
     # LangGraph's own channels (__start__, branch:to:*) change at every step: named, not detailed.

@@ -8,8 +8,9 @@ Django-free, like storage.offload and storage.size_limit::
 
 The object layout (docs/s3-layout.md) is designed for the agent and for the
 console alike: per checkpoint a payload (every serialized value, framed with
-msgpack) and a small JSON manifest written after it (parent, metadata,
-channel versions, sizes, serializer types), keys whose inverted checkpoint id
+msgpack) and a JSON manifest (parent, metadata, channel versions, sizes,
+serializer types) that carries a small payload inline (one round trip per
+put) or is written after a large payload's own object, keys whose inverted checkpoint id
 make S3's ascending listing return the newest checkpoint first, and a change
 index whose keys sort by write time. Options (compression, multipart,
 encryption, retries, the circuit breaker, metrics) are listed in README.md.
@@ -18,6 +19,7 @@ encryption, retries, the circuit breaker, metrics) are listed in README.md.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import json
 import os
@@ -25,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from typing import Any
 
@@ -47,6 +49,7 @@ from checkpoints.s3client import S3Settings, build_client
 from checkpoints.s3layout import (  # noqa: F401 - re-exported: the saver's public names
     DELTA_METADATA_KEYS,
     FORMAT,
+    INLINE_FORMAT,
     MANIFEST,
     PAYLOAD,
     WRITES,
@@ -62,6 +65,7 @@ from checkpoints.s3layout import (  # noqa: F401 - re-exported: the saver's publ
 )
 from checkpoints.s3layout import Group as _Group
 from checkpoints.s3layout import groups as _groups
+from checkpoints.s3layout import inline_payload as _inline_payload
 from checkpoints.s3layout import stamp as _stamp
 from checkpoints.s3layout import unpack as _unpack_frame
 from checkpoints.s3layout import value_refs as _value_refs
@@ -69,6 +73,9 @@ from checkpoints.s3layout import value_refs as _value_refs
 MB = 1024 * 1024
 DEFAULT_MULTIPART_THRESHOLD = 5 * MB
 DEFAULT_COMPRESS_THRESHOLD = 1024
+# Payloads up to this many bytes (stored, after compression) travel inside the manifest: a put is
+# then one round trip (manifest and change entry in parallel) instead of two dependent ones.
+DEFAULT_INLINE_LIMIT = 32 * 1024
 MAX_DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys per request
 
 
@@ -235,6 +242,7 @@ class S3Saver(BaseCheckpointSaver[str]):
     Options (README.md, "S3 checkpoint saver"):
       compression        "gzip" (default) or None; values under compress_threshold bytes stay plain
       multipart_threshold objects above it (default 5 MB) go up in parts (multipart upload)
+      inline_limit       payloads up to it (default 32 KB stored) go inside the manifest; 0: never
       sse, sse_kms_key_id "AES256" or "aws:kms" (+ key id) server-side encryption
       max_attempts       requests per call incl. retries (botocore standard mode, backoff + jitter)
       breaker_failures, breaker_reset  the circuit breaker (CircuitBreaker)
@@ -254,6 +262,7 @@ class S3Saver(BaseCheckpointSaver[str]):
         compression: str | None = "gzip",
         compress_threshold: int = DEFAULT_COMPRESS_THRESHOLD,
         multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+        inline_limit: int = DEFAULT_INLINE_LIMIT,
         sse: str | None = None,
         sse_kms_key_id: str | None = None,
         max_attempts: int | None = None,
@@ -278,12 +287,18 @@ class S3Saver(BaseCheckpointSaver[str]):
         self.settings = (settings or S3Settings(bucket=bucket, prefix=self.prefix)).replace(max_attempts=max_attempts)
         # Up to max_workers requests of a call run at once, plus the list() loads
         # around them: a pool of 2 * max_workers connections keeps every one open.
+        # Every call this client sends is the saver's own, well formed: botocore's parameter
+        # check against the API model would only cost time on each request.
         self.client = client if client is not None else build_client(
-            self.settings, max_pool_connections=max(10, 2 * max_workers)
+            self.settings, max_pool_connections=max(10, 2 * max_workers), parameter_validation=False
         )
         self.compression = compression
         self.compress_threshold = compress_threshold
         self.multipart_threshold = multipart_threshold
+        if not isinstance(inline_limit, int) or inline_limit < 0:
+            raise ValueError(f"inline_limit={inline_limit!r}: bytes, 0 (never inline) or more")
+        # Never above the multipart threshold: a payload that large keeps its own object, uploaded first.
+        self.inline_limit = min(inline_limit, multipart_threshold)
         self.sse = sse
         self.sse_kms_key_id = sse_kms_key_id
         self.max_workers = max_workers
@@ -494,10 +509,19 @@ class S3Saver(BaseCheckpointSaver[str]):
             kwargs["ContinuationToken"] = response["NextContinuationToken"]
 
     def _parallel(self, fn, items) -> list:
+        """fn over items at once, results in order: the first item in the calling thread (one
+        hand-off to the pool and back fewer: a put's two requests cost one hop, not two), the
+        others in the pool. When one fails, the others are waited for, then the first error
+        in order is raised: nothing of the call is still running when it returns."""
         items = list(items)
         if len(items) <= 1:
             return [fn(i) for i in items]
-        return list(self._pool.map(fn, items))
+        futures = [self._pool.submit(fn, i) for i in items[1:]]
+        try:
+            first = fn(items[0])
+        finally:
+            wait(futures)
+        return [first] + [f.result() for f in futures]
 
     # --- encoding -------------------------------------------------------------------------
     def _pack(self, frame: dict) -> tuple[bytes, str, int]:
@@ -573,16 +597,38 @@ class S3Saver(BaseCheckpointSaver[str]):
         refs = _value_refs(typed_values)
         if refs is not None:
             manifest["refs"] = refs
+        change = lambda: self._put_object(self._change_key("put", thread_id, ns, checkpoint_id), b"")  # noqa: E731
+        marker = None
+        if delta and thread_id not in self._delta_marked:
+            marker = lambda: self._put_object(self._delta_key(thread_id), b"")  # noqa: E731
+        manifest_key = self.manifest_key(thread_id, ns, checkpoint_id)
+        if len(body) <= self.inline_limit:
+            # A small payload travels inside the manifest (format 2): the checkpoint is one object,
+            # so it cannot exist without its payload, and the change entry goes beside it.
+            manifest["format"] = INLINE_FORMAT
+            del manifest["payload"]["key"]
+            manifest["payload"]["inline"] = base64.b64encode(body).decode("ascii")
+            jobs = [
+                lambda: self._put_object(manifest_key, json.dumps(manifest, separators=(",", ":"), ensure_ascii=False).encode(),
+                                         content_type="application/json"),
+                change,
+            ]
+            if marker:
+                jobs.append(marker)
+            self._parallel(lambda f: f(), jobs)
+            if delta:
+                self._delta_marked.add(thread_id)
+            return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
         # The change entry goes first, beside the payload: a reader seeing an
         # entry whose manifest is not there yet rechecks it later (docs/s3-layout.md),
         # and no manifest is ever visible without its entry. The manifest goes
         # last, so a failed payload upload leaves no manifest naming nothing.
         first = [
             lambda: self._put_object(payload_key, body, metadata={"format": str(FORMAT), "encoding": encoding}),
-            lambda: self._put_object(self._change_key("put", thread_id, ns, checkpoint_id), b""),
+            change,
         ]
-        if delta and thread_id not in self._delta_marked:
-            first.append(lambda: self._put_object(self._delta_key(thread_id), b""))
+        if marker:
+            first.append(marker)
         payload_response = self._parallel(lambda f: f(), first)[0] or {}
         if delta:
             self._delta_marked.add(thread_id)
@@ -595,7 +641,7 @@ class S3Saver(BaseCheckpointSaver[str]):
             # so loading an old manifest version loads its own payload (get_tuple_version).
             manifest["payload"]["version_id"] = payload_response["VersionId"]
         self._put_object(
-            self.manifest_key(thread_id, ns, checkpoint_id),
+            manifest_key,
             json.dumps(manifest, separators=(",", ":"), ensure_ascii=False).encode(),
             content_type="application/json",
         )
@@ -663,10 +709,30 @@ class S3Saver(BaseCheckpointSaver[str]):
                 return self._load(thread_id, ns, ns_prefix + group.inv + "/", group)
         return None
 
-    def _load(self, thread_id, ns, prefix, group: _Group) -> CheckpointTuple:
-        keys = [prefix + PAYLOAD] + [prefix + rel for rel in group.writes]
-        results = self._parallel(lambda k: (k, *self._get_object(k)), keys)
-        return self._decode(thread_id, ns, results[0], results[1:])
+    def _load(self, thread_id, ns, prefix, group: _Group, manifest: dict | None = None) -> CheckpointTuple:
+        """A checkpoint from its directory's listing: the payload object when one is listed (format 1),
+        else the payload inline in the manifest (format 2); the writes alongside, in parallel.
+        `manifest`: already read (list with a filter), not read again."""
+        writes = [prefix + rel for rel in group.writes]
+        if group.payload:
+            results = self._parallel(lambda k: (k, *self._get_object(k)), [prefix + PAYLOAD] + writes)
+            return self._decode(thread_id, ns, results[0], results[1:])
+        mkey = prefix + MANIFEST
+        if manifest is None:
+            results = self._parallel(lambda k: (k, *self._get_object(k)), [mkey] + writes)
+            manifest, results = self._parse_manifest(mkey, results[0][1]), results[1:]
+        else:
+            results = self._parallel(lambda k: (k, *self._get_object(k)), writes)
+        return self._decode(thread_id, ns, self._payload_of(mkey, manifest, prefix + PAYLOAD), results)
+
+    def _payload_of(self, mkey: str, manifest: dict, pkey: str):
+        """(name, body, object metadata) of the payload inline in a manifest read without a payload
+        object beside it; a format 1 manifest there names a missing payload object."""
+        where = f"s3://{self.bucket}/{mkey}"
+        found = _inline_payload(where, manifest)
+        if found is None:
+            raise S3CheckpointError(f"s3://{self.bucket}/{pkey} is missing")
+        return (f"{mkey} (inline payload)", *found)
 
     def _decode(self, thread_id, ns, payload, writes) -> CheckpointTuple:
         """A CheckpointTuple from fetched (key, body, object metadata) of a payload and its writes."""
@@ -759,11 +825,12 @@ class S3Saver(BaseCheckpointSaver[str]):
         def fetch(c):
             # With a filter, the manifest decides (its metadata is the checkpoint's, as JSON);
             # only a match costs the payload and writes.
+            manifest = None
             if wanted_metadata:
                 manifest = self._manifest(c[2] + MANIFEST)
                 if not _metadata_matches(manifest.get("metadata"), wanted_metadata):
                     return None
-            return self._load(c[0], c[1], c[2], c[3])
+            return self._load(c[0], c[1], c[2], c[3], manifest)
 
         def flush(batch):
             return [tup for tup in self._load_pool.map(fetch, batch) if tup is not None]
@@ -799,8 +866,6 @@ class S3Saver(BaseCheckpointSaver[str]):
         return self._measured("put_many", self._put_many, items)
 
     def _put_many(self, items):
-        from concurrent.futures import wait
-
         # Each put fans out on self._pool; the batch runs on the other pool (see __init__).
         futures = [self._load_pool.submit(self._put, *item) for item in items]
         wait(futures)
@@ -879,8 +944,9 @@ class S3Saver(BaseCheckpointSaver[str]):
         except ClientError as e:
             raise S3CheckpointError(f"s3://{self.bucket}/{mkey} version {version_id!r} could not be read: {e}") from e
         pkey = prefix + PAYLOAD
+        inline = _inline_payload(f"s3://{self.bucket}/{mkey} version {version_id}", manifest)
         payload_version = manifest.get("payload", {}).get("version_id")
-        if not payload_version:
+        if inline is None and not payload_version:
             older = [e for kind, e in entries if kind == "Versions" and e["Key"] == pkey and e["LastModified"] <= written]
             if not older:
                 raise S3CheckpointError(f"s3://{self.bucket}/{pkey} has no version as old as manifest version {version_id}")
@@ -893,8 +959,12 @@ class S3Saver(BaseCheckpointSaver[str]):
                 continue
             if e["Key"] not in writes or e["LastModified"] > writes[e["Key"]]["LastModified"]:
                 writes[e["Key"]] = e
-        fetch = [(pkey, payload_version)] + [(k, e["VersionId"]) for k, e in sorted(writes.items())]
-        results = self._parallel(lambda kv: (kv[0], *self._get_object(kv[0], kv[1])), fetch)
+        fetch = [(k, e["VersionId"]) for k, e in sorted(writes.items())]
+        if inline is not None:
+            # The manifest version holds its own payload.
+            results = self._parallel(lambda kv: (kv[0], *self._get_object(kv[0], kv[1])), fetch)
+            return self._decode(thread_id, ns, (f"{mkey} version {version_id} (inline payload)", *inline), results)
+        results = self._parallel(lambda kv: (kv[0], *self._get_object(kv[0], kv[1])), [(pkey, payload_version)] + fetch)
         return self._decode(thread_id, ns, results[0], results[1:])
 
     def _versions(self, prefix: str):
@@ -961,6 +1031,7 @@ class S3Saver(BaseCheckpointSaver[str]):
     def presigned_url(self, config, part: str = "payload", expires: int = 300) -> str:
         """A presigned GET URL of one checkpoint's `payload` or `manifest` (stored form: the
         payload may be gzip, see docs/s3-layout.md §2), valid `expires` seconds (1..604800).
+        A payload up to `inline_limit` has no object of its own: it is in the manifest.
         Without a checkpoint_id in the config, the latest checkpoint of the thread and
         namespace (one listing). Signing itself sends no request."""
         if part not in (PAYLOAD, "manifest"):

@@ -7,7 +7,9 @@ the hook answers as the server would (503 SlowDown), nothing is patched.
 """
 
 import asyncio
+import base64
 import gzip
+import io
 import json
 import subprocess
 import sys
@@ -115,8 +117,9 @@ def put_chain(saver, thread_id, n, ns="", values=None, parent=None):
 # --- layout -------------------------------------------------------------------------------------
 
 
-def test_put_writes_payload_manifest_and_change_entry(moto_s3, bucket):
-    saver = make_saver(moto_s3, bucket)
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "payload-object"])
+def test_put_writes_payload_manifest_and_change_entry(moto_s3, bucket, inline):
+    saver = make_saver(moto_s3, bucket, **({} if inline else {"inline_limit": 0}))
     cp = empty_checkpoint()
     cp["channel_values"] = {"doc": "d" * 5000, "count": 3}
     cp["channel_versions"] = {"doc": 1, "count": 1}
@@ -128,8 +131,8 @@ def test_put_writes_payload_manifest_and_change_entry(moto_s3, bucket):
     inv = invert_id(cp["id"])
     base = f"agents/lg/threads/a%2Fb%0Ac/_/{inv}/"
     assert set(k for k in found if not k.startswith("agents/lg/changes/")) == {
-        base + "manifest.json", base + "payload", base + "writes/task-1/0", base + "writes/task-1/-1",
-    }
+        base + "manifest.json", base + "writes/task-1/0", base + "writes/task-1/-1",
+    } | (set() if inline else {base + "payload"})
     changes = [k for k in found if k.startswith("agents/lg/changes/")]
     assert sorted(k.split("/", 4)[4] for k in changes) == sorted([
         f"put/a%2Fb%0Ac/_/{cp['id']}", f"writes/a%2Fb%0Ac/_/{cp['id']}",
@@ -137,7 +140,13 @@ def test_put_writes_payload_manifest_and_change_entry(moto_s3, bucket):
 
     client = moto_s3.client()
     manifest = json.loads(client.get_object(Bucket=bucket, Key=base + "manifest.json")["Body"].read())
-    payload = client.get_object(Bucket=bucket, Key=base + "payload")
+    if inline:  # a small payload travels base64 in the manifest, which says so with format 2
+        assert manifest["format"] == 2 and "key" not in manifest["payload"]
+        body = base64.b64decode(manifest["payload"]["inline"])
+        payload = {"ContentLength": len(body), "Body": io.BytesIO(body)}
+    else:
+        assert manifest["format"] == 1 and manifest["payload"]["key"] == "payload"
+        payload = client.get_object(Bucket=bucket, Key=base + "payload")
     assert manifest["thread_id"] == "a/b\nc" and manifest["checkpoint_id"] == cp["id"]
     assert manifest["parent_checkpoint_id"] is None
     assert manifest["metadata"] == {"source": "input", "step": -1, "tenant": "acme"}
@@ -168,7 +177,8 @@ def test_odd_thread_ids_and_namespaces_round_trip(moto_s3, bucket, thread_id):
 
 
 def test_failed_payload_upload_leaves_no_manifest(moto_s3, bucket):
-    saver = make_saver(moto_s3, bucket, max_attempts=1)
+    # A payload above inline_limit is its own object, uploaded before the manifest.
+    saver = make_saver(moto_s3, bucket, max_attempts=1, inline_limit=0)
     last = put_chain(saver, "t", 1)
 
     def refuse_payload(request, **kwargs):
@@ -186,8 +196,65 @@ def test_failed_payload_upload_leaves_no_manifest(moto_s3, bucket):
     assert saver.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": ""}}).config == last
 
 
-def test_missing_or_corrupt_payload_is_a_clear_error_naming_the_object(moto_s3, bucket):
+def test_failed_inline_put_leaves_no_checkpoint(moto_s3, bucket):
+    """A payload inside its manifest cannot be missing: a refused manifest PUT leaves the previous latest."""
+    saver = make_saver(moto_s3, bucket, max_attempts=1)
+    last = put_chain(saver, "t", 1)
+
+    def refuse_manifest(request, **kwargs):
+        if request.url.split("?")[0].endswith("/manifest.json"):
+            body = b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
+            return AWSResponse(request.url, 503, {"Content-Type": "application/xml"}, _Body(body))
+        return None
+
+    saver.client.meta.events.register("before-send.s3.PutObject", refuse_manifest, unique_id="refuse-manifest")
+    with pytest.raises(Exception, match="SlowDown"):
+        put_chain(saver, "t", 1, parent=last["configurable"]["checkpoint_id"])
+    saver.client.meta.events.unregister("before-send.s3.PutObject", unique_id="refuse-manifest")
+    assert [k for k in keys(moto_s3, bucket, "agents/lg/threads/")] == [saver.manifest_key("t", "", last["configurable"]["checkpoint_id"])]
+    assert saver.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": ""}}).config == last
+
+
+def test_corrupt_inline_payload_is_a_clear_error_naming_the_manifest(moto_s3, bucket):
     saver = make_saver(moto_s3, bucket)
+    stored = put_chain(saver, "t", 1)
+    key = saver.manifest_key("t", "", stored["configurable"]["checkpoint_id"])
+    client = moto_s3.client()
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    manifest["payload"]["inline"] = base64.b64encode(b"\x1f\x8bnot gzip").decode()
+    manifest["payload"]["bytes"] = 10
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest).encode())
+    with pytest.raises(S3CheckpointError, match=f"{key} \\(inline payload\\) is corrupt"):
+        saver.get_tuple(stored)
+    manifest["payload"]["bytes"] = 11
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest).encode())
+    with pytest.raises(S3CheckpointError, match=f"{key}: its inline payload is corrupt"):
+        saver.get_tuple(stored)
+
+
+def test_format_1_and_inline_checkpoints_read_alike_in_one_thread(moto_s3, bucket):
+    """A thread begun by a saver that wrote payload objects (format 1) and continued with inline
+    payloads (format 2) reads whole: get_tuple, list and a filtered list."""
+    older = make_saver(moto_s3, bucket, inline_limit=0)
+    newer = make_saver(moto_s3, bucket)
+    first = put_chain(older, "t", 2, values={"doc": "old"})
+    older.put_writes(first, [("messages", "from old")], "task-old")
+    last = put_chain(newer, "t", 2, values={"doc": "new"}, parent=first["configurable"]["checkpoint_id"])
+    newer.put_writes(last, [("messages", "from new")], "task-new")
+    for saver in (older, newer):
+        listed = list(saver.list({"configurable": {"thread_id": "t", "checkpoint_ns": ""}}))
+        assert [t.checkpoint["channel_values"]["doc"] for t in listed] == ["new", "new", "old", "old"]
+        assert listed[0].pending_writes == [("task-new", "messages", "from new")]
+        assert listed[2].pending_writes == [("task-old", "messages", "from old")]
+        assert saver.get_tuple(first).checkpoint["channel_values"] == {"doc": "old"}
+        assert [t.metadata["step"] for t in saver.list(None, filter={"step": 1})] == [1, 1]
+    manifests = [json.loads(moto_s3.client().get_object(Bucket=bucket, Key=k)["Body"].read())
+                 for k in keys(moto_s3, bucket, "agents/lg/threads/") if k.endswith("manifest.json")]
+    assert sorted(m["format"] for m in manifests) == [1, 1, 2, 2]
+
+
+def test_missing_or_corrupt_payload_is_a_clear_error_naming_the_object(moto_s3, bucket):
+    saver = make_saver(moto_s3, bucket, inline_limit=0)
     stored = put_chain(saver, "t", 1)
     key = saver.payload_key("t", "", stored["configurable"]["checkpoint_id"])
     moto_s3.client().put_object(Bucket=bucket, Key=key, Body=b"\x1f\x8bnot gzip")
@@ -235,8 +302,9 @@ def test_concurrent_writers_to_one_thread_lose_nothing(moto_s3, bucket):
 # --- requests on the wire ---------------------------------------------------------------------
 
 
-def test_requests_do_not_grow_with_history(moto_s3, bucket):
-    saver = make_saver(moto_s3, bucket)
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "payload-object"])
+def test_requests_do_not_grow_with_history(moto_s3, bucket, inline):
+    saver = make_saver(moto_s3, bucket, **({} if inline else {"inline_limit": 0}))
     put_chain(saver, "short", 10)
     put_chain(saver, "long", 400)
     wire = Wire(saver)
@@ -244,7 +312,7 @@ def test_requests_do_not_grow_with_history(moto_s3, bucket):
         assert saver.get_tuple({"configurable": {"thread_id": thread, "checkpoint_ns": ""}}).metadata["step"] in (9, 399)
         assert wire.count() == 2, thread
     put_chain(saver, "long", 1)
-    assert wire.count() == 3
+    assert wire.count() == (2 if inline else 3)  # manifest + change entry (payload object first when not inline)
     listed = list(saver.list({"configurable": {"thread_id": "long", "checkpoint_ns": ""}}, limit=10))
     assert len(listed) == 10 and listed[0].metadata["step"] == 0  # the extra put started a new chain
     assert wire.by_kind() == {"list": 1, "other": 10}
@@ -361,7 +429,7 @@ def test_metrics_count_operations_bytes_and_latency(moto_s3, bucket):
     assert registry.get_sample_value("s3saver_operation_seconds_count", {"operation": "put"}) == 2
     assert registry.get_sample_value("s3saver_bytes_total", {"direction": "out"}) > 0
     assert registry.get_sample_value("s3saver_bytes_total", {"direction": "in"}) > 0
-    assert registry.get_sample_value("s3saver_requests_total", {"request": "put_object"}) == 6
+    assert registry.get_sample_value("s3saver_requests_total", {"request": "put_object"}) == 4  # manifest + change entry each
     # A second saver on the same registry shares the metrics instead of failing to register them.
     make_saver(moto_s3, bucket, registry=registry)
 

@@ -8,6 +8,7 @@ enforces signatures) where SeaweedFS has the feature: it has versioning, conditi
 expiration lifecycle rules and AES256, but no lifecycle transitions and no KMS.
 """
 
+import base64
 import gzip
 import json
 import random
@@ -126,22 +127,24 @@ def test_list_filter_matches_what_postgres_matches(moto_s3, pg_saver):
     assert _filter_results(saver_on(moto_s3)) == _filter_results(pg_saver)
 
 
-def test_list_filter_reads_manifests_and_only_the_matching_payloads(moto_s3):
-    saver = saver_on(moto_s3)
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "payload-object"])
+def test_list_filter_reads_manifests_and_only_the_matching_payloads(moto_s3, inline):
+    saver = saver_on(moto_s3, **({} if inline else {"inline_limit": 0}))
     put_chain(saver, "t", 30)  # metadata {"source": "loop", "step": i, "tenant": "acme"}
     wire = Wire(saver)
     found = list(saver.list({"configurable": {"thread_id": "t", "checkpoint_ns": ""}}, filter={"step": 7}))
     assert [t.metadata["step"] for t in found] == [7]
     gets = [url for method, url in wire.sent if method == "GET" and "list-type=2" not in url]
-    assert sum(url.endswith("/manifest.json") for url in gets) == 30
-    assert sum(url.endswith("/payload") for url in gets) == 1
+    assert sum(url.endswith("/manifest.json") for url in gets) == 30  # the match's is not read again
+    assert sum(url.endswith("/payload") for url in gets) == (0 if inline else 1)
 
 
 # --- versioning --------------------------------------------------------------------------------------
 
 
-def test_versions_of_a_checkpoint_are_listed_and_loaded_even_after_a_delete(server):
-    saver = saver_on(server)
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "payload-object"])
+def test_versions_of_a_checkpoint_are_listed_and_loaded_even_after_a_delete(server, inline):
+    saver = saver_on(server, **({} if inline else {"inline_limit": 0}))
     assert saver.versioning() is None
     saver.enable_versioning()
     assert saver.versioning() == "Enabled"
@@ -165,7 +168,10 @@ def test_versions_of_a_checkpoint_are_listed_and_loaded_even_after_a_delete(serv
     assert newer.pending_writes == [("task", "messages", "hello")]
     manifest = json.loads(server.client().get_object(
         Bucket=saver.bucket, Key=saver.manifest_key("v", "", cp["id"]), VersionId=second["version_id"])["Body"].read())
-    assert manifest["payload"]["version_id"]  # the manifest names its own payload version
+    if inline:  # the manifest version holds its own payload
+        assert "inline" in manifest["payload"] and "version_id" not in manifest["payload"]
+    else:
+        assert manifest["payload"]["version_id"]  # the manifest names its own payload version
     with pytest.raises(S3CheckpointError, match="delete marker"):
         saver.get_tuple_version(stored, versions[0]["version_id"])
     with pytest.raises(S3CheckpointError, match="no version"):
@@ -248,7 +254,8 @@ def test_bad_lifecycle_policies_are_refused_naming_the_option(moto_s3, policy, m
 
 
 def test_presigned_urls_fetch_the_stored_objects(server):
-    saver = saver_on(server)
+    # part="payload" names a payload object: one above inline_limit (below it, the manifest holds it).
+    saver = saver_on(server, inline_limit=0)
     first = put_chain(saver, "t/1", 1, values={"doc": "x" * 4000})
     latest = put_chain(saver, "t/1", 1, values={"doc": "y" * 4000}, parent=first["configurable"]["checkpoint_id"])
     wire = Wire(saver)
@@ -266,6 +273,11 @@ def test_presigned_urls_fetch_the_stored_objects(server):
         saver.presigned_url(first, part="writes")
     with pytest.raises(S3CheckpointError, match="no checkpoint"):
         saver.presigned_url(root("nobody"))
+    small = saver_on(server)
+    put_chain(small, "t", 1, values={"doc": "z" * 4000})
+    manifest = json.loads(urllib.request.urlopen(small.presigned_url(root("t"), part="manifest")).read())
+    frame = ormsgpack.unpackb(gzip.decompress(base64.b64decode(manifest["payload"]["inline"])))
+    assert frame["values"]["doc"][0] == "msgpack"
 
 
 # --- batch save and delete -------------------------------------------------------------------------------
@@ -284,7 +296,7 @@ def test_put_many_and_delete_checkpoints(server):
 
     wire = Wire(saver)
     deleted = saver.delete_checkpoints([configs[0], configs[4]])
-    assert deleted == 5  # two payloads, two manifests, one write
+    assert deleted == 3  # two manifests (payloads inside), one write
     assert sum(1 for m, url in wire.sent if m == "POST" and "delete" in url) == 2  # manifests, then the rest
     assert [t.metadata["step"] for t in saver.list({"configurable": {"thread_id": "a"}})] == [2, 1]
     assert [t.metadata["step"] for t in saver.list({"configurable": {"thread_id": "b"}})] == [2, 0]

@@ -5,12 +5,14 @@ of the prefix and its manifests (tests/truth.py, written from
 docs/s3-layout.md, not with the reader's code).
 """
 
+import base64
 import json
 import uuid
 
 import ormsgpack
 import pytest
 
+from checkpoints.s3layout import unpack
 from checkpoints.models import BlobReference, Checkpoint, ReferenceUse, Run, Source, Thread
 from checkpoints.sources.s3 import reader as s3_reader
 from checkpoints.sync import sync_source
@@ -24,10 +26,17 @@ pytestmark = pytest.mark.django_db
 PREFIX = "agents/prod/"
 
 
+# Payloads inside their manifests (format 2, the saver's default), as objects of their own (format 1: what
+# older savers wrote, and payloads above inline_limit still are), and both in one store.
+LAYOUTS = {"inline": {}, "payload-object": {"inline_limit": 0}, "mixed": {"inline_limit": 500}}
+
+
 @pytest.fixture
-def store(moto_s3, s3_bucket):
-    """(saver, url): an S3Saver under PREFIX in the test bucket, and its source URL."""
-    saver = S3Saver(s3_bucket, PREFIX, client=moto_s3.client(), metrics=False)
+def store(moto_s3, s3_bucket, request):
+    """(saver, url): an S3Saver under PREFIX in the test bucket, and its source URL.
+    Parametrize indirectly with a LAYOUTS name (default: inline)."""
+    saver = S3Saver(s3_bucket, PREFIX, client=moto_s3.client(), metrics=False,
+                    **LAYOUTS[getattr(request, "param", "inline")])
     yield saver, f"s3://{s3_bucket}/{PREFIX}"
     saver.close()
 
@@ -36,9 +45,14 @@ def make_source(url, name="s3src"):
     return Source.objects.create(name=name, url=url, kind="s3")
 
 
+@pytest.mark.parametrize("store", list(LAYOUTS), indirect=True)
 def test_first_sync_mirrors_threads_checkpoints_tags_references_and_sizes(store):
     saver, url = store
     threads = run_scenarios(saver, file_uri=f"s3://{saver.bucket}/uploads/u1/report.pdf")
+    payloads = sum(o["Key"].endswith("/payload") for o in _objects(saver, "threads/"))
+    manifests = sum(o["Key"].endswith("/manifest.json") for o in _objects(saver, "threads/"))
+    layout = {32 * 1024: "inline", 0: "payload-object", 500: "mixed"}[saver.inline_limit]
+    assert {"inline": payloads == 0, "payload-object": payloads == manifests, "mixed": 0 < payloads < manifests}[layout]
     source = make_source(url)
 
     result = sync_source(source)
@@ -144,6 +158,7 @@ def test_foreign_objects_are_reported_and_the_rest_mirrored(store):
     assert_mirror_matches(source, url)
 
 
+@pytest.mark.parametrize("store", ["payload-object"], indirect=True)
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_a_manifest_whose_payload_is_missing_or_corrupt_is_marked_and_the_rest_mirrored(store, damage):
     _damaged(store, damage)
@@ -175,6 +190,7 @@ def _damaged(store, damage):
     return source, payload
 
 
+@pytest.mark.parametrize("store", ["payload-object"], indirect=True)
 def test_sources_page_says_what_could_not_be_read(store, operator_client):
     saver, url = store
     source, payload = _damaged(store, "missing")
@@ -241,6 +257,7 @@ def test_pages_api_and_state_api_read_the_s3_store(store, viewer_client):
     assert page.status_code == 200 and "report.pdf" in page.content.decode()
 
 
+@pytest.mark.parametrize("store", ["payload-object"], indirect=True)
 def test_checkpoint_page_names_a_missing_payload(store, viewer_client):
     saver, url = store
     run_scenarios(saver)
@@ -259,6 +276,7 @@ def test_checkpoint_page_names_a_missing_payload(store, viewer_client):
     assert "could not read all of this checkpoint" in viewer_client.get(f"/checkpoints/{latest.pk}/").content.decode()
 
 
+@pytest.mark.parametrize("store", ["inline", "payload-object"], indirect=True)
 def test_checkpoint_page_keeps_s3_values_and_reads_writes_fresh(store, viewer_client):
     """An S3 checkpoint is immutable like the others: values from the cache, writes and presence from the bucket."""
     from dashboard.cachemetrics import LOOKUPS
@@ -279,19 +297,29 @@ def test_checkpoint_page_keeps_s3_values_and_reads_writes_fresh(store, viewer_cl
     first = viewer_client.get(path)
     write_config = saver.get_tuple(cfg).config
     # The payload changes under the console (no saver does this: it proves the next view does not read it).
-    payload = saver.payload_key("hot", "", latest.checkpoint_id)
+    inline = saver.inline_limit > 0
+    payload = saver.manifest_key("hot", "", latest.checkpoint_id) if inline else saver.payload_key("hot", "", latest.checkpoint_id)
     body = saver.client.get_object(Bucket=saver.bucket, Key=payload)["Body"].read()
-    saver.client.put_object(Bucket=saver.bucket, Key=payload, Body=b"not a payload")
+    if inline:  # another payload inside the manifest, well formed: the view would show "swapped" if it read it
+        manifest = json.loads(body)
+        frame = unpack("inline", base64.b64decode(manifest["payload"]["inline"]), {"encoding": manifest["payload"]["encoding"]})
+        frame["values"] = {"messages": list(saver.serde.dumps_typed(["swapped"]))}
+        swapped = ormsgpack.packb(frame)
+        manifest["payload"].update(inline=base64.b64encode(swapped).decode(), bytes=len(swapped), encoding="identity")
+        saver.client.put_object(Bucket=saver.bucket, Key=payload, Body=json.dumps(manifest).encode())
+    else:
+        saver.client.put_object(Bucket=saver.bucket, Key=payload, Body=b"not a payload")
     saver.put_writes(write_config, [("label", "arrived later")], task_id="task-late")
     second = viewer_client.get(path)
     assert LOOKUPS.labels("values", "hit")._value.get() == hits + 1
     assert shown(second) == shown(first) and "hello" in str(shown(second)["messages"])
     assert [(w["task_id"], w["value"].value) for w in second.context["values"].writes] == [("task-late", "arrived later")]
     saver.client.put_object(Bucket=saver.bucket, Key=payload, Body=body)
-    # A payload gone says so, cached or not; a checkpoint gone (no manifest) too, and its entry is dropped.
-    saver.client.delete_object(Bucket=saver.bucket, Key=payload)
-    assert "is missing" in viewer_client.get(path).content.decode()
-    saver.client.put_object(Bucket=saver.bucket, Key=payload, Body=body)
+    if not inline:  # a payload object gone says so, cached or not (one inside its manifest cannot go apart)
+        saver.client.delete_object(Bucket=saver.bucket, Key=payload)
+        assert "is missing" in viewer_client.get(path).content.decode()
+        saver.client.put_object(Bucket=saver.bucket, Key=payload, Body=body)
+    # A checkpoint gone (no manifest) says so too, and its entry is dropped.
     saver.client.delete_object(Bucket=saver.bucket, Key=saver.manifest_key("hot", "", latest.checkpoint_id))
     hits = LOOKUPS.labels("values", "hit")._value.get()
     assert "no longer in the source" in viewer_client.get(path).content.decode()
@@ -457,6 +485,7 @@ def _rewrite_manifests(saver, change):
             saver.client.put_object(Bucket=saver.bucket, Key=obj["Key"], Body=json.dumps(manifest).encode())
 
 
+@pytest.mark.parametrize("store", ["inline", "payload-object"], indirect=True)
 def test_manifest_refs_spare_the_payload_get_and_the_mirror_is_the_same_without_them(store, monkeypatch, tmp_path):
     saver, url = store
     report = f"file://{tmp_path}/u1/report.pdf"
@@ -481,9 +510,13 @@ def test_manifest_refs_spare_the_payload_get_and_the_mirror_is_the_same_without_
     assert sync_source(again)["error"] is None
     assert_mirror_matches(again, url)
     assert _reference_uses(again) == with_refs
-    assert len([k for k in gets if k.endswith("/payload")]) == len(truth["checkpoints"])
+    # Without refs the payload is read: its own object, or the manifest that holds it (read anyway).
+    inline = saver.inline_limit > 0
+    assert len([k for k in gets if k.endswith("/payload")]) == (0 if inline else len(truth["checkpoints"]))
+    assert len([k for k in gets if k.endswith("/manifest.json")]) == len(truth["checkpoints"])
 
 
+@pytest.mark.parametrize("store", ["payload-object"], indirect=True)
 def test_a_payload_that_is_not_the_one_its_manifest_names_is_read(store, monkeypatch):
     """refs are trusted only beside the payload they were written with (its size and ETag)."""
     saver, url = store
@@ -506,13 +539,14 @@ def test_a_payload_that_is_not_the_one_its_manifest_names_is_read(store, monkeyp
     assert BlobReference.objects.filter(uri="s3://elsewhere/swapped.pdf").exists()
 
 
-def test_an_encrypted_store_has_no_refs_and_its_payloads_are_read(moto_s3, s3_bucket, settings, monkeypatch, tmp_path):
+@pytest.mark.parametrize("layout", ["inline", "payload-object"])
+def test_an_encrypted_store_has_no_refs_and_its_payloads_are_read(moto_s3, s3_bucket, settings, monkeypatch, tmp_path, layout):
     from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
 
     key = "0123456789abcdef"
     settings.LANGGRAPH_AES_KEY = key  # the sync decrypts values to find references
     saver = S3Saver(s3_bucket, PREFIX, client=moto_s3.client(), metrics=False,
-                    serde=EncryptedSerializer.from_pycryptodome_aes(key=key.encode()))
+                    serde=EncryptedSerializer.from_pycryptodome_aes(key=key.encode()), **LAYOUTS[layout])
     secret = f"file://{tmp_path}/secret/plan.pdf"
     run_scenarios(saver, file_uri=secret)
     manifests = [saver.client.get_object(Bucket=s3_bucket, Key=o["Key"])["Body"].read()
@@ -523,6 +557,6 @@ def test_an_encrypted_store_has_no_refs_and_its_payloads_are_read(moto_s3, s3_bu
     source = make_source(f"s3://{s3_bucket}/{PREFIX}")
     assert sync_source(source)["error"] is None
     truth = assert_mirror_matches(source, f"s3://{s3_bucket}/{PREFIX}")
-    assert len([k for k in gets if k.endswith("/payload")]) == len(truth["checkpoints"])
+    assert len([k for k in gets if k.endswith("/payload")]) == (0 if layout == "inline" else len(truth["checkpoints"]))
     assert BlobReference.objects.filter(uri=secret).exists()
     saver.close()

@@ -334,7 +334,24 @@ class S3Reader:
                             f"{manifest.get('checkpoint_ns')!r}/{manifest.get('checkpoint_id')!r}, not the one its key holds")
         values = None
         payload_key = directory + layout.PAYLOAD
-        if not g.payload:
+        inline = None
+        if not g.payload and manifest:
+            # No payload object listed: the payload is inside the manifest (format 2), or missing.
+            try:
+                inline = layout.inline_payload(f"s3://{self.bucket}/{manifest_key}", manifest)
+            except layout.S3CheckpointError as e:
+                problems.append(str(e))
+                inline = False
+        if inline:
+            refs = layout.manifest_refs(manifest, None, None) if self.manifest_refs else None
+            if refs is not None:
+                types = manifest["values"]
+                values = TypedValues({ch: (str(types[ch].get("type")), ScannedURIs(uris)) for ch, uris in refs.items()})
+            else:
+                values = _frame_values(f"s3://{self.bucket}/{manifest_key} (inline payload)", inline, problems)
+        elif inline is False:
+            pass
+        elif not g.payload:
             problems.append(f"s3://{self.bucket}/{payload_key} is missing")
         elif g.sizes.get(layout.PAYLOAD, 0) > FETCH_LIMIT:
             problems.append(f"s3://{self.bucket}/{payload_key} is larger than {FETCH_LIMIT:,} bytes: not searched for references")
@@ -376,15 +393,7 @@ class S3Reader:
         if found is None:
             problems.append(f"s3://{self.bucket}/{key} is missing")
             return None
-        try:
-            frame = layout.unpack(f"s3://{self.bucket}/{key}", *found)
-            values = frame["values"]
-            return TypedValues({str(ch): (str(v[0]), bytes(v[1])) for ch, v in values.items()})
-        except layout.S3CheckpointError as e:
-            problems.append(str(e))
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-            problems.append(f"s3://{self.bucket}/{key} is corrupt: {first_line(e)}")
-        return None
+        return _frame_values(f"s3://{self.bucket}/{key}", found, problems)
 
     def _write_row(self, thread_id, g, directory, rel, problems):
         """A WriteRow of one write object (its size from the listing); None when it is gone."""
@@ -422,6 +431,19 @@ class S3Reader:
         return WriteRow(thread_id, g.ns, g.checkpoint_id, task_id, idx, channel, type_, size, data)
 
 
+def _frame_values(name, found, problems):
+    """TypedValues of a stored payload (body, object metadata) named `name`; None, with a problem, when corrupt."""
+    try:
+        frame = layout.unpack(name, *found)
+        values = frame["values"]
+        return TypedValues({str(ch): (str(v[0]), bytes(v[1])) for ch, v in values.items()})
+    except layout.S3CheckpointError as e:
+        problems.append(str(e))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        problems.append(f"{name} is corrupt: {first_line(e)}")
+    return None
+
+
 class _Unreadable(Exception):
     """An object that exists but cannot be read now (archived): a problem of its checkpoint, not of the sync."""
 
@@ -432,8 +454,8 @@ def _manifest(name, body, problems) -> dict | None:
     except (ValueError, UnicodeDecodeError) as e:
         problems.append(f"{name} is not JSON: {first_line(e)}")
         return None
-    if not isinstance(manifest, dict) or manifest.get("format") != layout.FORMAT:
-        problems.append(f"{name} is not an S3Saver manifest of format {layout.FORMAT}")
+    if not layout.is_manifest(manifest):
+        problems.append(f"{name} is not an S3Saver manifest of format 1 or 2")
         return None
     return manifest
 
@@ -483,18 +505,22 @@ def read_checkpoint(reader: S3Reader, key: tuple, *, limit: int, with_writes: bo
     if manifest is None:
         raise layout.S3CheckpointError(problems[0])
     sizes = {ch: (v or {}).get("bytes") for ch, v in (manifest.get("values") or {}).items()}
-    if layout.PAYLOAD not in listed:
+    manifest_name = f"s3://{reader.bucket}/{directory}{layout.MANIFEST}"
+    # A payload object listed is the payload (format 1); without one, the manifest's inline payload (format 2).
+    inline = None if layout.PAYLOAD in listed else layout.inline_payload(manifest_name, manifest)
+    if layout.PAYLOAD not in listed and inline is None:
         raise layout.S3CheckpointError(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD} is missing")
     values = {}
-    if listed[layout.PAYLOAD] <= limit:
-        body = reader._get(directory + layout.PAYLOAD)
+    if inline is not None or listed[layout.PAYLOAD] <= limit:
+        name = f"{manifest_name} (inline payload)" if inline is not None else f"s3://{reader.bucket}/{directory}{layout.PAYLOAD}"
+        body = inline if inline is not None else reader._get(directory + layout.PAYLOAD)
         if body is None:
-            raise layout.S3CheckpointError(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD} is missing")
-        frame = layout.unpack(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD}", *body)
+            raise layout.S3CheckpointError(f"{name} is missing")
+        frame = layout.unpack(name, *body)
         try:
             values = {str(ch): (str(v[0]), bytes(v[1])) for ch, v in frame["values"].items()}
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-            raise layout.S3CheckpointError(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD} is corrupt: {e}") from None
+            raise layout.S3CheckpointError(f"{name} is corrupt: {e}") from None
     else:
         values = {ch: (str((v or {}).get("type", "")), None) for ch, v in (manifest.get("values") or {}).items()}
     writes = _writes(reader, directory, listed, limit) if with_writes else []
@@ -507,16 +533,39 @@ def read_writes(reader: S3Reader, key: tuple, *, limit: int) -> list | None:
     The checkpoint page's fresh read for a checkpoint whose values it keeps:
     one listing (the manifest says the checkpoint is still there, the
     payload that its values still are) and the write objects, without
-    reading the manifest and the payload.
+    reading the manifest and the payload. Without a payload object listed,
+    the manifest is read to tell a payload inside it (format 2, the common
+    case: it cannot go missing apart) from a missing one.
     """
     thread, ns, cid = key
     directory = layout.checkpoint_prefix(reader.prefix, thread, ns, cid)
     listed = {o["Key"][len(directory):]: o["Size"] for o in reader._list(directory)}
     if layout.MANIFEST not in listed:
         return None
-    if layout.PAYLOAD not in listed:  # as read_checkpoint says it, whether the values are kept or not
+    if layout.PAYLOAD in listed:
+        return _writes(reader, directory, listed, limit)
+    # The manifest is read beside the write objects, not before them: no round trip more.
+    check = reader.pool.submit(_has_inline_payload, reader, directory) if reader.pool else None
+    try:
+        writes = _writes(reader, directory, listed, limit)
+    finally:
+        present = check.result() if check else _has_inline_payload(reader, directory)
+    return writes if present else None
+
+
+def _has_inline_payload(reader, directory) -> bool:
+    """True when the directory's manifest carries its payload inline; False when the manifest is gone;
+    S3CheckpointError, as read_checkpoint says it, when it names a payload object that is missing."""
+    found = reader._get(directory + layout.MANIFEST)
+    if found is None:
+        return False
+    problems = []
+    manifest = _manifest(f"s3://{reader.bucket}/{directory}{layout.MANIFEST}", found[0], problems)
+    if manifest is None:
+        raise layout.S3CheckpointError(problems[0])
+    if layout.inline_payload(f"s3://{reader.bucket}/{directory}{layout.MANIFEST}", manifest) is None:
         raise layout.S3CheckpointError(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD} is missing")
-    return _writes(reader, directory, listed, limit)
+    return True
 
 
 def _writes(reader, directory, listed, limit):
