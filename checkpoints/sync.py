@@ -707,19 +707,12 @@ def _apply_appended(context, batch, appended):
             context.stats["added"] += len(records)
 
         update_rows(Thread, _THREAD_FIELDS, [(pks[tid], *(t[f] for f in _THREAD_FIELDS)) for tid, (t, _, _) in live.items()])
-        columns = ("source_id", "thread_id", *_RECORD_FIELDS)
-        new_pks = reserve_ids(Checkpoint, len(to_insert))
-        if new_pks is not None:
-            columns = ("id", *columns)
-            to_insert = [(pk, *row) for pk, row in zip(new_pks, to_insert)]
-        insert_rows(Checkpoint, columns, to_insert)
+        ckpt_pk = _insert_checkpoints(to_insert)
         update_rows(Checkpoint, _WRITE_FIELDS, to_update)
         _write_tags(context, live, pks, old_tags)
         # The writes read again replace their reference uses; the added checkpoints' uses are new.
         delete_pairs(ReferenceUse, ("thread", "location"), ("bigint", "text"), write_locations)
-        ckpt_pk = None
-        if new_pks is not None:
-            ckpt_pk = {(row[2], row[3], row[4]): row[0] for row in to_insert}
+        if ckpt_pk is not None:
             ckpt_pk.update((key, row["pk"]) for key, row in current.items())
         _insert_uses(context, live, pks, ckpt_pk)
         if len(context.touched) <= TOUCHED_LIMIT:
@@ -1174,22 +1167,30 @@ def _write_checkpoints(context, live, pks, old_threads, delta):
     if vanished:
         ReferenceUse.objects.filter(checkpoint_id__in=vanished)._raw_delete(ReferenceUse.objects.db)
         Checkpoint.objects.filter(pk__in=vanished)._raw_delete(Checkpoint.objects.db)
-    columns = ("source_id", "thread_id", *_RECORD_FIELDS)
-    new_pks = reserve_ids(Checkpoint, len(to_insert))
-    if new_pks is not None:
-        columns = ("id", *columns)
-        to_insert = [(pk, *row) for pk, row in zip(new_pks, to_insert)]
-    insert_rows(Checkpoint, columns, to_insert)
+    ckpt_pk = _insert_checkpoints(to_insert)
     update_rows(Checkpoint, _CHANGE_FIELDS, to_update)
     context.stats["added"] += len(to_insert)
     context.stats["updated"] += len(to_update)
     context.stats["removed"] += len(vanished)
-    if new_pks is None:
+    if ckpt_pk is None:
         return None
     # Every checkpoint's pk is known: the ones just inserted and those kept.
-    ckpt_pk = {(row[2], row[3], row[4]): row[0] for row in to_insert}
     ckpt_pk.update((key, row["pk"]) for key, row in current.items() if key in seen)
     return ckpt_pk
+
+
+def _insert_checkpoints(rows):
+    """Insert checkpoint rows (source pk, thread pk, *_RECORD_FIELDS); returns {(thread pk, ns, id): pk}
+    when their keys were reserved up front (PostgreSQL), else None."""
+    columns = ("source_id", "thread_id", *_RECORD_FIELDS)
+    new_pks = reserve_ids(Checkpoint, len(rows))
+    if new_pks is not None:
+        columns = ("id", *columns)
+        rows = [(pk, *row) for pk, row in zip(new_pks, rows)]
+    insert_rows(Checkpoint, columns, rows)
+    if new_pks is None:
+        return None
+    return {(row[2], row[3], row[4]): row[0] for row in rows}
 
 
 def _write_tags(context, live, pks, old_tags):

@@ -193,3 +193,17 @@ def test_threads_with_an_update_or_deletion_or_new_to_the_mirror_are_read_whole(
     assert not added_up(appended_calls) & {"t-chat0", "t-waiting"}
     assert "t-brand-new" not in added_up(appended_calls)
     assert_equals_a_full_read(source, logical_url)
+
+
+def test_odd_thread_ids_are_added_up_like_any_other(saver, logical_url, appended_calls):
+    chat = chat_graph(saver)
+    odd = ["line\nbreak", "../../etc/passwd", "odd id/ünï çødé"]
+    for thread_id in odd:
+        chat.invoke({"messages": ["one"]}, config(thread_id))
+    source = capturing_source(logical_url)
+    assert sync.sync_source(source)["error"] is None
+    for thread_id in odd:
+        chat.invoke({"messages": ["two"]}, config(thread_id))
+    assert sync.sync_source(source)["error"] is None
+    assert added_up(appended_calls) == set(odd)
+    assert_equals_a_full_read(source, logical_url)
