@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from checkpoints import decode, usage
 from checkpoints import totals as running_totals
-from checkpoints.bulk import JsonText, delete_pairs, insert_rows, json_value, reserve_ids, update_rows
+from checkpoints.bulk import JsonText, delete_pairs, execute_bound, insert_rows, json_value, reserve_ids, update_rows
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
 from checkpoints.ids import version_text as _version_text
 from checkpoints.jobs import PRUNE, SYNC
@@ -738,14 +738,13 @@ def _mirrored_checkpoints(keys):
         rows = (r for r in found.values(*fields) if (r["thread_id"], r["checkpoint_ns"], r["checkpoint_id"]) in keys)
         return {(r["thread_id"], r["checkpoint_ns"], r["checkpoint_id"]): r for r in rows}
     threads, namespaces, ids = (list(column) for column in zip(*keys))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT c.id, c.thread_id, c.checkpoint_ns, c.checkpoint_id, {', '.join('c.' + f for f in _MIRRORED_FIELDS)}"
-            f" FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS k(t, n, c)"
-            f" JOIN {Checkpoint._meta.db_table} c ON c.thread_id = k.t AND c.checkpoint_ns = k.n AND c.checkpoint_id = k.c",
-            [threads, namespaces, ids],
-        )
-        return {(r[1], r[2], r[3]): dict(zip(fields, r)) for r in cursor.fetchall()}
+    rows = execute_bound(
+        f"SELECT c.id, c.thread_id, c.checkpoint_ns, c.checkpoint_id, {', '.join('c.' + f for f in _MIRRORED_FIELDS)}"
+        f" FROM unnest(%b::bigint[], %b::text[], %b::text[]) AS k(t, n, c)"
+        f" JOIN {Checkpoint._meta.db_table} c ON c.thread_id = k.t AND c.checkpoint_ns = k.n AND c.checkpoint_id = k.c",
+        [threads, namespaces, ids],
+    )
+    return {(r[1], r[2], r[3]): dict(zip(fields, r)) for r in rows}
 
 
 def _appended_plan(rows, told, thread_pk, current):
