@@ -165,7 +165,7 @@ def test_a_sync_that_dies_before_confirming_sees_the_same_changes_again(saver, l
     sync_source(source)
     chat.invoke({"messages": ["b"]}, config("two"))
 
-    def crash(self, lsn):
+    def crash(self, lsn, **kwargs):
         raise RuntimeError("console restarted")
 
     monkeypatch.setattr(Capture, "confirm", crash)
@@ -177,6 +177,50 @@ def test_a_sync_that_dies_before_confirming_sees_the_same_changes_again(saver, l
     Thread.objects.filter(source=source, thread_id="two").delete()  # as if the mirror had lost it too
     result = sync_source(source)
     assert result["error"] is None
+    assert_mirror_matches(source, logical_url)
+
+
+def test_the_confirmation_is_done_when_the_sync_returns(saver, logical_url):
+    chat = chat_graph(saver)
+    chat.invoke({"messages": ["a"]}, config("one"))
+    source = capturing_source(logical_url)
+    sync_source(source)
+    for i in range(3):
+        chat.invoke({"messages": [f"b{i}"]}, config(f"t{i}"))
+        assert pending_changes(source).threads == {f"t{i}"}
+        assert sync_source(source)["error"] is None
+        # The slot moved past what the mirror now holds, before sync_source returned.
+        assert pending_changes(source).threads == set()
+        assert_mirror_matches(source, logical_url)
+
+
+def test_a_confirmation_that_fails_is_logged_and_the_next_sync_loses_nothing(saver, logical_url, monkeypatch, caplog):
+    chat = chat_graph(saver)
+    chat.invoke({"messages": ["a"]}, config("one"))
+    source = capturing_source(logical_url)
+    sync_source(source)
+    chat.invoke({"messages": ["b"]}, config("two"))
+    confirm = Capture.confirm
+
+    def slot_dropped_meanwhile(self, lsn, **kwargs):
+        with psycopg.connect(logical_url, autocommit=True) as other:  # an operator drops it by hand
+            other.execute("SELECT pg_drop_replication_slot(%s)", (self.slot,))
+        return confirm(self, lsn, **kwargs)
+
+    monkeypatch.setattr(Capture, "confirm", slot_dropped_meanwhile)
+    with caplog.at_level("WARNING", logger="checkpoints.sources.capture"):
+        result = sync_source(source)
+    monkeypatch.undo()
+    assert result["error"] is None  # the mirror had committed: the sync did its work
+    assert "could not confirm" in caplog.text and slot_of(source) in caplog.text
+    assert_mirror_matches(source, logical_url)
+
+    chat.invoke({"messages": ["c"]}, config("three"))
+    assert sync_source(source)["error"] is None  # the slot is recreated, the source scanned once
+    assert_mirror_matches(source, logical_url)
+    chat.invoke({"messages": ["d"]}, config("four"))
+    assert pending_changes(source).threads == {"four"}
+    assert sync_source(source)["error"] is None
     assert_mirror_matches(source, logical_url)
 
 
