@@ -27,7 +27,8 @@ view does not pay for what the one before left behind (5 MB of buffers, the
 in-process moto server still sending): a real second view comes later.
 
     python3 bench/bench_state.py [--source postgres|sqlite|s3] [--server-url postgresql://postgres@127.0.0.1:5432/postgres]
-                                 [--cache-url redis://127.0.0.1:6379/9] [--runs 15] [--settle 0.1] [--json] [--profile]
+                                 [--cache-url redis://127.0.0.1:6379/9] [--s3-server moto|seaweed] [--runs 15] [--settle 0.1]
+                                 [--json] [--profile]
 """
 
 import argparse
@@ -115,14 +116,22 @@ def main():
     parser.add_argument("--cache-url", default="", help="CACHE_URL (default: the local-memory cache)")
     parser.add_argument("--runs", type=int, default=15, help="timed fetches per figure (median reported)")
     parser.add_argument("--settle", type=float, default=0.1, help="seconds idle before each timed fetch")
+    parser.add_argument("--s3-server", choices=["moto", "seaweed"], default="moto",
+                        help="the S3 server of the offload bucket (and of the --source s3 store): moto's server in "
+                             "this process (closes each connection after one request), or SeaweedFS's `weed mini`")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--profile", action="store_true", help="print where a cached view spends its time")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]  # the VM is shared: say how busy it was
 
-    from tests.s3server import MotoS3
+    if args.s3_server == "seaweed":
+        from tests.seaweed import SeaweedS3
 
-    moto = MotoS3()
+        moto = SeaweedS3()  # another process: its work is not this process's, and it keeps connections open
+    else:
+        from tests.s3server import MotoS3
+
+        moto = MotoS3()
     bucket = f"bench-{uuid.uuid4().hex[:8]}"
     moto.client().create_bucket(Bucket=bucket)
     for key, value in moto.env(bucket, prefix="offload/").items():
@@ -273,7 +282,7 @@ def main():
 
     ratio = first[0] / cached[0]
     out = {
-        "source": args.source, "cache": args.cache_url or "local memory", "runs": args.runs,
+        "source": args.source, "cache": args.cache_url or "local memory", "s3_server": args.s3_server, "runs": args.runs,
         "value_bytes": VALUE_BYTES, "first_view_ms": round(first[0], 1), "first_view_min_max_ms": [round(x, 1) for x in first[1:]],
         "cached_view_ms": round(cached[0], 1), "cached_view_min_max_ms": [round(x, 1) for x in cached[1:]],
         "ratio": round(ratio, 1), "target_ratio": TARGET_RATIO, "met": ratio >= TARGET_RATIO,

@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry, Counter
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 # result: hit or miss; cache: values (decoded checkpoint values), previews (object contents) or
-# html (the checkpoint page's rendered values and content, dashboard.fragments).
+# html (the checkpoint page's rendered values and content, dashboard.fragments) or objects (what a
+# source read of its immutable objects: the S3 store's write objects and manifests, by key and ETag).
 LOOKUPS = Counter(
     "checkpoint_console_snapshot_cache_lookups_total",
     "Lookups in the cache of decoded checkpoint values and object previews, by result.",

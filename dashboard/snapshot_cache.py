@@ -17,7 +17,10 @@ per process or shared. A view that finds the checkpoint gone from the source
 deletes its key at once.
 
 Object previews are keyed by URI and ETag (storage.previews): an object
-replaced or deleted gets a new ETag, or none, and so is read again.
+replaced or deleted gets a new ETag, or none, and so is read again. So are
+what a source read of its own immutable objects (OBJECTS: the S3 store's
+write objects and manifests, under key, ETag and size), so that the fresh
+read of an S3 checkpoint's writes is one listing.
 
 Hits and misses are counted for /metrics (dashboard.cachemetrics); a cache
 server that is down or slow costs a miss, never an error
@@ -75,22 +78,44 @@ def ttl_seconds() -> int:
 
 def get(kind, key):
     """The cached object, or None; counted as a hit or a miss."""
-    raw = cache.get(key)
-    if raw is not None:
-        try:
-            value = pickle.loads(raw)
-        except Exception:  # written by another version of the console: a miss
-            value = None
+    value = _loads(cache.get(key))
+    count(kind, value is not None)
+    return value
+
+
+def fetch(keys) -> dict:
+    """{key: cached object} of those of `keys` the cache holds, in one request to it (a shared cache
+    is a round trip per request); not counted: the caller says what was a hit (`count`)."""
+    found = cache.get_many(list(keys)) if keys else {}
+    out = {}
+    for key, raw in found.items():
+        value = _loads(raw)
         if value is not None:
-            LOOKUPS.labels(kind, "hit").inc()
-            return value
-    LOOKUPS.labels(kind, "miss").inc()
-    return None
+            out[key] = value
+    return out
+
+
+def count(kind, hit):
+    LOOKUPS.labels(kind, "hit" if hit else "miss").inc()
+
+
+def _loads(raw):
+    if raw is None:
+        return None
+    try:
+        return pickle.loads(raw)
+    except Exception:  # written by another version of the console: a miss
+        return None
+
+
+def _dumps(value):
+    raw = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    return raw if len(raw) <= MAX_ENTRY_BYTES else None
 
 
 def put(key, value):
-    raw = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-    if len(raw) <= MAX_ENTRY_BYTES:
+    raw = _dumps(value)
+    if raw is not None:
         cache.set(key, raw, ttl_seconds())
 
 
@@ -98,19 +123,28 @@ def forget(key):
     cache.delete(key)
 
 
-def read_values_cached(source, checkpoint, *, limit, aes_key=None, digest=False):
-    """dashboard.source_values.read_values, through the cache; pending writes always read fresh."""
+_UNFETCHED = object()
+
+
+def read_values_cached(source, checkpoint, *, limit, aes_key=None, digest=False, fetched=_UNFETCHED):
+    """dashboard.source_values.read_values, through the cache; pending writes always read fresh.
+
+    `fetched`: what `fetch` found under the values key (the page fetches it with its fragments, in
+    one request), instead of asking the cache again.
+    """
     key = values_key(source, checkpoint, limit=limit, aes_key=aes_key, digest=digest)
-    values = get("values", key)
+    values = get("values", key) if fetched is _UNFETCHED else fetched
+    if fetched is not _UNFETCHED:
+        count("values", values is not None)
     if values is not None:
         try:
-            values.writes = read_writes(source, checkpoint, limit=limit, aes_key=aes_key, digest=digest)
+            values.writes = read_writes(source, checkpoint, limit=limit, aes_key=aes_key, digest=digest, memo=OBJECTS)
         except ReadError as e:
             if "no longer in the source" in str(e):
                 forget(key)
             raise
         return values
-    values = read_values(source, checkpoint, limit=limit, aes_key=aes_key, digest=digest)
+    values = read_values(source, checkpoint, limit=limit, aes_key=aes_key, digest=digest, memo=OBJECTS)
     writes, values.writes = values.writes, []
     put(key, values)
     values.writes = writes
@@ -128,3 +162,30 @@ class _PreviewCache:
 
 
 PREVIEWS = _PreviewCache()
+
+
+class _ObjectMemo:
+    """The sources' cache of stored objects that never change under their name and version (the S3
+    store's write objects and manifests, keyed by key, ETag and size: SourceKind.read_writes's `memo`).
+
+    Kept beside the values (same TTL, same server); a cache that is down makes every object read again.
+    """
+
+    def get_many(self, parts_list):
+        keys = {key_for("objects", *parts): parts for parts in parts_list}
+        found = fetch(keys)
+        for key in keys:
+            count("objects", key in found)
+        return {keys[key]: value for key, value in found.items()}
+
+    def put_many(self, mapping):
+        data = {}
+        for parts, value in mapping.items():
+            raw = _dumps(value)
+            if raw is not None:
+                data[key_for("objects", *parts)] = raw
+        if data:
+            cache.set_many(data, ttl_seconds())
+
+
+OBJECTS = _ObjectMemo()

@@ -30,26 +30,27 @@ class CheckpointValues(StoredValues):
         )
 
 
-def read_values(source, checkpoint, *, limit, aes_key=None, digest=False) -> CheckpointValues:
+def read_values(source, checkpoint, *, limit, aes_key=None, digest=False, memo=None) -> CheckpointValues:
     """Values, writes and channel versions of a mirrored checkpoint; ReadError if the source cannot tell.
 
-    `digest` adds the sha256 of every bytes value (the state API names bytes by it).
+    `digest` adds the sha256 of every bytes value (the state API names bytes by it); `memo`: the
+    kind's cache of immutable stored objects (SourceKind.read_writes).
     """
     # The source's own id: the mirror escapes NUL (checkpoints.ids.thread_key).
     key = (source_thread_id(checkpoint.thread.thread_id), checkpoint.checkpoint_ns, checkpoint.checkpoint_id)
     parent = checkpoint.parent_checkpoint_id or None
-    found = _kind(source).read_values(source.url, key, parent, limit=limit, aes_key=aes_key, digest=digest)
+    found = _kind(source).read_values(source.url, key, parent, limit=limit, aes_key=aes_key, digest=digest, memo=memo)
     return CheckpointValues(**{f.name: getattr(found, f.name) for f in fields(StoredValues)})
 
 
-def read_writes(source, checkpoint, *, limit, aes_key=None, digest=False) -> list:
+def read_writes(source, checkpoint, *, limit, aes_key=None, digest=False, memo=None) -> list:
     """The pending writes of a mirrored checkpoint, read now (they arrive after it); ReadError if it is gone.
 
     What dashboard.snapshot_cache adds to the values it kept: a checkpoint
     never changes, its writes may.
     """
     key = (source_thread_id(checkpoint.thread.thread_id), checkpoint.checkpoint_ns, checkpoint.checkpoint_id)
-    return _kind(source).read_writes(source.url, key, limit=limit, aes_key=aes_key, digest=digest)
+    return _kind(source).read_writes(source.url, key, limit=limit, aes_key=aes_key, digest=digest, memo=memo)
 
 
 def _kind(source):

@@ -360,21 +360,25 @@ def _link_delta_sources(values, cp):
         s.links = links
 
 
-def _content_previews(request, values, references):
+def _content_previews(request, values, references, *, can_download, kept=None):
     """Offloaded and external objects named by the values, with their content for those who may download.
 
     Previews read the objects (storage.previews): where a download needs the
-    operator's permission, so does seeing the content inline.
+    operator's permission, so does seeing the content inline. `kept`: the
+    content HTML's cache entry (dashboard.fragments). Returns (rows, HTML):
+    when `kept` was rendered from the object versions the reference check
+    saw last, its HTML, and rows whose previews are read only if something
+    asks for them (the page's template does not); else None and rows with
+    their previews read.
     """
-    from dashboard import snapshot_cache
+    from dashboard import fragments, snapshot_cache
     from storage import previews
 
     found = [(v.name, v.value) for v in values.channels]
     found += [(f"pending write {w['value'].name}", w["value"].value) for w in values.writes]
     targets = previews.find_targets(found)
     if not targets:
-        return [], False
-    can_download = request.user.has_perm(DOWNLOAD_PERM)
+        return [], None
     downloads = {
         use.reference.uri: blob_download_url(use.reference.pk)
         for use in references if can_download and use.reference.state in ("present", "unchecked")
@@ -384,17 +388,43 @@ def _content_previews(request, values, references):
     more = request.GET.get("more", "")
     rows = []
     for index, target in enumerate(targets, 1):
+        previewed = can_download and index <= previews.MAX_TARGETS
+        limit = settings.PREVIEW_LIMIT * (previews.MORE_FACTOR if more == target.uri else 1) if previewed else 0
+        rows.append(_ContentRow(index=index, target=target, download=downloads.get(target.uri), limit=limit))
+
+    def load(row):
         preview, more_url = None, None
-        if can_download and index <= previews.MAX_TARGETS:
-            limit = settings.PREVIEW_LIMIT * (previews.MORE_FACTOR if more == target.uri else 1)
-            preview = previews.preview(target, limit=limit, aes_key=settings.LANGGRAPH_AES_KEY or None,
+        if row["limit"]:
+            target = row["target"]
+            preview = previews.preview(target, limit=row["limit"], aes_key=settings.LANGGRAPH_AES_KEY or None,
                                        cache=snapshot_cache.PREVIEWS, known_etag=etags.get(target.uri, ""))
             cut = not preview.complete and preview.status in ("text", "too large")
             if cut and more != target.uri and (preview.size or 0) <= previews.VERIFY_MAX:
-                more_url = _query([], more=target.uri) + f"#content-{index}"
-        rows.append({"index": index, "target": target, "preview": preview, "more_url": more_url,
-                     "download": downloads.get(target.uri)})
-    return rows, can_download
+                more_url = _query([], more=target.uri) + f"#content-{row['index']}"
+        return preview, more_url
+
+    html = fragments.content_kept(kept, fragments.planned_parts(rows, etags))
+    for row in rows:
+        row.load = load
+        if html is None:
+            row.read()
+    return rows, html
+
+
+class _ContentRow(dict):
+    """A row of the content table: index, target, download, limit; "preview" and "more_url" are read
+    when first asked for (at once unless the content's HTML was kept)."""
+
+    load = None
+
+    def read(self):
+        self["preview"], self["more_url"] = self.load(self)
+
+    def __missing__(self, key):
+        if key in ("preview", "more_url") and self.load is not None:
+            self.read()
+            return self[key]
+        raise KeyError(key)
 
 
 @viewer_required
@@ -420,27 +450,40 @@ def checkpoint(request, pk):
 
     error, values = "", None
     options = {"limit": settings.DISPLAY_DECODE_LIMIT, "aes_key": settings.LANGGRAPH_AES_KEY or None}
+    # The values, the diff and the previews never change for this checkpoint: the values and the HTML of
+    # both parts are kept, and fetched in one request to the cache (a round trip to a shared one).
+    key = snapshot_cache.cached_values_key(t.source, cp, **options)
+    can_download = request.user.has_perm(DOWNLOAD_PERM)
+    values_part = fragments.values_key(key, settings.DISPLAY_DECODE_LIMIT)
+    content_part = fragments.content_key(key, can_download, settings.PREVIEW_LIMIT, request.GET.get("more", ""))
+    kept = snapshot_cache.fetch([key, values_part, content_part])
     try:
-        values = read_values_cached(t.source, cp, **options)
+        values = read_values_cached(t.source, cp, **options, fetched=kept.get(key))
     except ReadError as e:
         error = str(e)
     if values:
         _link_delta_sources(values, cp)
     diff = values.diff() if values else None
     references = page_rows.references(cp)
-    content, can_preview = _content_previews(request, values, references) if values else ([], False)
+    content, content_html = [], ""
+    if values:
+        content, kept_content = _content_previews(request, values, references, can_download=can_download,
+                                                  kept=kept.get(content_part))
+        content_html = kept_content or ""
+    can_preview = bool(content) and can_download
     shown_diff = diff if diff is None else [c for c in diff if not is_internal(c.channel)]
     # LangGraph's own channels (__start__, branch:to:*) change at every step: named, not detailed.
     internal_changes = [c.channel for c in diff or [] if is_internal(c.channel)]
-    values_html = content_html = ""
+    values_html = ""
     if values:
-        # The values, the diff and the previews never change for this checkpoint: their HTML is kept.
-        key = snapshot_cache.cached_values_key(t.source, cp, **options)
-        values_html = fragments.values_html(key, {
+        values_html = fragments.values_html(values_part, {
             "values": values, "diff": shown_diff, "internal_changes": internal_changes,
-            "parent_checkpoint_id": cp.parent_checkpoint_id, "decode_limit": settings.DISPLAY_DECODE_LIMIT})
-        content_html = fragments.content_html(key, {
-            "content": content, "can_preview": can_preview, "preview_limit": settings.PREVIEW_LIMIT})
+            "parent_checkpoint_id": cp.parent_checkpoint_id, "decode_limit": settings.DISPLAY_DECODE_LIMIT},
+            kept.get(values_part))
+        if not content_html:
+            content_html = fragments.content_html(content_part, {
+                "content": content, "can_preview": can_preview, "preview_limit": settings.PREVIEW_LIMIT},
+                kept.get(content_part))
 
     ctx = {
         "cp": cp,

@@ -304,3 +304,57 @@ def test_pickle_is_never_loaded(blob_root):
            "type": "serde:pickle", "encoding": "identity"}
     p = previews.preview(previews.Target(env["uri"], "v", env), limit=1000)
     assert (p.status, p.shown) == ("undecodable", "")
+
+
+def test_kept_content_costs_one_cache_request_and_no_preview_read(operator_client, blob_root, sqlite_source_url,
+                                                                  monkeypatch, settings):
+    """With Redis, a cached view fetches the values and both kept HTML parts in one request, and reads no
+    preview (the kept content was rendered from the ETags the reference check saw); an object whose ETag
+    changed is read again, never shown from the entry kept for its old version."""
+    import redis
+
+    from dashboard import cachebackend
+    from dashboard.settings import cache_config
+    from django.core.cache import caches
+    from tests.test_snapshot_cache import redis_url_of_own
+
+    doc = blob_root / "live.txt"
+    doc.write_text("first version")
+    write_thread(sqlite_source_url, FileStore(blob_root), {"text": TEXT, "files": [doc.as_uri()]})
+    synced_source(sqlite_source_url, "lite")
+    check_references()
+    url = redis_url_of_own()
+    settings.CACHES = {"default": cache_config(url)}
+    cachebackend.reset()
+    backend = caches["default"]
+    assert isinstance(backend, cachebackend.ResilientRedisCache)
+    redis.from_url(url).flushdb()
+    requests = []
+    for name in ("get", "get_many"):
+        original = getattr(backend, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            requests.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(backend, name, spy)
+    path = reverse("checkpoint", args=[latest("doc").pk])
+    first = operator_client.get(path)
+    requests.clear()
+    previews_before = LOOKUPS.labels("previews", "hit")._value.get() + LOOKUPS.labels("previews", "miss")._value.get()
+    second = operator_client.get(path)
+    assert requests == ["get_many"]
+    assert LOOKUPS.labels("previews", "hit")._value.get() + LOOKUPS.labels("previews", "miss")._value.get() == previews_before
+    assert immutable_part(second) == immutable_part(first)
+    page = unescape(second.content.decode())
+    assert "line 12: the agent read the contract" in page and "first version" in page
+    rows = {row["target"].where: row for row in second.context["content"]}  # read when asked for
+    assert rows["text"]["preview"].status == "text" and rows["files"]["preview"].shown == "first version"
+    # The object changes; once the reference check sees its new ETag, the page shows the new content.
+    doc.write_text("second version, longer")
+    check_references()
+    third = unescape(operator_client.get(path).content.decode())
+    assert "second version, longer" in third and "first version" not in third
+    assert "line 12: the agent read the contract" in third
+    redis.from_url(url).flushdb()
+    cachebackend.reset()

@@ -74,6 +74,10 @@ def use_cache(settings):
 @pytest.fixture
 def redis_db():
     """A Redis database of its own on the test server (it fails, never skips, without one)."""
+    return redis_url_of_own()
+
+
+def redis_url_of_own():
     import redis
 
     base = REDIS_URL.rstrip("/").rsplit("/", 1)[0] if REDIS_URL.count("/") == 3 else REDIS_URL

@@ -328,6 +328,68 @@ def test_checkpoint_page_keeps_s3_values_and_reads_writes_fresh(store, viewer_cl
     assert LOOKUPS.labels("values", "miss")._value.get() == misses + 1 and LOOKUPS.labels("values", "hit")._value.get() == hits + 1
 
 
+@pytest.mark.parametrize("store", ["inline", "payload-object"], indirect=True)
+def test_cached_s3_view_is_one_listing_and_reads_new_or_changed_writes(store, viewer_client, settings):
+    """Write objects and a manifest's inline payload are kept by key and ETag: a cached view lists the
+    checkpoint's directory and reads nothing else; a write added, or one overwritten (its ETag changes),
+    is read at the next view; with the cache server down the page still shows them."""
+    from checkpoints.sources.s3 import settings_for
+    from checkpoints.sources.s3.values import _client
+    from dashboard import cachebackend
+    from dashboard.settings import cache_config
+    from tests.test_snapshot_cache import closed_port
+
+    saver, url = store
+    cfg = config("hot", tenant="acme")
+    chat_graph(saver).invoke({"messages": ["hello"]}, cfg)
+    write_config = saver.get_tuple(cfg).config
+    saver.put_writes(write_config, [("label", "before")], task_id="task-a")
+    source = make_source(url, name="s3")
+    assert sync_source(source)["error"] is None
+    latest = Checkpoint.objects.filter(source=source, thread__thread_id="hot", checkpoint_ns="").latest("checkpoint_id")
+    path = f"/checkpoints/{latest.pk}/"
+
+    def writes(response):
+        assert response.status_code == 200
+        return sorted((w["task_id"], w["value"].name, w["value"].value) for w in response.context["values"].writes)
+
+    calls = []
+
+    def called(model, **kwargs):
+        calls.append(model.name)
+
+    client = _client(settings_for(url))  # the page's own client: requests counted, nothing changed
+    client.meta.events.register("before-call.s3", called)
+    try:
+        assert writes(viewer_client.get(path)) == [("task-a", "label", "before")]
+        calls.clear()
+        assert writes(viewer_client.get(path)) == [("task-a", "label", "before")]
+        assert calls == ["ListObjectsV2"]
+        # A write added after the first view: on the next view, the only object read.
+        saver.put_writes(write_config, [("label", "added")], task_id="task-b")
+        calls.clear()
+        assert writes(viewer_client.get(path)) == [("task-a", "label", "before"), ("task-b", "label", "added")]
+        assert calls == ["ListObjectsV2", "GetObject"]
+        # A special channel's write is overwritten by the next one of its task (docs/s3-layout.md §3):
+        # same key, new ETag, never served from the entry kept for the old one.
+        saver.put_writes(write_config, [("__interrupt__", "first")], task_id="task-c")
+        assert ("task-c", "__interrupt__", "first") in writes(viewer_client.get(path))
+        saver.put_writes(write_config, [("__interrupt__", "second")], task_id="task-c")
+        calls.clear()
+        shown = writes(viewer_client.get(path))
+        assert ("task-c", "__interrupt__", "second") in shown and ("task-c", "__interrupt__", "first") not in shown
+        assert calls == ["ListObjectsV2", "GetObject"]
+        # The cache server down: nothing kept, everything read, the same page.
+        settings.CACHES = {"default": cache_config(f"redis://127.0.0.1:{closed_port()}/0")}
+        cachebackend.reset()
+        calls.clear()
+        assert writes(viewer_client.get(path)) == shown
+        assert calls.count("GetObject") >= 4  # the manifest (or payload) and the three writes, at least
+    finally:
+        client.meta.events.unregister("before-call.s3", called)
+        cachebackend.reset()
+
+
 def test_prune_dry_run_selects_what_the_real_run_deletes_by_the_savers_rules(store):
     from datetime import timedelta
 

@@ -155,15 +155,22 @@ class SourceKind(Protocol):
         """A read-only reader (a context manager: nothing is opened before `with`)."""
 
     def read_values(self, url: str, key: tuple, parent: str | None, *, limit: int, aes_key: bytes | None = None,
-                    digest: bool = False):
+                    digest: bool = False, memo=None):
         """One checkpoint's channel values and pending writes, with its parent's for the diff, read in one
         snapshot and decoded safely (`checkpoints.sources.values.CheckpointValues`); ReadError when the
         store cannot be read or no longer holds it. `key` is the store's (thread_id, checkpoint_ns,
-        checkpoint_id); values over `limit` bytes come as their size; `digest` adds bytes' sha256."""
+        checkpoint_id); values over `limit` bytes come as their size; `digest` adds bytes' sha256.
+        `memo`: as in `read_writes`."""
 
-    def read_writes(self, url: str, key: tuple, *, limit: int, aes_key: bytes | None = None, digest: bool = False) -> list:
+    def read_writes(self, url: str, key: tuple, *, limit: int, aes_key: bytes | None = None, digest: bool = False,
+                    memo=None) -> list:
         """The checkpoint's pending writes, read now (they may arrive after it; the page caches the rest),
-        decoded as in `read_values`; ReadError when the store no longer holds the checkpoint."""
+        decoded as in `read_values`; ReadError when the store no longer holds the checkpoint.
+
+        `memo` (optional): a cache of what was read of stored objects that are immutable under their
+        name and version, `get_many([parts]) -> {parts: value}` and `put_many({parts: value})`
+        (dashboard.snapshot_cache.OBJECTS). Kinds that read such objects (the S3 store: write objects
+        and manifests, keyed by key, ETag and size) may keep them there; the others ignore it."""
 
     def maintenance(self, url: str) -> Maintenance:
         """The prune side of the store (nothing is opened before `connect()`)."""

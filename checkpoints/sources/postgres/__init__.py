@@ -24,12 +24,12 @@ class PostgresKind:
     def reader(self, url, *, connect_timeout=10):
         return PostgresReader(url, connect_timeout=connect_timeout)
 
-    def read_values(self, url, key, parent, *, limit, aes_key=None, digest=False):
+    def read_values(self, url, key, parent, *, limit, aes_key=None, digest=False, memo=None):
         from checkpoints.sources.postgres.values import read_values
 
         return read_values(url, key, parent, limit=limit, aes_key=aes_key, digest=digest)
 
-    def read_writes(self, url, key, *, limit, aes_key=None, digest=False):
+    def read_writes(self, url, key, *, limit, aes_key=None, digest=False, memo=None):
         from checkpoints.sources.postgres.values import read_writes
 
         return read_writes(url, key, limit=limit, aes_key=aes_key, digest=digest)

@@ -43,15 +43,15 @@ class S3Kind:
     def reader(self, url, *, connect_timeout=10):
         return S3Reader(url, settings_for(url))
 
-    def read_values(self, url, key, parent, *, limit, aes_key=None, digest=False):
+    def read_values(self, url, key, parent, *, limit, aes_key=None, digest=False, memo=None):
         from checkpoints.sources.s3.values import read_values
 
-        return read_values(url, key, parent, limit=limit, aes_key=aes_key, digest=digest)
+        return read_values(url, key, parent, limit=limit, aes_key=aes_key, digest=digest, memo=memo)
 
-    def read_writes(self, url, key, *, limit, aes_key=None, digest=False):
+    def read_writes(self, url, key, *, limit, aes_key=None, digest=False, memo=None):
         from checkpoints.sources.s3.values import read_writes
 
-        return read_writes(url, key, limit=limit, aes_key=aes_key, digest=digest)
+        return read_writes(url, key, limit=limit, aes_key=aes_key, digest=digest, memo=memo)
 
     def maintenance(self, url):
         from checkpoints.sources.s3.maintenance import S3Maintenance

@@ -138,9 +138,15 @@ class S3Reader:
 
     def _get(self, key: str) -> tuple[bytes, dict] | None:
         """An object's body and user metadata; None when it is gone (404)."""
+        found = self._get_version(key)
+        return found[:2] if found is not None else None
+
+    def _get_version(self, key: str) -> tuple[bytes, dict, dict] | None:
+        """An object's body, user metadata and version as a listing names it ({"ETag", "Size"}); None when gone."""
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
-            return response["Body"].read(), response.get("Metadata") or {}
+            body = response["Body"].read()
+            return body, response.get("Metadata") or {}, {"ETag": response.get("ETag", ""), "Size": len(body)}
         except Exception as e:  # noqa: BLE001
             if _code(e) in ("NoSuchKey", "404", "NotFound"):
                 return None
@@ -484,20 +490,24 @@ class StoredCheckpoint(NamedTuple):
     writes: list  # [(task_id, idx, channel, type, size, data or None when over the limit)]
 
 
-def read_checkpoint(reader: S3Reader, key: tuple, *, limit: int, with_writes: bool = True) -> StoredCheckpoint | None:
+def read_checkpoint(reader: S3Reader, key: tuple, *, limit: int, with_writes: bool = True,
+                    memo=None) -> StoredCheckpoint | None:
     """One checkpoint's manifest, payload values and (optionally) writes; None when it is gone.
 
     A payload or write larger than `limit` bytes stored is not fetched: its
     values come as None (the page shows sizes only). Raises SourceError (the
     store cannot be read) or S3CheckpointError (the payload is missing or
-    corrupt), both naming the object.
+    corrupt), both naming the object. `memo`: see read_writes; a manifest
+    found to hold its payload inline is remembered there, so that the next
+    read_writes of the checkpoint need not read it again.
     """
     thread, ns, cid = key
     directory = layout.checkpoint_prefix(reader.prefix, thread, ns, cid)
-    listed = {o["Key"][len(directory):]: o["Size"] for o in reader._list(directory)}
+    objects = {o["Key"][len(directory):]: o for o in reader._list(directory)}
+    listed = {rel: o["Size"] for rel, o in objects.items()}
     if layout.MANIFEST not in listed:
         return None
-    found = reader._get(directory + layout.MANIFEST)
+    found = reader._get_version(directory + layout.MANIFEST)
     if found is None:
         return None
     problems = []
@@ -510,6 +520,9 @@ def read_checkpoint(reader: S3Reader, key: tuple, *, limit: int, with_writes: bo
     inline = None if layout.PAYLOAD in listed else layout.inline_payload(manifest_name, manifest)
     if layout.PAYLOAD not in listed and inline is None:
         raise layout.S3CheckpointError(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD} is missing")
+    if inline is not None and memo is not None and found[2]["ETag"]:
+        # Under the version read (not the one listed before: it may have been written again since).
+        memo.put_many({_object_parts(reader, directory, layout.MANIFEST, found[2], "inline"): True})
     values = {}
     if inline is not None or listed[layout.PAYLOAD] <= limit:
         name = f"{manifest_name} (inline payload)" if inline is not None else f"s3://{reader.bucket}/{directory}{layout.PAYLOAD}"
@@ -523,11 +536,11 @@ def read_checkpoint(reader: S3Reader, key: tuple, *, limit: int, with_writes: bo
             raise layout.S3CheckpointError(f"{name} is corrupt: {e}") from None
     else:
         values = {ch: (str((v or {}).get("type", "")), None) for ch, v in (manifest.get("values") or {}).items()}
-    writes = _writes(reader, directory, listed, limit) if with_writes else []
+    writes = _writes(reader, directory, objects, limit, memo) if with_writes else []
     return StoredCheckpoint(manifest, values, sizes, writes)
 
 
-def read_writes(reader: S3Reader, key: tuple, *, limit: int) -> list | None:
+def read_writes(reader: S3Reader, key: tuple, *, limit: int, memo=None) -> list | None:
     """One checkpoint's writes, as in read_checkpoint; None when it is gone.
 
     The checkpoint page's fresh read for a checkpoint whose values it keeps:
@@ -536,27 +549,59 @@ def read_writes(reader: S3Reader, key: tuple, *, limit: int) -> list | None:
     reading the manifest and the payload. Without a payload object listed,
     the manifest is read to tell a payload inside it (format 2, the common
     case: it cannot go missing apart) from a missing one.
+
+    `memo` (optional; `get_many([parts])` -> {parts: value}, `put_many({parts: value})`,
+    e.g. the console's cache) keeps what was read of an object under its
+    key, ETag and size as the listing gives them: a write object's frame,
+    and that a manifest holds its payload inline. An object whose ETag or
+    size changed (a special-channel write overwritten, a manifest written
+    again) is another entry, read again. The listing itself is never kept:
+    a write added, or a checkpoint deleted, shows at the next read. With a
+    memo holding them all, a read is that one listing.
     """
     thread, ns, cid = key
     directory = layout.checkpoint_prefix(reader.prefix, thread, ns, cid)
-    listed = {o["Key"][len(directory):]: o["Size"] for o in reader._list(directory)}
-    if layout.MANIFEST not in listed:
+    objects = {o["Key"][len(directory):]: o for o in reader._list(directory)}
+    if layout.MANIFEST not in objects:
         return None
-    if layout.PAYLOAD in listed:
-        return _writes(reader, directory, listed, limit)
+    if layout.PAYLOAD in objects:
+        return _writes(reader, directory, objects, limit, memo)
+    manifest = objects[layout.MANIFEST]
+    inline = _object_parts(reader, directory, layout.MANIFEST, manifest, "inline") if manifest.get("ETag") else None
+    known = _memo_get(memo, [p for p in (inline, *_write_parts(reader, directory, objects, limit)) if p])
+    if inline and known.get(inline) is True:
+        return _writes(reader, directory, objects, limit, memo, known)
     # The manifest is read beside the write objects, not before them: no round trip more.
-    check = reader.pool.submit(_has_inline_payload, reader, directory) if reader.pool else None
+    check = reader.pool.submit(_has_inline_payload, reader, directory, memo) if reader.pool else None
     try:
-        writes = _writes(reader, directory, listed, limit)
+        writes = _writes(reader, directory, objects, limit, memo, known)
     finally:
-        present = check.result() if check else _has_inline_payload(reader, directory)
+        present = check.result() if check else _has_inline_payload(reader, directory, memo)
     return writes if present else None
 
 
-def _has_inline_payload(reader, directory) -> bool:
-    """True when the directory's manifest carries its payload inline; False when the manifest is gone;
-    S3CheckpointError, as read_checkpoint says it, when it names a payload object that is missing."""
-    found = reader._get(directory + layout.MANIFEST)
+def _object_parts(reader, directory, rel, listed, what) -> tuple:
+    """The memo key of what was read of one listed object: it names the object's version (ETag, size)."""
+    return ("s3-object", reader.settings.endpoint_url, reader.bucket, directory + rel,
+            str(listed.get("ETag", "")), int(listed.get("Size", -1)), what)
+
+
+def _write_parts(reader, directory, objects, limit):
+    return [_object_parts(reader, directory, rel, o, "write") for rel, o in objects.items()
+            if rel.startswith(layout.WRITES) and o["Size"] <= limit and o.get("ETag")]
+
+
+def _memo_get(memo, parts) -> dict:
+    if memo is None or not parts:
+        return {}
+    return memo.get_many(parts)
+
+
+def _has_inline_payload(reader, directory, memo=None) -> bool:
+    """True when the directory's manifest carries its payload inline (kept in `memo` under the version
+    read); False when the manifest is gone; S3CheckpointError, as read_checkpoint says it, when it
+    names a payload object that is missing."""
+    found = reader._get_version(directory + layout.MANIFEST)
     if found is None:
         return False
     problems = []
@@ -565,25 +610,41 @@ def _has_inline_payload(reader, directory) -> bool:
         raise layout.S3CheckpointError(problems[0])
     if layout.inline_payload(f"s3://{reader.bucket}/{directory}{layout.MANIFEST}", manifest) is None:
         raise layout.S3CheckpointError(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD} is missing")
+    if memo is not None and found[2]["ETag"]:
+        memo.put_many({_object_parts(reader, directory, layout.MANIFEST, found[2], "inline"): True})
     return True
 
 
-def _writes(reader, directory, listed, limit):
-    writes = []
-    for rel, size in sorted(listed.items()):
+def _writes(reader, directory, objects, limit, memo=None, known=None):
+    """The writes listed in `objects` ({relative key: listing entry}): frames from `known` (the memo's
+    answer) or `memo` when they hold the object's version, else read (and given to `memo`)."""
+    if known is None:
+        known = _memo_get(memo, _write_parts(reader, directory, objects, limit))
+    writes, read = [], {}
+    for rel, listed in sorted(objects.items()):
         if not rel.startswith(layout.WRITES):
             continue
         parts = rel[len(layout.WRITES):].split("/")
         if len(parts) != 2:
             continue
         task = layout.decode_segment(parts[0])
+        size = listed["Size"]
         channel, type_, data = "", "", None
         if size <= limit:
-            body = reader._get(directory + rel)
-            if body is None:
-                continue
-            frame = layout.unpack(f"s3://{reader.bucket}/{directory}{rel}", *body)
-            channel, type_, data = str(frame["channel"]), str(frame["value"][0]), bytes(frame["value"][1])
+            memo_key = _object_parts(reader, directory, rel, listed, "write") if memo is not None and listed.get("ETag") else None
+            frame = known.get(memo_key) if memo_key else None
+            if frame is None:
+                found = reader._get_version(directory + rel)
+                if found is None:
+                    continue
+                unpacked = layout.unpack(f"s3://{reader.bucket}/{directory}{rel}", *found[:2])
+                frame = (str(unpacked["channel"]), str(unpacked["value"][0]), bytes(unpacked["value"][1]))
+                if memo is not None and found[2]["ETag"]:
+                    # Under the version read: a write overwritten since the listing is kept as what it now is.
+                    read[_object_parts(reader, directory, rel, found[2], "write")] = frame
+            channel, type_, data = frame
         writes.append((task, int(parts[1]), channel, type_, size, data))
+    if read and memo is not None:
+        memo.put_many(read)
     writes.sort(key=lambda w: (w[0], w[1]))
     return writes

@@ -54,21 +54,22 @@ def _reading(url, read):
         raise ReadError(first_line(e)) from None
 
 
-def _s3_checkpoint(url, key, limit, *, with_writes):
+def _s3_checkpoint(url, key, limit, *, with_writes, memo=None):
     """The stored checkpoint (checkpoints.sources.s3.reader.read_checkpoint); ReadError naming the object."""
-    return _reading(url, lambda reader: read_checkpoint(reader, key, limit=limit, with_writes=with_writes))
+    return _reading(url, lambda reader: read_checkpoint(reader, key, limit=limit, with_writes=with_writes, memo=memo))
 
 
-def read_values(url, key, parent, *, limit, aes_key=None, digest=False) -> CheckpointValues:
+def read_values(url, key, parent, *, limit, aes_key=None, digest=False, memo=None) -> CheckpointValues:
     """A checkpoint of an S3 store: its payload's values, its writes, and its parent's values for the diff.
 
     Each checkpoint keeps all its values in its own payload object, so a
     payload above S3_WHOLE_FACTOR times the display limit is not fetched
     (sizes only). DeltaChannel values are shown as stored, not replayed.
+    `memo`: what read_writes may reuse (checkpoints.sources.s3.reader.read_writes).
     """
     thread, ns, cid = key
     whole = limit * S3_WHOLE_FACTOR
-    found = _s3_checkpoint(url, key, whole, with_writes=True)
+    found = _s3_checkpoint(url, key, whole, with_writes=True, memo=memo)
     if found is None:
         raise ReadError("this checkpoint is no longer in the source (pruned or deleted since the last sync)")
     out = CheckpointValues()
@@ -99,9 +100,10 @@ def _s3_channels(found, limit, aes_key, digest):
     return channels, versions, {ch: s for ch, s in found.sizes.items() if s is not None}
 
 
-def read_writes(url, key, *, limit, aes_key=None, digest=False) -> list:
-    """SourceKind.read_writes: the checkpoint's pending writes, read now (a listing and the write objects)."""
-    writes = _reading(url, lambda reader: s3reader.read_writes(reader, key, limit=limit))
+def read_writes(url, key, *, limit, aes_key=None, digest=False, memo=None) -> list:
+    """SourceKind.read_writes: the checkpoint's pending writes, read now: a listing, and the write objects
+    (and the manifest, for an inline payload) that `memo` does not hold under the version listed."""
+    writes = _reading(url, lambda reader: s3reader.read_writes(reader, key, limit=limit, memo=memo))
     if writes is None:
         raise ReadError(GONE)
     return [decode_write(task, idx, channel, t, s, d, limit, aes_key, digest) for task, idx, channel, t, s, d in writes]

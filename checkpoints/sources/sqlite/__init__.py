@@ -23,12 +23,12 @@ class SqliteKind:
     def reader(self, url, *, connect_timeout=10):
         return SqliteReader(url)
 
-    def read_values(self, url, key, parent, *, limit, aes_key=None, digest=False):
+    def read_values(self, url, key, parent, *, limit, aes_key=None, digest=False, memo=None):
         from checkpoints.sources.sqlite.values import read_values
 
         return read_values(url, key, parent, limit=limit, aes_key=aes_key, digest=digest)
 
-    def read_writes(self, url, key, *, limit, aes_key=None, digest=False):
+    def read_writes(self, url, key, *, limit, aes_key=None, digest=False, memo=None):
         from checkpoints.sources.sqlite.values import read_writes
 
         return read_writes(url, key, limit=limit, aes_key=aes_key, digest=digest)
