@@ -641,7 +641,12 @@ def _apply_appended(context, batch, appended):
                 plans.append((rows, plan))
         if not plans:
             return whole
-        known = _known_references({rows.thread_id: existing[rows.thread_id] for rows, _ in plans})
+        # Of what the mirror knows, only the references of the blobs named again are needed here
+        # (every checkpoint and write read by key is searched afresh).
+        known = _known_references({rows.thread_id: existing[rows.thread_id] for rows, _ in plans}, blobs={
+            (existing[rows.thread_id].pk, f"blob:{b.channel}@{b.version}")
+            for rows, _ in plans for b in rows.blobs if not b.fresh
+        })
         delta = running_totals.Delta()
         live, to_insert, to_update, old_tags = {}, [], [], {}
         write_locations = []
@@ -1255,16 +1260,36 @@ _RECORD_FIELDS = ("checkpoint_ns", "checkpoint_id", "parent_checkpoint_id", "cre
 _record_values = operator.itemgetter(*_RECORD_FIELDS)
 
 
-def _known_references(existing):
-    """References found earlier in rows that are not fetched again, per thread."""
+def _known_references(existing, blobs=None):
+    """References found earlier in rows that are not fetched again, per thread.
+
+    `blobs`, when given, narrows them to these (thread pk, "blob:<channel>@<version>") locations.
+    """
     known = defaultdict(lambda: defaultdict(set))
     # No joins to the thread and reference tables: with them the planner
     # hashed the whole reference table and walked the thread index (55-90 ms
     # for the 160 threads of an incremental sync; 23 ms like this).
     thread_ids = {t.pk: thread_id for thread_id, t in existing.items()}
-    uses = list(ReferenceUse.objects.filter(thread_id__in=list(thread_ids)).values_list(
-        "thread_id", "checkpoint__checkpoint_ns", "checkpoint__checkpoint_id", "location", "reference_id"
-    ))
+    fields = ("thread_id", "checkpoint__checkpoint_ns", "checkpoint__checkpoint_id", "location", "reference_id")
+    if blobs is None:
+        uses = list(ReferenceUse.objects.filter(thread_id__in=list(thread_ids)).values_list(*fields))
+    elif not blobs:
+        return known
+    elif connection.vendor == "postgresql":
+        # By key: only the uses asked for are joined to their checkpoint rows (random pages of the
+        # largest table), not every use of every thread.
+        pairs = sorted(blobs)
+        uses = execute_bound(
+            f"SELECT u.thread_id, c.checkpoint_ns, c.checkpoint_id, u.location, u.reference_id"
+            f" FROM unnest(%b::bigint[], %b::text[]) AS k(t, l)"
+            f" JOIN {ReferenceUse._meta.db_table} u ON u.thread_id = k.t AND u.location = k.l"
+            f" LEFT JOIN {Checkpoint._meta.db_table} c ON c.id = u.checkpoint_id",
+            [[p[0] for p in pairs], [p[1] for p in pairs]],
+        )
+    else:
+        uses = [u for u in ReferenceUse.objects.filter(
+            thread_id__in={p[0] for p in blobs}, location__in={p[1] for p in blobs}).values_list(*fields)
+            if (u[0], u[3]) in blobs]
     uris = dict(BlobReference.objects.filter(pk__in={u[4] for u in uses}).values_list("pk", "uri")) if uses else {}
     for thread_pk, ns, cid, location, reference_pk in uses:
         thread_id, uri = thread_ids[thread_pk], uris.get(reference_pk)
