@@ -19,7 +19,7 @@ import operator
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import NamedTuple
 
 from django.conf import settings
@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from checkpoints import decode, usage
 from checkpoints import totals as running_totals
-from checkpoints.bulk import JsonText, delete_pairs, insert_rows, json_value, reserve_ids, update_rows
+from checkpoints.bulk import JsonText, delete_pairs, execute_bound, insert_rows, json_value, reserve_ids, update_rows
 from checkpoints.ids import source_thread_id, thread_key, uuid6_time
 from checkpoints.ids import version_text as _version_text
 from checkpoints.jobs import PRUNE, SYNC
@@ -156,9 +156,11 @@ def sync_source(source, *, full=False, requested_by=None, origin="command", wait
     touched = set()
     error = None
     totals = None
-    with commits_without_flush_wait():
+    # The slot's connection, when there is one, closes last: its confirmation
+    # runs on the server while the sync records itself.
+    with commits_without_flush_wait(), ExitStack() as confirming:
         try:
-            totals = _sync(source, full, stats, run, touched)
+            totals = _sync(source, full, stats, run, touched, confirming)
         except (SourceError, SyncRefused, SyncIncomplete) as e:
             error = str(e)
         except Exception as e:  # noqa: BLE001 - recorded on the run and the source, then re-raised
@@ -279,13 +281,14 @@ class _Unchanged(dict):
     """The mirror's totals after a sync that found nothing to do: no reference check follows it."""
 
 
-def _sync(source, full, stats, run, touched):
+def _sync(source, full, stats, run, touched, confirming):
     if source.capture != "logical" or not registry.for_source(source).logical_capture:
         return _sync_with(source, full, stats, run, touched, None)
     # One connection to the slot for the whole sync: the peek, and the
-    # confirmation once the mirror has committed (a no-change sync makes no other).
-    with Capture(source.url, _slot_of(source)) as capture:
-        return _sync_with(source, full, stats, run, touched, capture)
+    # confirmation once the mirror has committed (a no-change sync makes no
+    # other). `confirming` closes it after the sync has recorded itself.
+    capture = confirming.enter_context(Capture(source.url, _slot_of(source)))
+    return _sync_with(source, full, stats, run, touched, capture)
 
 
 def _sync_with(source, full, stats, run, touched, capture):
@@ -300,7 +303,7 @@ def _sync_with(source, full, stats, run, touched, capture):
             and not (source.sync_state or {}).get("retry")):
         # The slot says no LangGraph row changed: no reader, no counting, no
         # mirror work; the cost of a quiet source stays flat at any size.
-        capture.confirm(changes.end_lsn)
+        capture.confirm(changes.end_lsn, wait=False)
         mirror_totals = usage.thread_totals(source)  # one row: the running totals
         if not DailyUsage.objects.filter(source=source, day=mirror_totals["day"]).exists():
             usage.capture(source, mirror_totals)
@@ -421,7 +424,7 @@ def _sync_with(source, full, stats, run, touched, capture):
     if changes is not None:
         # Only now that the mirror has committed: a crash before this line
         # makes the next sync see the same changes again.
-        capture.confirm(changes.end_lsn)
+        capture.confirm(changes.end_lsn, wait=False)
     _delete_marks([pk for pk, t in settled if source_thread_id(t) not in context.failed])
     if context.failed:
         raise SyncIncomplete.of(context.failed)
@@ -738,14 +741,13 @@ def _mirrored_checkpoints(keys):
         rows = (r for r in found.values(*fields) if (r["thread_id"], r["checkpoint_ns"], r["checkpoint_id"]) in keys)
         return {(r["thread_id"], r["checkpoint_ns"], r["checkpoint_id"]): r for r in rows}
     threads, namespaces, ids = (list(column) for column in zip(*keys))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT c.id, c.thread_id, c.checkpoint_ns, c.checkpoint_id, {', '.join('c.' + f for f in _MIRRORED_FIELDS)}"
-            f" FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS k(t, n, c)"
-            f" JOIN {Checkpoint._meta.db_table} c ON c.thread_id = k.t AND c.checkpoint_ns = k.n AND c.checkpoint_id = k.c",
-            [threads, namespaces, ids],
-        )
-        return {(r[1], r[2], r[3]): dict(zip(fields, r)) for r in cursor.fetchall()}
+    rows = execute_bound(
+        f"SELECT c.id, c.thread_id, c.checkpoint_ns, c.checkpoint_id, {', '.join('c.' + f for f in _MIRRORED_FIELDS)}"
+        f" FROM unnest(%b::bigint[], %b::text[], %b::text[]) AS k(t, n, c)"
+        f" JOIN {Checkpoint._meta.db_table} c ON c.thread_id = k.t AND c.checkpoint_ns = k.n AND c.checkpoint_id = k.c",
+        [threads, namespaces, ids],
+    )
+    return {(r[1], r[2], r[3]): dict(zip(fields, r)) for r in rows}
 
 
 def _appended_plan(rows, told, thread_pk, current):

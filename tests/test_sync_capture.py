@@ -4,8 +4,10 @@ Every test runs on a PostgreSQL started with wal_level=logical (tests/pg_logical
 and compares the mirror with SQL on the source after each step.
 """
 
+import secrets
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -165,7 +167,7 @@ def test_a_sync_that_dies_before_confirming_sees_the_same_changes_again(saver, l
     sync_source(source)
     chat.invoke({"messages": ["b"]}, config("two"))
 
-    def crash(self, lsn):
+    def crash(self, lsn, **kwargs):
         raise RuntimeError("console restarted")
 
     monkeypatch.setattr(Capture, "confirm", crash)
@@ -178,6 +180,106 @@ def test_a_sync_that_dies_before_confirming_sees_the_same_changes_again(saver, l
     result = sync_source(source)
     assert result["error"] is None
     assert_mirror_matches(source, logical_url)
+
+
+def test_the_confirmation_is_done_when_the_sync_returns(saver, logical_url):
+    chat = chat_graph(saver)
+    chat.invoke({"messages": ["a"]}, config("one"))
+    source = capturing_source(logical_url)
+    sync_source(source)
+    for i in range(3):
+        chat.invoke({"messages": [f"b{i}"]}, config(f"t{i}"))
+        assert pending_changes(source).threads == {f"t{i}"}
+        assert sync_source(source)["error"] is None
+        # The slot moved past what the mirror now holds, before sync_source returned.
+        assert pending_changes(source).threads == set()
+        assert_mirror_matches(source, logical_url)
+
+
+def test_a_confirmation_that_fails_is_logged_and_the_next_sync_loses_nothing(saver, logical_url, monkeypatch, caplog):
+    chat = chat_graph(saver)
+    chat.invoke({"messages": ["a"]}, config("one"))
+    source = capturing_source(logical_url)
+    sync_source(source)
+    chat.invoke({"messages": ["b"]}, config("two"))
+    confirm = Capture.confirm
+
+    def slot_dropped_meanwhile(self, lsn, **kwargs):
+        with psycopg.connect(logical_url, autocommit=True) as other:  # an operator drops it by hand
+            other.execute("SELECT pg_drop_replication_slot(%s)", (self.slot,))
+        return confirm(self, lsn, **kwargs)
+
+    monkeypatch.setattr(Capture, "confirm", slot_dropped_meanwhile)
+    with caplog.at_level("WARNING", logger="checkpoints.sources.capture"):
+        result = sync_source(source)
+    monkeypatch.undo()
+    assert result["error"] is None  # the mirror had committed: the sync did its work
+    assert "could not confirm" in caplog.text and slot_of(source) in caplog.text
+    assert_mirror_matches(source, logical_url)
+
+    chat.invoke({"messages": ["c"]}, config("three"))
+    assert sync_source(source)["error"] is None  # the slot is recreated, the source scanned once
+    assert_mirror_matches(source, logical_url)
+    chat.invoke({"messages": ["d"]}, config("four"))
+    assert pending_changes(source).threads == {"four"}
+    assert sync_source(source)["error"] is None
+    assert_mirror_matches(source, logical_url)
+
+
+def restart_gap(url, slot):
+    """How far behind the confirmed position a read of the slot starts decoding, in bytes of WAL."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(
+            "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn) FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()[0]
+
+
+def wal_written(url, action):
+    with psycopg.connect(url, autocommit=True) as conn:
+        before = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        action()
+        return conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (before,)).fetchone()[0]
+
+
+def test_each_sync_moves_the_slot_s_restart_point_up_to_what_it_confirmed(saver, logical_url):
+    # PostgreSQL moves a slot's restart point only to a running-transactions record, written every
+    # 15 s at most: without one per sync, each peek would decode the WAL of the syncs before it again.
+    chat = chat_graph(saver)
+    chat.invoke({"messages": ["a"]}, config("one"))
+    source = capturing_source(logical_url)
+    sync_source(source)
+    for i in range(3):
+        wal = wal_written(logical_url, lambda: chat.invoke({"messages": [secrets.token_hex(100_000)]}, config(f"t{i}")))
+        assert wal > 100_000
+        assert sync_source(source)["error"] is None
+        assert restart_gap(logical_url, slot_of(source)) < wal / 4
+    assert_mirror_matches(source, logical_url)
+
+
+def test_a_role_that_may_not_log_running_transactions_still_syncs(saver, logical_url):
+    role = f"capture_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(logical_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN REPLICATION")
+        admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+        admin.execute(publication_sql())  # the operator's part: the role does not own the tables
+    try:
+        url = urlsplit(logical_url)._replace(netloc=f"{role}@{urlsplit(logical_url).netloc.rpartition('@')[2]}").geturl()
+        chat = chat_graph(saver)
+        chat.invoke({"messages": ["a"]}, config("one"))
+        source = capturing_source(url)
+        assert sync_source(source)["error"] is None
+        chat.invoke({"messages": ["b"]}, config("two"))
+        assert pending_changes(source).threads == {"two"}
+        assert sync_source(source)["error"] is None
+        assert pending_changes(source).threads == set()
+        assert_mirror_matches(source, logical_url)
+    finally:
+        with psycopg.connect(logical_url, autocommit=True) as admin:
+            for (slot,) in admin.execute("SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"):
+                admin.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
 
 
 def test_values_never_pass_through_the_decoder(saver, logical_url):

@@ -278,7 +278,7 @@ class PostgresReader:
                    CASE WHEN jsonb_typeof(metadata->'step') = 'number' THEN metadata->>'step' END,
                    CASE WHEN jsonb_typeof(metadata->'source') = 'string' THEN metadata->>'source' END,
                    metadata IS NOT NULL
-            FROM checkpoints WHERE thread_id = ANY(%(ids)s)
+            FROM checkpoints WHERE thread_id = ANY(%(ids)b)
             """,
             params,
             CheckpointRow,
@@ -288,7 +288,7 @@ class PostgresReader:
             f"""
             SELECT thread_id, checkpoint_ns, channel, version, type, coalesce(octet_length(blob), 0),
                    {_FETCH_IF_MAY_HOLD_URI.format(col='blob', fresh=_FRESH)}, {_FRESH}
-            FROM checkpoint_blobs WHERE thread_id = ANY(%(ids)s)
+            FROM checkpoint_blobs WHERE thread_id = ANY(%(ids)b)
             """,
             params,
             BlobRow,
@@ -301,7 +301,7 @@ class PostgresReader:
             SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type,
                    coalesce(octet_length(blob), 0),
                    {_FETCH_IF_MAY_HOLD_URI.format(col='blob', fresh=_FRESH)}, {_FRESH}
-            FROM checkpoint_writes WHERE thread_id = ANY(%(ids)s)
+            FROM checkpoint_writes WHERE thread_id = ANY(%(ids)b)
             """,
             params,
             WriteRow,
@@ -339,7 +339,7 @@ class PostgresReader:
                    CASE WHEN jsonb_typeof(c.metadata->'source') = 'string' THEN c.metadata->>'source' END,
                    c.metadata IS NOT NULL,
                    p.checkpoint->'channel_versions'
-            FROM unnest(%(t)s::text[], %(n)s::text[], %(c)s::text[]) AS k(t, n, c)
+            FROM unnest(%(t)b::text[], %(n)b::text[], %(c)b::text[]) AS k(t, n, c)
             JOIN checkpoints c ON c.thread_id = k.t AND c.checkpoint_ns = k.n AND c.checkpoint_id = k.c
             LEFT JOIN checkpoints p ON p.thread_id = c.thread_id AND p.checkpoint_ns = c.checkpoint_ns
                                    AND p.checkpoint_id = c.parent_checkpoint_id
@@ -359,7 +359,7 @@ class PostgresReader:
             f"""
             SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, b.type, coalesce(octet_length(b.blob), 0),
                    {_FETCH_IF_MAY_HOLD_URI.format(col='b.blob', fresh='k.f').replace("type LIKE", "b.type LIKE")}, k.f
-            FROM unnest(%(t)s::text[], %(n)s::text[], %(ch)s::text[], %(v)s::text[], %(f)s::bool[]) AS k(t, n, ch, v, f)
+            FROM unnest(%(t)b::text[], %(n)b::text[], %(ch)b::text[], %(v)b::text[], %(f)b::bool[]) AS k(t, n, ch, v, f)
             JOIN checkpoint_blobs b ON b.thread_id = k.t AND b.checkpoint_ns = k.n AND b.channel = k.ch AND b.version = k.v
             """,
             {**params, **_columns({(*key, key[1:] in appended[key[0]].blobs) for key in named}, "t", "n", "ch", "v", "f")},
@@ -373,7 +373,7 @@ class PostgresReader:
             SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx, w.channel, w.type,
                    coalesce(octet_length(w.blob), 0),
                    {_FETCH_IF_MAY_HOLD_URI.format(col='w.blob', fresh='TRUE').replace("type LIKE", "w.type LIKE")}, TRUE
-            FROM unnest(%(t)s::text[], %(n)s::text[], %(c)s::text[]) AS k(t, n, c)
+            FROM unnest(%(t)b::text[], %(n)b::text[], %(c)b::text[]) AS k(t, n, c)
             JOIN checkpoint_writes w ON w.thread_id = k.t AND w.checkpoint_ns = k.n AND w.checkpoint_id = k.c
             """,
             {**params, **_columns(written, "t", "n", "c")},
