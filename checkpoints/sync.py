@@ -156,8 +156,8 @@ def sync_source(source, *, full=False, requested_by=None, origin="command", wait
     touched = set()
     error = None
     totals = None
-    # The slot's connection, when there is one, closes last: its confirmation
-    # runs on the server while the sync records itself.
+    # The slot's connection, when there is one, is closed by _record, just before
+    # the run finishes: its confirmation runs on the server while the sync records itself.
     with commits_without_flush_wait(), ExitStack() as confirming:
         try:
             totals = _sync(source, full, stats, run, touched, confirming)
@@ -166,14 +166,14 @@ def sync_source(source, *, full=False, requested_by=None, origin="command", wait
         except Exception as e:  # noqa: BLE001 - recorded on the run and the source, then re-raised
             error = f"{type(e).__name__}: {e}"
             try:
-                _record(source, run, started_at, stats, started, error, None)
+                _record(source, run, started_at, stats, started, error, None, confirming=confirming)
             except DatabaseError:
                 # The console's database itself failed (the usual way here): nothing
                 # can be recorded, and a second, chained traceback would only bury
                 # the first. fail_dead_runs() closes the run once it is reachable.
                 log.warning("could not record the failed sync of %s", source, exc_info=True)
             raise
-        return _record(source, run, started_at, stats, started, error, touched, totals,
+        return _record(source, run, started_at, stats, started, error, touched, totals, confirming=confirming,
                        notify=not isinstance(totals, _Unchanged))
 
 
@@ -213,7 +213,7 @@ def commits_without_flush_wait():
             pass  # an aborted transaction: rolling it back undoes the SET as well
 
 
-def _record(source, run, started_at, stats, started, error, touched, totals=None, notify=True):
+def _record(source, run, started_at, stats, started, error, touched, totals=None, notify=True, confirming=None):
     if totals is None:
         totals = usage.thread_totals(source)
     result = {
@@ -232,6 +232,10 @@ def _record(source, run, started_at, stats, started, error, touched, totals=None
     Source.objects.filter(pk=source.pk).update(**fields)
     for k, v in fields.items():
         setattr(source, k, v)
+    if confirming is not None:
+        # The slot is free again before the run's lock is: the next sync, or a
+        # removal dropping the slot, may start as soon as the run has finished.
+        confirming.close()
     finish_run(run, result=result, error=error or "")
     threads = touched if touched is not None and len(touched) <= TOUCHED_LIMIT else None
     if notify:

@@ -196,6 +196,33 @@ def test_the_confirmation_is_done_when_the_sync_returns(saver, logical_url):
         assert_mirror_matches(source, logical_url)
 
 
+def test_the_slot_is_free_when_the_run_finishes(saver, logical_url, monkeypatch):
+    # Another worker's sync, or a removal dropping the slot, may start as soon as the run is
+    # finished: the confirmation, which holds the slot, must be over by then.
+    from checkpoints import sync
+
+    chat = chat_graph(saver)
+    chat.invoke({"messages": ["a"]}, config("one"))
+    source = capturing_source(logical_url)
+    sync_source(source)
+    seen = []
+    finish_run = sync.finish_run
+
+    def checking(run, **kwargs):
+        with psycopg.connect(logical_url, autocommit=True) as conn:
+            seen.append(conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                                     (slot_of(source),)).fetchone()[0])
+        return finish_run(run, **kwargs)
+
+    monkeypatch.setattr(sync, "finish_run", checking)
+    for i in range(3):
+        chat.invoke({"messages": [secrets.token_hex(50_000)]}, config(f"t{i}"))
+        assert sync_source(source)["error"] is None
+        assert sync_source(source)["error"] is None  # and one with nothing new
+    assert seen == [False] * 6
+    assert pending_changes(source).threads == set()
+
+
 def test_a_confirmation_that_fails_is_logged_and_the_next_sync_loses_nothing(saver, logical_url, monkeypatch, caplog):
     chat = chat_graph(saver)
     chat.invoke({"messages": ["a"]}, config("one"))
