@@ -14,7 +14,9 @@ process:
    --append checkpoints, in mode `logical`; then the same two in mode `scan` on the same source
    and mirror (the baseline, measured in the same run).
 Targets: an incremental sync of 1,000 new checkpoints in logical mode takes the same time at both
-sizes and at most 0.3 s; a no-change sync at most 50 ms.
+sizes and at most 0.3 s; a no-change sync at most 50 ms. The reference check the storage app runs
+after a sync that changed something (another job: HEAD requests for the source's newest and stalest
+references) is timed apart and reported beside the syncs.
 """
 
 import argparse
@@ -76,14 +78,40 @@ def start_server(data_dir):
     return server.get_uri()
 
 
-def median_time(fn, repeat):
+_after_sync = []  # what sync_finished carried: the reference check is timed apart
+
+
+def _hold_check(sender, source, result, threads=None, **kwargs):
+    _after_sync.append((source, threads))
+
+
+def separate_reference_check():
+    """The storage app checks a source's newest and stalest references (up to AFTER_SYNC_LIMIT) after
+    every sync that changed something: another job, whose cost follows the source's references, not
+    the sync's changes. Timed apart, as bench_s3_sync does; both figures are reported."""
+    from checkpoints.sync import sync_finished
+
+    assert sync_finished.disconnect(dispatch_uid="storage.check_after_sync")
+    sync_finished.connect(_hold_check, dispatch_uid="bench.hold_check")
+
+
+def median_time(fn, repeat, checks=None):
+    """Median seconds of `repeat` syncs; `checks` (a list) gets the seconds of each reference check after one."""
+    from storage.refcheck import AFTER_SYNC_LIMIT, run_reference_check
+
     times = []
     for _ in range(repeat):
         prepare = fn()
+        _after_sync.clear()
         started = time.perf_counter()
         result = prepare()
         times.append(time.perf_counter() - started)
         assert result["error"] is None, result["error"]
+        started = time.perf_counter()
+        for source, threads in _after_sync:
+            run_reference_check(source=source, limit=AFTER_SYNC_LIMIT, origin="sync", threads=threads)
+        if checks is not None:
+            checks.append(time.perf_counter() - started)
     return statistics.median(times), times
 
 
@@ -112,6 +140,7 @@ def one_size(server, console_server, size, append_n, repeat, reuse=False):
     from checkpoints.sync import sync_source
 
     call_command("migrate", interactive=False, verbosity=0)
+    separate_reference_check()
     initial = None
     if reusing:
         source = Source.objects.get(name="bench")
@@ -134,7 +163,9 @@ def one_size(server, console_server, size, append_n, repeat, reuse=False):
         source.save(update_fields=["capture"])
         assert sync_source(source)["error"] is None  # settle the mode's bookkeeping
         figures[f"{mode}_no_change"] = median_time(no_change, repeat + 2)
-        figures[f"{mode}_append"] = median_time(appended, repeat)
+        checks = []
+        figures[f"{mode}_append"] = median_time(appended, repeat, checks)
+        figures[f"{mode}_append_refcheck"] = [statistics.median(checks), checks]
     return figures
 
 
@@ -169,10 +200,12 @@ def main():
         rows.append(figures)
 
     print(f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; {datetime.now(UTC):%Y-%m-%d}")
-    print(f"| source | logical: {args.append:,} new | logical: no change | scan: {args.append:,} new | scan: no change |")
-    print("|---|---|---|---|---|")
+    print(f"| source | logical: {args.append:,} new | logical: no change | scan: {args.append:,} new | scan: no change "
+          f"| reference check after {args.append:,} new (logical / scan) |")
+    print("|---|---|---|---|---|---|")
     for f in rows:
         cells = [f"{f[k][0]:.3f} s" for k in ("logical_append", "logical_no_change", "scan_append", "scan_no_change")]
+        cells.append(f"{f['logical_append_refcheck'][0]:.3f} / {f['scan_append_refcheck'][0]:.3f} s")
         print(f"| {f['size']:,} checkpoints | " + " | ".join(cells) + " |")
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]
