@@ -57,6 +57,15 @@ def slot_of(source):
     return source.sync_state["slot"]
 
 
+def synced_chat(saver, url):
+    """A chat graph with one thread, and a capturing source that has mirrored it (its slot created)."""
+    chat = chat_graph(saver)
+    chat.invoke({"messages": ["a"]}, config("one"))
+    source = capturing_source(url)
+    sync_source(source)
+    return chat, source
+
+
 def pending_changes(source):
     with Capture(source.url, slot_of(source)) as capture:
         return capture.peek()
@@ -140,10 +149,7 @@ def test_a_prune_beside_it_and_concurrent_syncs_leave_the_mirror_equal_to_the_so
 
 
 def test_a_lost_slot_falls_back_to_one_scan_and_is_recreated(saver, logical_url):
-    chat = chat_graph(saver)
-    chat.invoke({"messages": ["a"]}, config("one"))
-    source = capturing_source(logical_url)
-    sync_source(source)
+    chat, source = synced_chat(saver, logical_url)
     with Capture(logical_url, slot_of(source)) as capture:
         assert capture.drop()
 
@@ -161,10 +167,7 @@ def test_a_lost_slot_falls_back_to_one_scan_and_is_recreated(saver, logical_url)
 
 
 def test_a_sync_that_dies_before_confirming_sees_the_same_changes_again(saver, logical_url, monkeypatch):
-    chat = chat_graph(saver)
-    chat.invoke({"messages": ["a"]}, config("one"))
-    source = capturing_source(logical_url)
-    sync_source(source)
+    chat, source = synced_chat(saver, logical_url)
     chat.invoke({"messages": ["b"]}, config("two"))
 
     def crash(self, lsn, **kwargs):
@@ -183,10 +186,7 @@ def test_a_sync_that_dies_before_confirming_sees_the_same_changes_again(saver, l
 
 
 def test_the_confirmation_is_done_when_the_sync_returns(saver, logical_url):
-    chat = chat_graph(saver)
-    chat.invoke({"messages": ["a"]}, config("one"))
-    source = capturing_source(logical_url)
-    sync_source(source)
+    chat, source = synced_chat(saver, logical_url)
     for i in range(3):
         chat.invoke({"messages": [f"b{i}"]}, config(f"t{i}"))
         assert pending_changes(source).threads == {f"t{i}"}
@@ -201,10 +201,7 @@ def test_the_slot_is_free_when_the_run_finishes(saver, logical_url, monkeypatch)
     # finished: the confirmation, which holds the slot, must be over by then.
     from checkpoints import sync
 
-    chat = chat_graph(saver)
-    chat.invoke({"messages": ["a"]}, config("one"))
-    source = capturing_source(logical_url)
-    sync_source(source)
+    chat, source = synced_chat(saver, logical_url)
     seen = []
     finish_run = sync.finish_run
 
@@ -224,10 +221,7 @@ def test_the_slot_is_free_when_the_run_finishes(saver, logical_url, monkeypatch)
 
 
 def test_a_confirmation_that_fails_is_logged_and_the_next_sync_loses_nothing(saver, logical_url, monkeypatch, caplog):
-    chat = chat_graph(saver)
-    chat.invoke({"messages": ["a"]}, config("one"))
-    source = capturing_source(logical_url)
-    sync_source(source)
+    chat, source = synced_chat(saver, logical_url)
     chat.invoke({"messages": ["b"]}, config("two"))
     confirm = Capture.confirm
 
@@ -272,10 +266,7 @@ def wal_written(url, action):
 def test_each_sync_moves_the_slot_s_restart_point_up_to_what_it_confirmed(saver, logical_url):
     # PostgreSQL moves a slot's restart point only to a running-transactions record, written every
     # 15 s at most: without one per sync, each peek would decode the WAL of the syncs before it again.
-    chat = chat_graph(saver)
-    chat.invoke({"messages": ["a"]}, config("one"))
-    source = capturing_source(logical_url)
-    sync_source(source)
+    chat, source = synced_chat(saver, logical_url)
     for i in range(3):
         wal = wal_written(logical_url, lambda: chat.invoke({"messages": [secrets.token_hex(100_000)]}, config(f"t{i}")))
         assert wal > 100_000
