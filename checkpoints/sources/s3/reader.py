@@ -507,13 +507,10 @@ def read_checkpoint(reader: S3Reader, key: tuple, *, limit: int, with_writes: bo
     listed = {rel: o["Size"] for rel, o in objects.items()}
     if layout.MANIFEST not in listed:
         return None
-    found = reader._get_version(directory + layout.MANIFEST)
+    found = _read_manifest(reader, directory)
     if found is None:
         return None
-    problems = []
-    manifest = _manifest(f"s3://{reader.bucket}/{directory}{layout.MANIFEST}", found[0], problems)
-    if manifest is None:
-        raise layout.S3CheckpointError(problems[0])
+    manifest = found[0]
     sizes = {ch: (v or {}).get("bytes") for ch, v in (manifest.get("values") or {}).items()}
     manifest_name = f"s3://{reader.bucket}/{directory}{layout.MANIFEST}"
     # A payload object listed is the payload (format 1); without one, the manifest's inline payload (format 2).
@@ -597,17 +594,27 @@ def _memo_get(memo, parts) -> dict:
     return memo.get_many(parts)
 
 
-def _has_inline_payload(reader, directory, memo=None) -> bool:
-    """True when the directory's manifest carries its payload inline (kept in `memo` under the version
-    read); False when the manifest is gone; S3CheckpointError, as read_checkpoint says it, when it
-    names a payload object that is missing."""
+def _read_manifest(reader, directory):
+    """(the parsed manifest, and the rest of what _get_version returned) of a checkpoint's directory;
+    None when there is no manifest; S3CheckpointError naming it when it cannot be parsed."""
     found = reader._get_version(directory + layout.MANIFEST)
     if found is None:
-        return False
+        return None
     problems = []
     manifest = _manifest(f"s3://{reader.bucket}/{directory}{layout.MANIFEST}", found[0], problems)
     if manifest is None:
         raise layout.S3CheckpointError(problems[0])
+    return (manifest, *found[1:])
+
+
+def _has_inline_payload(reader, directory, memo=None) -> bool:
+    """True when the directory's manifest carries its payload inline (kept in `memo` under the version
+    read); False when the manifest is gone; S3CheckpointError, as read_checkpoint says it, when it
+    names a payload object that is missing."""
+    found = _read_manifest(reader, directory)
+    if found is None:
+        return False
+    manifest = found[0]
     if layout.inline_payload(f"s3://{reader.bucket}/{directory}{layout.MANIFEST}", manifest) is None:
         raise layout.S3CheckpointError(f"s3://{reader.bucket}/{directory}{layout.PAYLOAD} is missing")
     if memo is not None and found[2]["ETag"]:
