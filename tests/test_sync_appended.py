@@ -129,13 +129,15 @@ def test_a_late_commit_and_rows_a_previous_snapshot_saw_are_counted_once(saver, 
     # The same, the later rows in a thread the slot had not reported (read whole next time), one naming a file.
     files = file_graph(saver)
 
-    def peek_then_attach(self):
-        changes = peek(self)
-        files.invoke({"attachment": "s3://bucket/uploads/u3/late.pdf"}, config("t-file", tenant="acme"))
-        return changes
+    def peek_then_attach(uri):
+        def peeking(self):
+            changes = peek(self)
+            files.invoke({"attachment": uri}, config("t-file", tenant="acme"))
+            return changes
+        return peeking
 
     chat.invoke({"messages": ["again"]}, config("t-chat0", tenant="acme"))
-    monkeypatch.setattr(Capture, "peek", peek_then_attach)
+    monkeypatch.setattr(Capture, "peek", peek_then_attach("s3://bucket/uploads/u3/late.pdf"))
     assert sync.sync_source(source)["error"] is None
     monkeypatch.setattr(Capture, "peek", peek)
     assert sync.sync_source(source)["error"] is None
@@ -144,13 +146,8 @@ def test_a_late_commit_and_rows_a_previous_snapshot_saw_are_counted_once(saver, 
 
     # Again, with the thread read whole next time (a row of it updated): the late rows' values are
     # searched too, though they predate that snapshot's horizon.
-    def peek_then_attach_again(self):
-        changes = peek(self)
-        files.invoke({"attachment": "s3://bucket/uploads/u4/later.pdf"}, config("t-file", tenant="acme"))
-        return changes
-
     chat.invoke({"messages": ["once more"]}, config("t-chat0", tenant="acme"))
-    monkeypatch.setattr(Capture, "peek", peek_then_attach_again)
+    monkeypatch.setattr(Capture, "peek", peek_then_attach("s3://bucket/uploads/u4/later.pdf"))
     assert sync.sync_source(source)["error"] is None
     monkeypatch.setattr(Capture, "peek", peek)
     with psycopg.connect(logical_url, autocommit=True) as conn:
