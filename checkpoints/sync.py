@@ -373,8 +373,18 @@ def _sync_with(source, full, stats, run, touched, capture):
         retry = {_unhex(t) for t in state.get("retry", [])} - set(changed) if since is not None else set()
         run.progress_total = len(changed) + len(retry)
         appended = _appended_only(changes, changed, retry, settled) if since is not None else {}
-        whole = _process_appended(reader, context, appended, run) if appended else set()
-        _process(reader, context, sorted(set(changed) - set(appended) | whole), run)
+        with _SourceReads(reader) as reads:
+            if appended:
+                appended, _ = _mirrored_only(context, appended)
+                rest = sorted(set(changed) - set(appended))  # read whole: rewritten, new or not mirrored
+                # Queued behind the reads of what threads gained: the source reads them while
+                # the mirror adds those up.
+                whole = _process_appended(reads, context, appended, run,
+                                          then=lambda: reads.ahead(rest[:BATCH_THREADS], context.since, context.now))
+                _process(reads, context, rest, run)
+                _process(reads, context, sorted(whole - set(rest)), run)
+            else:
+                _process(reads, context, sorted(changed), run)
         if retry:
             whole = _Context(source, None, now, aes_key, stats, touched)
             whole.settled_marks, whole.deferred = context.settled_marks, context.deferred
@@ -542,23 +552,59 @@ class _Context:
         }
 
 
-def _process(reader, context, thread_ids, run):
-    """Mirror these threads, batch by batch.
+class _SourceReads:
+    """The source's reads, run on a second thread in the order they are asked for.
 
-    The next batch is read from the source on a second thread while this one
-    is written to the mirror: the two databases work at the same time, and
-    the drivers release the GIL while they wait.
+    The next rows are read while the mirror writes the ones before: the two
+    databases work at the same time, and the drivers release the GIL while
+    they wait. A read asked for ahead (`ahead`) is taken by the first `threads`
+    call for the same ids; one asked for and never taken is only wasted work.
+    """
+
+    def __init__(self, reader):
+        self.reader = reader
+        self._ahead = None  # (ids, since, now, future)
+
+    def __enter__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-read")
+        return self
+
+    def __exit__(self, *exc):
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        return False
+
+    def appended(self, appended: dict):
+        return self._pool.submit(self.reader.read_appended, appended)
+
+    def ahead(self, thread_ids, since, now) -> None:
+        if thread_ids:
+            self._ahead = (tuple(thread_ids), since, now, self.threads(thread_ids, since, now))
+
+    def threads(self, thread_ids, since, now):
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[:3] == (tuple(thread_ids), since, now):
+            return ahead[3]
+        return self._pool.submit(self.reader.read_threads, thread_ids, since, now)
+
+
+def _process(reads, context, thread_ids, run):
+    """Mirror these threads, batch by batch, each read while the one before is written.
+
+    `reads` is a _SourceReads, or a reader (read through one of its own).
     """
     batches = [thread_ids[i : i + BATCH_THREADS] for i in range(0, len(thread_ids), BATCH_THREADS)]
     if not batches:
         return
+    if not isinstance(reads, _SourceReads):
+        with _SourceReads(reads) as own:
+            return _process(own, context, thread_ids, run)
     done = 0
-    with gc_paused(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-read") as pool:
-        pending = pool.submit(reader.read_threads, batches[0], context.since, context.now)
+    with gc_paused():
+        pending = reads.threads(batches[0], context.since, context.now)
         for i, batch in enumerate(batches):
             rows = pending.result()
             if i + 1 < len(batches):
-                pending = pool.submit(reader.read_threads, batches[i + 1], context.since, context.now)
+                pending = reads.threads(batches[i + 1], context.since, context.now)
             _apply_isolated(context, rows)
             done += len(batch)
             if run is not None:
@@ -578,37 +624,54 @@ def _appended_only(changes, changed, retry, settled) -> dict:
     return {t: a for t, a in changes.appended.items() if t in changed and t not in excluded}
 
 
-def _process_appended(reader, context, appended, run):
-    """Mirror threads that only gained rows; returns the threads to read whole instead."""
+def _mirrored_only(context, appended):
+    """(the threads of `appended` the mirror holds, the others: nothing to add to, read whole)."""
     mirrored = {source_thread_id(t) for t in Thread.objects.filter(
         source=context.source, thread_id__in=[thread_key(t) for t in appended]).values_list("thread_id", flat=True)}
-    whole = set(appended) - mirrored  # nothing to add to
-    ids = sorted(mirrored)
-    done = len(whole)
+    return {t: a for t, a in appended.items() if t in mirrored}, set(appended) - mirrored
+
+
+def _process_appended(reads, context, appended, run, then=None):
+    """Mirror threads that only gained rows; returns the threads to read whole instead.
+
+    Each batch's rows are read while the mirror locks its threads (and while
+    the batch before is written); `then` queues the reads that follow the last.
+    """
+    ids = sorted(appended)
+    batches = [{t: appended[t] for t in ids[i : i + BATCH_THREADS]} for i in range(0, len(ids), BATCH_THREADS)]
+    whole, done = set(), 0
     with gc_paused():
-        for i in range(0, len(ids), BATCH_THREADS):
-            batch = {t: appended[t] for t in ids[i : i + BATCH_THREADS]}
-            rows = reader.read_appended(batch)
+        pending = reads.appended(batches[0]) if batches else None
+        for i, batch in enumerate(batches):
+            following = reads.appended(batches[i + 1]) if i + 1 < len(batches) else None
+            if following is None and then is not None:
+                then()
             try:
-                whole |= _apply_appended(context, rows, batch)
+                whole |= _apply_appended(context, pending, batch)
             except Exception as e:  # noqa: BLE001 - the threads are read whole instead, which isolates a bad one
-                if isinstance(e, (OperationalError, InterfaceError, connection.Database.OperationalError,
+                if isinstance(e, (SourceError, OperationalError, InterfaceError, connection.Database.OperationalError,
                                   connection.Database.InterfaceError)):
-                    raise
+                    raise  # the source or the console failed, not a thread: no thread would fare better
                 log.warning("source %s: adding what %d threads gained failed, reading them whole: %s",
                             context.source, len(batch), e)
                 whole |= set(batch)
+            pending = following
             done += len(batch)
             if run is not None:
                 heartbeat(run, done=done, total=max(run.progress_total, done))
+    if not batches and then is not None:
+        then()
     return whole
 
 
 _WRITE_FIELDS = ("write_count", "write_bytes", "logical_bytes", "new_bytes")
 
 
-def _apply_appended(context, batch, appended):
+def _apply_appended(context, pending, appended):
     """Add to the mirror what threads gained, in one transaction; returns the threads left to read whole.
+
+    `pending` is the future of their rows (read_appended), taken once their
+    mirrored threads and checkpoints are locked and looked up.
 
     Exact because the slot reported only insertions for these threads since
     the position confirmed after the mirror last committed, so the mirror
@@ -628,14 +691,13 @@ def _apply_appended(context, batch, appended):
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")  # as in _apply_batch
-        existing, batch = _lock_threads(context, batch)
-        batch = [rows for rows in batch if rows.thread_id in existing]
+        existing, told = _lock_threads(context, [_Named(t) for t in appended])
         whole = {t for t in appended if t not in existing} - context.deferred
-        pks = {rows.thread_id: existing[rows.thread_id].pk for rows in batch}
-        wanted = {(pks[r.thread_id], ns, cid) for r in batch
-                  for ns, cid in {(c.checkpoint_ns, c.checkpoint_id) for c in r.checkpoints}
-                  | {(w.checkpoint_ns, w.checkpoint_id) for w in r.writes}}
-        current = _mirrored_checkpoints(wanted)
+        pks = {n.thread_id: existing[n.thread_id].pk for n in told}
+        # Every key the rows can have, as the slot told them: looked up while the rows are read.
+        current = _mirrored_checkpoints({(pks[n.thread_id], ns, cid) for n in told
+                                         for ns, cid in appended[n.thread_id].checkpoints.keys() | appended[n.thread_id].written})
+        batch = [rows for rows in pending.result() if rows.thread_id in pks]
         plans = []
         for rows in batch:
             plan = _appended_plan(rows, appended[rows.thread_id], pks[rows.thread_id], current)
@@ -786,6 +848,12 @@ def _appended_plan(rows, told, thread_pk, current):
     if any((thread_pk, *key) not in current and key not in seen for key in written):
         return None  # writes to a checkpoint the mirror does not hold: counted only by a whole read
     return adding, blob_keys
+
+
+class _Named(NamedTuple):
+    """A thread as _lock_threads takes it, before its rows are read."""
+
+    thread_id: str
 
 
 class _Versions(NamedTuple):

@@ -15,8 +15,9 @@ from checkpoints import sync
 from checkpoints.ids import source_thread_id
 from checkpoints.models import Checkpoint, ReferenceUse, Source, Tag, Thread
 from checkpoints.sources.capture import Capture
+from checkpoints.sources.postgres.reader import PostgresReader
 from tests.graphs import chat_graph, config, file_graph, interrupt_graph, run_scenarios, subgraph_graph
-from tests.test_sync_capture import capturing_source, logical_url, saver  # noqa: F401
+from tests.test_sync_capture import capturing_source, logical_url, pending_changes, saver  # noqa: F401
 from tests.truth import assert_mirror_consistent, assert_mirror_matches
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -203,4 +204,35 @@ def test_odd_thread_ids_are_added_up_like_any_other(saver, logical_url, appended
         chat.invoke({"messages": ["two"]}, config(thread_id))
     assert sync.sync_source(source)["error"] is None
     assert added_up(appended_calls) == set(odd)
+    assert_equals_a_full_read(source, logical_url)
+
+
+def test_a_source_connection_dropped_while_gained_rows_are_read_loses_nothing(saver, logical_url, monkeypatch, caplog):
+    # The gained rows are read on a second thread while the mirror locks their threads: a failure
+    # there fails the sync (it is not taken for a bad thread to read whole), the slot is not
+    # confirmed, and the next sync mirrors everything.
+    chat = chat_graph(saver)
+    chat.invoke({"messages": ["one"]}, config("t-a"))
+    source = capturing_source(logical_url)
+    assert sync.sync_source(source)["error"] is None
+    before = mirror_image(source)
+    chat.invoke({"messages": ["two"]}, config("t-a"))  # gained rows: added up
+    chat.invoke({"messages": ["one"]}, config("t-new"))  # new to the mirror: read whole meanwhile
+
+    original = PostgresReader.read_appended
+
+    def dropped(self, appended):
+        with psycopg.connect(logical_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (self.conn.info.backend_pid,))
+        return original(self, appended)
+
+    monkeypatch.setattr(PostgresReader, "read_appended", dropped)
+    result = sync.sync_source(source)
+    assert result["error"] and "reading" in result["error"]
+    assert "reading them whole" not in caplog.text
+    assert mirror_image(source) == before
+    assert {"t-a", "t-new"} <= pending_changes(source).threads  # not confirmed
+
+    monkeypatch.undo()
+    assert sync.sync_source(source)["error"] is None
     assert_equals_a_full_read(source, logical_url)
