@@ -237,8 +237,10 @@ class ReferenceUse(models.Model):
         BlobReference, on_delete=models.CASCADE, related_name="uses", db_index=False, db_constraint=False,
         help_text="The object.",
     )
+    # Indexed first in reference_use_place_idx.
     thread = models.ForeignKey(
-        Thread, on_delete=models.CASCADE, related_name="reference_uses", db_constraint=False, help_text="Thread."
+        Thread, on_delete=models.CASCADE, related_name="reference_uses", db_index=False, db_constraint=False,
+        help_text="Thread.",
     )
     checkpoint = models.ForeignKey(
         Checkpoint, null=True, blank=True, on_delete=models.CASCADE, related_name="reference_uses",
@@ -250,7 +252,13 @@ class ReferenceUse(models.Model):
     )
 
     class Meta:
-        indexes = [models.Index(fields=["reference", "thread"], name="reference_use_idx")]
+        indexes = [
+            models.Index(fields=["reference", "thread"], name="reference_use_idx"),
+            # By place: a sync replaces the uses of the writes it read again and looks up those of the
+            # blobs new checkpoints name again, by (thread, location). With the thread alone, each
+            # lookup read every use of the thread, a random page apiece.
+            models.Index(fields=["thread", "location"], name="reference_use_place_idx"),
+        ]
 
 
 class DailyUsage(models.Model):
