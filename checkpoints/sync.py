@@ -376,15 +376,16 @@ def _sync_with(source, full, stats, run, touched, capture):
         with _SourceReads(reader) as reads:
             if appended:
                 appended, _ = _mirrored_only(context, appended)
-                rest = sorted(set(changed) - set(appended))  # read whole: rewritten, new or not mirrored
-                # Queued behind the reads of what threads gained: the source reads them while
-                # the mirror adds those up.
-                whole = _process_appended(reads, context, appended, run,
-                                          then=lambda: reads.ahead(rest[:BATCH_THREADS], context.since, context.now))
-                _process(reads, context, rest, run)
-                _process(reads, context, sorted(whole - set(rest)), run)
-            else:
-                _process(reads, context, sorted(changed), run)
+            rest = sorted(set(changed) - set(appended))  # read whole: rewritten, new or not mirrored
+            # Both first reads queued at once: the mirror writes the threads read whole while
+            # the source reads what the others gained.
+            reads.ahead_threads(rest[:BATCH_THREADS], context.since, context.now)
+            batches = _appended_batches(appended)
+            if batches:
+                reads.ahead_appended(batches[0])
+            _process(reads, context, rest, run)
+            whole = _process_appended(reads, context, batches, run)
+            _process(reads, context, sorted(whole - set(rest)), run)
         if retry:
             whole = _Context(source, None, now, aes_key, stats, touched)
             whole.settled_marks, whole.deferred = context.settled_marks, context.deferred
@@ -557,13 +558,13 @@ class _SourceReads:
 
     The next rows are read while the mirror writes the ones before: the two
     databases work at the same time, and the drivers release the GIL while
-    they wait. A read asked for ahead (`ahead`) is taken by the first `threads`
-    call for the same ids; one asked for and never taken is only wasted work.
+    they wait. A read queued ahead (`ahead_*`) is taken by the first call for
+    the same rows; one never taken is only wasted work.
     """
 
     def __init__(self, reader):
         self.reader = reader
-        self._ahead = None  # (ids, since, now, future)
+        self._ahead = []  # (what, future)
 
     def __enter__(self):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-read")
@@ -573,18 +574,25 @@ class _SourceReads:
         self._pool.shutdown(wait=True, cancel_futures=True)
         return False
 
-    def appended(self, appended: dict):
-        return self._pool.submit(self.reader.read_appended, appended)
-
-    def ahead(self, thread_ids, since, now) -> None:
-        if thread_ids:
-            self._ahead = (tuple(thread_ids), since, now, self.threads(thread_ids, since, now))
+    def _read(self, what, fn, *args):
+        for i, (queued, future) in enumerate(self._ahead):
+            if queued == what:
+                del self._ahead[i]
+                return future
+        return self._pool.submit(fn, *args)
 
     def threads(self, thread_ids, since, now):
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[:3] == (tuple(thread_ids), since, now):
-            return ahead[3]
-        return self._pool.submit(self.reader.read_threads, thread_ids, since, now)
+        return self._read(("threads", tuple(thread_ids), since, now), self.reader.read_threads, thread_ids, since, now)
+
+    def appended(self, appended: dict):
+        return self._read(("appended", tuple(appended)), self.reader.read_appended, appended)
+
+    def ahead_threads(self, thread_ids, since, now) -> None:
+        if thread_ids:
+            self._ahead.append((("threads", tuple(thread_ids), since, now), self.threads(thread_ids, since, now)))
+
+    def ahead_appended(self, appended: dict) -> None:
+        self._ahead.append((("appended", tuple(appended)), self.appended(appended)))
 
 
 def _process(reads, context, thread_ids, run):
@@ -631,21 +639,23 @@ def _mirrored_only(context, appended):
     return {t: a for t, a in appended.items() if t in mirrored}, set(appended) - mirrored
 
 
-def _process_appended(reads, context, appended, run, then=None):
-    """Mirror threads that only gained rows; returns the threads to read whole instead.
+def _appended_batches(appended) -> list:
+    """`appended` ({thread id: capture.Appended}) in batches of BATCH_THREADS, in thread id order."""
+    ids = sorted(appended)
+    return [{t: appended[t] for t in ids[i : i + BATCH_THREADS]} for i in range(0, len(ids), BATCH_THREADS)]
+
+
+def _process_appended(reads, context, batches, run):
+    """Mirror threads that only gained rows (_appended_batches); returns the threads to read whole instead.
 
     Each batch's rows are read while the mirror locks its threads (and while
-    the batch before is written); `then` queues the reads that follow the last.
+    the batch before is written).
     """
-    ids = sorted(appended)
-    batches = [{t: appended[t] for t in ids[i : i + BATCH_THREADS]} for i in range(0, len(ids), BATCH_THREADS)]
     whole, done = set(), 0
     with gc_paused():
         pending = reads.appended(batches[0]) if batches else None
         for i, batch in enumerate(batches):
             following = reads.appended(batches[i + 1]) if i + 1 < len(batches) else None
-            if following is None and then is not None:
-                then()
             try:
                 whole |= _apply_appended(context, pending, batch)
             except Exception as e:  # noqa: BLE001 - the threads are read whole instead, which isolates a bad one
@@ -659,8 +669,6 @@ def _process_appended(reads, context, appended, run, then=None):
             done += len(batch)
             if run is not None:
                 heartbeat(run, done=done, total=max(run.progress_total, done))
-    if not batches and then is not None:
-        then()
     return whole
 
 
