@@ -375,7 +375,7 @@ def _sync_with(source, full, stats, run, touched, capture):
         appended = _appended_only(changes, changed, retry, settled) if since is not None else {}
         with _SourceReads(reader) as reads:
             if appended:
-                appended, _ = _mirrored_only(context, appended)
+                appended = _mirrored_only(context, appended)
             rest = sorted(set(changed) - set(appended))  # read whole: rewritten, new or not mirrored
             # Both first reads queued at once: the mirror writes the threads read whole while
             # the source reads what the others gained.
@@ -633,10 +633,10 @@ def _appended_only(changes, changed, retry, settled) -> dict:
 
 
 def _mirrored_only(context, appended):
-    """(the threads of `appended` the mirror holds, the others: nothing to add to, read whole)."""
+    """The threads of `appended` the mirror holds (the others have nothing to add to: read whole)."""
     mirrored = {source_thread_id(t) for t in Thread.objects.filter(
         source=context.source, thread_id__in=[thread_key(t) for t in appended]).values_list("thread_id", flat=True)}
-    return {t: a for t, a in appended.items() if t in mirrored}, set(appended) - mirrored
+    return {t: a for t, a in appended.items() if t in mirrored}
 
 
 def _appended_batches(appended) -> list:
